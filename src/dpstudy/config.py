@@ -1,0 +1,256 @@
+"""Typed, validated access to ``params.yaml``.
+
+Each stage reads only its own section (plus ``preset`` and, where it measures devices,
+``telemetry``) into a frozen dataclass. ``params.yaml`` is the single home of every value and its
+comment: the dataclasses carry types and allowed ranges, not defaults, so a missing key is an
+error rather than a silent second default.
+
+A value written as ``{quick: A, paper: B}`` takes the entry of the chosen preset. Everything else
+is checked strictly: an unknown key, a wrong type or an impossible value stops the stage before any
+work with one line naming the key and what is allowed (`UserError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import UserError
+
+PRESETS = ("quick", "paper")
+DATASET_NAMES = ("digits", "mnist", "cifar10")
+MODEL_NAMES = ("lenet",)
+DEVICES = ("auto", "cpu", "cuda")
+
+Dataset = Literal["digits", "mnist", "cifar10"]
+Model = Literal["lenet"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def _range(**bounds) -> dict:
+    """Field metadata: numeric bounds (ge, gt, le, lt) checked on the value or on each list item."""
+    return {"bounds": bounds}
+
+
+# --------------------------------------------------------------------------------------------
+# Sections. Field order follows params.yaml; see the comments there for meaning and defaults.
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    interval_s: float = field(metadata=_range(gt=0))
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    datasets: list[Dataset] = field(metadata={"nonempty": True, "unique": True})
+    mirror: str
+    upstream_split: Literal["full", "test_only"]
+    split_seed: int = field(metadata=_range(ge=0))
+    test_fraction: float = field(metadata=_range(gt=0, lt=1))
+    timeout_s: float = field(metadata=_range(gt=0))
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop_padding: int = field(metadata=_range(ge=0))
+    hflip: bool
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    steps: int = field(metadata=_range(ge=1))
+    warmup_steps: int = field(metadata=_range(ge=0))
+    num_workers: int = field(metadata=_range(ge=0))
+    lr: float = field(metadata=_range(gt=0))
+    momentum: float = field(metadata=_range(ge=0, lt=1))
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    dataset: Dataset
+    model: Model
+    device: Device
+    seed: int = field(metadata=_range(ge=0))
+    batch_sizes: list[int] = field(metadata={**_range(ge=1), "nonempty": True, "unique": True})
+    num_workers: list[int] = field(metadata={**_range(ge=0), "nonempty": True, "unique": True})
+    pin_memory: bool
+    warmup_batches: int = field(metadata=_range(ge=0))
+    measure_batches: int = field(metadata=_range(ge=1))
+    augment: AugmentConfig
+    probe: ProbeConfig
+
+
+# Every top-level key params.yaml may hold, and the dataclass that reads it.
+SECTIONS: dict[str, type] = {
+    "telemetry": TelemetryConfig,
+    "download": DownloadConfig,
+    "profile_dataloader": ProfileConfig,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def read_params(path: str | Path = "params.yaml") -> tuple[str, dict[str, Any]]:
+    """Parse params.yaml; return (preset, raw mapping). Checks the top-level shape only."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file (run from the repository root or pass --params)")
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})")
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections at the top level")
+    allowed = {"preset", *SECTIONS}
+    for key in raw:
+        if key not in allowed:
+            raise UserError(f"{path}: unknown section '{key}' (allowed: {', '.join(sorted(allowed))})")
+    preset = raw.get("preset")
+    if preset not in PRESETS:
+        raise UserError(f"{path}: preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    return preset, raw
+
+
+def load_section(name: str, path: str | Path = "params.yaml"):
+    """Return (preset, typed config) for one section of params.yaml."""
+    preset, raw = read_params(path)
+    if name not in raw:
+        raise UserError(f"{path}: missing section '{name}'")
+    return preset, build(SECTIONS[name], raw[name], preset, where=f"{Path(path).name}: {name}")
+
+
+def build(cls: type, data: Any, preset: str, where: str):
+    """Build dataclass ``cls`` from a mapping, resolving per-preset values and checking types."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise UserError(f"{where}.{key}: unknown key (allowed: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}"
+        if name not in data:
+            raise UserError(f"{key}: missing (every key is required; see the repository's params.yaml)")
+        hint = hints[name]
+        value = data[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = build(hint, value, preset, key)
+            continue
+        value = _resolve_preset(value, preset, key)
+        values[name] = _check(value, hint, f.metadata, key)
+    return cls(**values)
+
+
+def _resolve_preset(value: Any, preset: str, key: str) -> Any:
+    if not isinstance(value, dict):
+        return value
+    if set(value) != set(PRESETS):
+        raise UserError(f"{key}: a per-preset value needs exactly the keys {' and '.join(PRESETS)}, "
+                        f"got {', '.join(map(str, value)) or 'none'}")
+    return value[preset]
+
+
+def _check(value: Any, hint: Any, meta: typing.Mapping, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise UserError(f"{key}: expected a list of {_type_name(item_hint)}, got {_describe(value)}")
+        if meta.get("nonempty") and not value:
+            raise UserError(f"{key}: must not be empty")
+        items = [_check_scalar(v, item_hint, meta, f"{key}[{i}]") for i, v in enumerate(value)]
+        if meta.get("unique") and len(set(items)) != len(items):
+            raise UserError(f"{key}: must not repeat a value, got {items}")
+        return items
+    return _check_scalar(value, hint, meta, key)
+
+
+def _check_scalar(value: Any, hint: Any, meta: typing.Mapping, key: str) -> Any:
+    if typing.get_origin(hint) is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise UserError(f"{key}: must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{key}: expected true or false, got {_describe(value)}")
+        return value
+    if hint is int:
+        # bool is a subclass of int in Python; `true` for a batch size is a mistake, not 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{key}: expected an integer, got {_describe(value)}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{key}: expected a number, got {_describe(value)}")
+        value = float(value)
+    elif hint is str:
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            raise UserError(f"{key}: expected a string, got {_describe(value)}")
+        return value
+    else:  # pragma: no cover - a programming error in a dataclass above
+        raise TypeError(f"unsupported config type {hint!r} for {key}")
+    _check_bounds(value, meta.get("bounds", {}), key)
+    return value
+
+
+_BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_BOUND_TEST = {
+    "ge": lambda v, b: v >= b,
+    "gt": lambda v, b: v > b,
+    "le": lambda v, b: v <= b,
+    "lt": lambda v, b: v < b,
+}
+
+
+def _check_bounds(value, bounds: dict, key: str) -> None:
+    for op, bound in bounds.items():
+        if not _BOUND_TEST[op](value, bound):
+            allowed = " and ".join(f"{_BOUND_TEXT[o]} {b}" for o, b in bounds.items())
+            raise UserError(f"{key}: must be {allowed}, got {value!r}")
+
+
+def _type_name(hint) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " | ".join(map(str, typing.get_args(hint)))
+    return getattr(hint, "__name__", str(hint))
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}"
+
+
+def as_dict(cfg) -> dict[str, Any]:
+    """Plain nested dict of a config (for MLflow params and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists become comma-joined strings."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, name + "."))
+        elif isinstance(v, (list, tuple)):
+            out[name] = ",".join(map(str, v))
+        else:
+            out[name] = v
+    return out
+
