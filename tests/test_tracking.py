@@ -1,0 +1,93 @@
+"""MLflow logging read back from a real sqlite store with MlflowClient."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dpstudy.telemetry import Sample
+from dpstudy.tracking import STUDIES, Tracker, tracking_uri
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # A git repo with one commit, so the commit tag has something real to read.
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "f").write_text("x")
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "f"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "c"], cwd=tmp_path,
+                   check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    return tmp_path, commit
+
+
+def test_default_uri_is_sqlite_in_the_root_unless_the_environment_says(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+
+
+def test_parent_child_params_steps_and_tags_round_trip(store):
+    root, commit = store
+    params = {"preset": "quick", "profile_dataloader": {"batch_sizes": [16, 64], "probe": {"lr": 0.01}}}
+    with Tracker("A", "profile_dataloader", preset="quick", params=params, devices=["cpu (x86_64)"],
+                 world_size=2, root=root) as tr:
+        with tr.child("probe resident bs=16", {"loader": "resident", "batch_size": 16}) as run:
+            run.log_series("loss", [2.3, 2.1, 1.9])
+            run.log_metrics({"images_per_s": 1234.5}, step=0)
+            run.log_samples([Sample(t=1000.0, values={"cpu_util_pct": 50.0}),
+                             Sample(t=1000.5, values={"cpu_util_pct": 70.0})])
+        tr.parent.log_metrics({"resident_speedup": 30.0}, step=0)
+        artifact = root / "metrics.json"
+        artifact.write_text("{}")
+        tr.parent.log_artifact(artifact)
+
+    client = MlflowClient(tracking_uri(root))
+    exp = client.get_experiment_by_name(STUDIES["A"])
+    assert exp is not None and exp.artifact_location.startswith((root / "mlartifacts").as_uri())
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.info.run_name == "profile_dataloader")
+    child = next(r for r in runs if r.info.run_name == "probe resident bs=16")
+
+    assert parent.data.params == {"preset": "quick", "profile_dataloader.batch_sizes": "16,64",
+                                  "profile_dataloader.probe.lr": "0.01"}
+    assert child.data.params == {"loader": "resident", "batch_size": "16"}
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    for run in (parent, child):
+        assert run.info.status == "FINISHED"
+        tags = run.data.tags
+        assert tags["git_commit"] == commit == tags["mlflow.source.git.commit"]
+        assert tags["preset"] == "quick" and tags["world_size"] == "2"
+        assert tags["devices"] == "cpu (x86_64)" and tags["dvc_stage"] == "profile_dataloader"
+
+    loss = client.get_metric_history(child.info.run_id, "loss")
+    assert [(m.step, m.value) for m in loss] == [(0, 2.3), (1, 2.1), (2, 1.9)]
+    util = client.get_metric_history(child.info.run_id, "cpu_util_pct")
+    assert [(m.step, m.value, m.timestamp) for m in util] == [(0, 50.0, 1_000_000), (1, 70.0, 1_000_500)]
+    assert parent.data.metrics["resident_speedup"] == 30.0
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["metrics.json"]
+
+
+def test_failures_mark_runs_failed(store):
+    root, _ = store
+    with pytest.raises(RuntimeError):
+        with Tracker("B", "train_ddp", preset="quick", params={}, root=root) as tr:
+            with tr.child("bad config", {}):
+                raise RuntimeError("diverged")
+    client = MlflowClient(tracking_uri(root))
+    runs = client.search_runs([client.get_experiment_by_name(STUDIES["B"]).experiment_id])
+    assert {r.info.run_name: r.info.status for r in runs} == {"train_ddp": "FAILED", "bad config": "FAILED"}
+
+
+def test_only_rank_zero_logs(store):
+    root, _ = store
+    with Tracker("C", "train_adaptive", preset="quick", params={"a": 1}, rank=1, root=root) as tr:
+        with tr.child("x", {"b": 2}) as run:
+            run.log_metrics({"m": 1.0}, step=0)
+            assert not run.active
+    assert not (root / "mlflow.db").exists()  # rank 1 never even opened the store
