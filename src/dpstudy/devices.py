@@ -1,0 +1,27 @@
+"""Which device a stage runs on, and how it is named in logs and MLflow tags."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from .errors import UserError
+
+
+def resolve_device(choice: str) -> torch.device:
+    """``auto`` -> the first visible CUDA GPU, else the CPU; ``cuda`` insists on a GPU."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda was asked for but no CUDA GPU is visible to PyTorch "
+                        "(use device: auto or cpu, or run the image with --gpus all)")
+    if choice in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def device_names(device: torch.device) -> list[str]:
+    """Names of every device the run can use: all visible GPUs on CUDA, else the CPU."""
+    if device.type == "cuda":
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    cpu = platform.processor() or platform.machine() or "cpu"
+    return [f"cpu ({cpu}, {torch.get_num_threads()} threads)"]

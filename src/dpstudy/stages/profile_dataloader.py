@@ -1,0 +1,189 @@
+"""Profile data loading (claims A1–A3): loader throughput over batch sizes × num_workers, and
+short LeNet training probes that split every step into data-wait and compute time.
+
+Reads params: preset, telemetry, profile_dataloader. Reads <data>/<dataset>.pt. Writes into <out>:
+metrics.json (for `dvc metrics show`), throughput.csv, workers.csv and probes.csv (for
+`dvc plots show`), and logs everything to MLflow (experiment of study A).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..config import as_dict, flatten, load_section
+from ..console import format_table, progress, say
+from ..datasets import load_prepared
+from ..devices import device_names, resolve_device
+from ..fsutil import write_csv_atomic, write_json_atomic
+from ..loaders import Augment, channel_stats, make_loader
+from ..models import build_model, input_spec
+from ..profiling import measure_throughput, run_probe
+from ..tracking import Tracker
+
+STAGE = "profile_dataloader"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
+    p.add_argument("--data", default="data/prepared", help="folder of prepared datasets (default: %(default)s)")
+    p.add_argument("--out", default=f"results/{STAGE}", help="output folder (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    preset, cfg = load_section(STAGE, args.params)
+    _, telemetry = load_section("telemetry", args.params)
+    device = resolve_device(cfg.device)
+    data = load_prepared(Path(args.data) / f"{cfg.dataset}.pt")
+    out = Path(args.out)
+
+    spec = input_spec(cfg.model, data.channels)
+    mean, std = channel_stats(data.train_images, spec)
+    common = dict(spec=spec, mean=mean, std=std, seed=cfg.seed, device=device,
+                  augment=Augment(cfg.augment.crop_padding, cfg.augment.hflip))
+    images, labels = data.train_images, data.train_labels
+    say(f"[{STAGE}] {cfg.dataset}: {len(labels)} training images as {spec.channels}×{spec.size}×{spec.size} "
+        f"on {device}")
+
+    params = {"preset": preset, "telemetry": as_dict(telemetry), STAGE: as_dict(cfg)}
+    with Tracker("A", STAGE, preset=preset, params=params, devices=device_names(device)) as tracker:
+        tracker.parent.set_tags({"dataset": cfg.dataset, "device": str(device)})
+        throughput = _throughput_grid(cfg, images, labels, common, device, tracker)
+        probes = _probes(cfg, telemetry, data, images, labels, common, device, tracker)
+        metrics = summarize(throughput, probes)
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv_atomic(out / "throughput.csv", _throughput_by_batch(throughput))
+        write_csv_atomic(out / "workers.csv", _throughput_by_workers(throughput))
+        write_csv_atomic(out / "probes.csv", probes)
+        write_json_atomic(out / "metrics.json", metrics)
+        tracker.parent.log_metrics({k: float(v) for k, v in flatten(metrics).items()}, step=0)
+        for name in ("metrics.json", "throughput.csv", "workers.csv", "probes.csv"):
+            tracker.parent.log_artifact(out / name)
+
+    _print_summary(preset, device, throughput, probes, out)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# The two measurements
+
+
+def _throughput_grid(cfg, images, labels, common, device, tracker) -> list[dict]:
+    configs = [("standard", bs, nw) for bs in cfg.batch_sizes for nw in cfg.num_workers]
+    configs += [("resident", bs, 0) for bs in cfg.batch_sizes]
+    rows = []
+    for kind, bs, nw in progress(configs, desc="throughput"):
+        name = f"throughput {kind} bs={bs}" + (f" workers={nw}" if kind == "standard" else "")
+        cfg_params = {"loader": kind, "batch_size": bs, "num_workers": nw, "pin_memory": cfg.pin_memory}
+        with tracker.child(name, cfg_params, tags={"measurement": "throughput"}) as run:
+            loader = make_loader(kind, images, labels, batch_size=bs, num_workers=nw,
+                                 pin_memory=cfg.pin_memory, **common)
+            result = measure_throughput(loader, device, cfg.warmup_batches, cfg.measure_batches)
+            del loader  # ends its worker processes before the next configuration starts
+            run.log_metrics({"images_per_s": result.images_per_s, "seconds": result.seconds}, step=0)
+        rows.append({"loader": kind, "batch_size": bs, "num_workers": nw,
+                     "images_per_s": round(result.images_per_s, 1)})
+        say(f"[throughput] {kind:8s} batch {bs:5d} workers {nw}: {result.images_per_s:12,.0f} images/s")
+    return rows
+
+
+def _probes(cfg, telemetry, data, images, labels, common, device, tracker) -> list[dict]:
+    configs = [(kind, bs) for kind in ("standard", "resident") for bs in cfg.batch_sizes]
+    rows = []
+    for kind, bs in progress(configs, desc="probes"):
+        nw = cfg.probe.num_workers if kind == "standard" else 0
+        cfg_params = {"loader": kind, "batch_size": bs, "num_workers": nw, "model": cfg.model,
+                      "steps": cfg.probe.steps, "lr": cfg.probe.lr, "momentum": cfg.probe.momentum}
+        with tracker.child(f"probe {kind} bs={bs}", cfg_params, tags={"measurement": "probe"}) as run:
+            torch.manual_seed(cfg.seed)  # same initial weights for every probe
+            model = build_model(cfg.model, data.channels, data.num_classes).to(device)
+            loader = make_loader(kind, images, labels, batch_size=bs, num_workers=nw,
+                                 pin_memory=cfg.pin_memory, **common)
+            result = run_probe(model, loader, device, batch_size=bs, steps=cfg.probe.steps,
+                               warmup_steps=cfg.probe.warmup_steps, lr=cfg.probe.lr,
+                               momentum=cfg.probe.momentum, sample_interval_s=telemetry.interval_s)
+            del loader
+            run.log_series("data_wait_s", result.data_wait_s)
+            run.log_series("compute_s", result.compute_s)
+            run.log_series("loss", result.loss)
+            run.log_samples(result.samples)
+            util_key, util = utilization(result.utilization)
+            run.log_metrics({"data_wait_fraction": result.data_wait_fraction,
+                             "images_per_s": result.images_per_s, util_key: util}, step=0)
+        rows.append({"series": kind, "loader": kind, "batch_size": bs, "num_workers": nw,
+                     "steps": len(result.compute_s),
+                     "data_wait_s": round(sum(result.data_wait_s), 6),
+                     "compute_s": round(sum(result.compute_s), 6),
+                     "data_wait_fraction": round(result.data_wait_fraction, 4),
+                     "images_per_s": round(result.images_per_s, 1),
+                     "utilization_pct": round(util, 1), "utilization_source": util_key})
+        say(f"[probe]      {kind:8s} batch {bs:5d}: data wait {result.data_wait_fraction:6.1%} of the step, "
+            f"{util_key} {util:5.1f}")
+    return rows
+
+
+def utilization(summary: dict[str, float]) -> tuple[str, float]:
+    """The utilisation the probe saw: mean over GPUs from NVML, else system CPU utilisation."""
+    gpu = [v for k, v in summary.items() if k.startswith("gpu") and k.endswith("_util_pct_mean")]
+    if gpu:
+        return "gpu_util_pct", sum(gpu) / len(gpu)
+    return "cpu_util_pct", summary.get("cpu_util_pct_mean", float("nan"))
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+
+
+def summarize(throughput: list[dict], probes: list[dict]) -> dict:
+    """The figures `dvc metrics show` prints: best loader throughput and data-wait per batch."""
+    standard = [r for r in throughput if r["loader"] == "standard"]
+    resident = [r for r in throughput if r["loader"] == "resident"]
+    best_std = max(standard, key=lambda r: r["images_per_s"])
+    best_res = max(resident, key=lambda r: r["images_per_s"])
+    metrics = {
+        "throughput": {
+            "standard_best_images_per_s": best_std["images_per_s"],
+            "standard_best_num_workers": best_std["num_workers"],
+            "standard_best_batch_size": best_std["batch_size"],
+            "resident_best_images_per_s": best_res["images_per_s"],
+            "resident_best_batch_size": best_res["batch_size"],
+            "resident_speedup": round(best_res["images_per_s"] / best_std["images_per_s"], 2),
+        },
+        "data_wait_fraction": {},
+        "utilization_pct": {},
+    }
+    for r in probes:
+        key = f"bs{r['batch_size']}"
+        metrics["data_wait_fraction"].setdefault(r["loader"], {})[key] = r["data_wait_fraction"]
+        metrics["utilization_pct"].setdefault(r["loader"], {})[key] = r["utilization_pct"]
+    return metrics
+
+
+def _throughput_by_batch(rows: list[dict]) -> list[dict]:
+    """Long format for the `series` plot template: one line per loader (and worker count)."""
+    return [{"series": _series(r), "batch_size": r["batch_size"], "images_per_s": r["images_per_s"]}
+            for r in rows]
+
+
+def _throughput_by_workers(rows: list[dict]) -> list[dict]:
+    """Standard loader images/s against num_workers, one line per batch size (claim A3)."""
+    return [{"series": f"batch {r['batch_size']}", "num_workers": r["num_workers"],
+             "images_per_s": r["images_per_s"]} for r in rows if r["loader"] == "standard"]
+
+
+def _series(row: dict) -> str:
+    return f"standard, {row['num_workers']} workers" if row["loader"] == "standard" else "resident"
+
+
+def _print_summary(preset, device, throughput, probes, out: Path) -> None:
+    print(f"\n{STAGE} ({preset} preset, {device}): loader throughput, images/s")
+    print(format_table(["loader", "batch", "workers", "images/s"],
+                       [(r["loader"], r["batch_size"], r["num_workers"], r["images_per_s"]) for r in throughput]))
+    print("\ntraining probes: share of each step spent waiting for data")
+    print(format_table(["loader", "batch", "data wait", "images/s", "utilization %"],
+                       [(r["loader"], r["batch_size"], f"{r['data_wait_fraction']:.1%}", r["images_per_s"],
+                         f"{r['utilization_pct']:.1f} ({r['utilization_source'].split('_')[0]})")
+                        for r in probes]))
+    print(f"\nfiles: {out}/metrics.json, throughput.csv, workers.csv, probes.csv; runs in MLflow")
