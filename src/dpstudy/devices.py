@@ -23,5 +23,16 @@ def device_names(device: torch.device) -> list[str]:
     """Names of every device the run can use: all visible GPUs on CUDA, else the CPU."""
     if device.type == "cuda":
         return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    cpu = platform.processor() or platform.machine() or "cpu"
-    return [f"cpu ({cpu}, {torch.get_num_threads()} threads)"]
+    return [f"{cpu_name()} ({torch.get_num_threads()} threads)"]
+
+
+def cpu_name() -> str:
+    """The CPU model as the kernel reports it (Linux), else what the platform module knows."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"

@@ -1,0 +1,72 @@
+"""A real `dvc repro` of the quick preset in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def tracked_copy(dest: Path) -> Path:
+    """The files git tracks (what a fresh clone has), as a new git repository."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True,
+                           text=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    git = ["git", "-c", "user.email=ci@dpstudy", "-c", "user.name=ci"]
+    subprocess.run([*git, "init", "-q"], cwd=dest, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
+    return dest
+
+
+def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    bin_dir = str(Path(sys.executable).parent)  # where `dpstudy` and `dvc` are installed
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([os.path.join(bin_dir, "dvc"), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_dvc_repro_quick_preset_then_nothing_to_do(tmp_path):
+    repo = tracked_copy(tmp_path / "repo")
+    first = dvc("repro", cwd=repo)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "Running stage 'download'" in first.stdout
+    assert "Running stage 'profile_dataloader'" in first.stdout
+    assert (repo / "data" / "prepared" / "digits.pt").is_file()
+    metrics = json.loads((repo / "results" / "profile_dataloader" / "metrics.json").read_text())
+    assert metrics["throughput"]["resident_speedup"] > 1
+
+    again = dvc("repro", cwd=repo)
+    assert again.returncode == 0
+    assert "Running stage" not in again.stdout  # everything up to date
+    # DVC's own ignore entries are already in the tree: a run leaves git clean but for results.
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
+    assert {line[3:].split("/")[0] for line in status.splitlines()} <= {"dvc.lock", "results"}
+
+    shown = dvc("metrics", "show", cwd=repo)
+    assert shown.returncode == 0
+    assert "resident_speedup" in shown.stdout and "data_wait_fraction.standard.bs16" in shown.stdout
+
+    plots = dvc("plots", "show", "--json", cwd=repo)
+    assert plots.returncode == 0, plots.stderr
+    assert "throughput.csv" in plots.stdout and "probes.csv" in plots.stdout
+
+    # Changing a param only profile_dataloader reads re-runs it alone.
+    params = (repo / "params.yaml").read_text().replace("  seed: 0 ", "  seed: 1 ", 1)
+    (repo / "params.yaml").write_text(params)
+    status = dvc("status", cwd=repo)
+    assert "profile_dataloader" in status.stdout and "download:" not in status.stdout
