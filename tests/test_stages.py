@@ -124,7 +124,7 @@ def test_profile_stage_writes_metrics_plots_and_mlflow_runs(tmp_path, digits_dir
     with open(out / "throughput.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 * 2 + 2  # standard: batch × workers; resident: batch
-    assert {r["series"] for r in rows} == {"standard, 0 workers", "standard, 1 workers", "resident"}
+    assert {r["series"] for r in rows} == {"standard, 0 workers", "standard, 1 worker", "resident"}
     with open(out / "probes.csv") as fh:
         probes = list(csv.DictReader(fh))
     assert [(p["loader"], p["batch_size"], p["steps"]) for p in probes] == [

@@ -164,21 +164,23 @@ def load_prepared(path: Path) -> Prepared:
     return prepared
 
 
-def file_sha256(path) -> str:
-    """SHA-256 of a file's bytes (the data checksum stored in checkpoints)."""
-    h = hashlib.sha256()
+def file_digest(path, algorithm: str) -> str:
+    """Hex digest of a file's bytes, read in chunks (CIFAR-10's tarball is 170 MB)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_sha256(path) -> str:
+    """SHA-256 of a file's bytes (the data checksum stored in checkpoints)."""
+    return file_digest(path, "sha256")
 
 
 def file_md5(path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """MD5, the checksum torchvision publishes for the upstream files."""
+    return file_digest(path, "md5")
 
 
 # --------------------------------------------------------------------------------------------

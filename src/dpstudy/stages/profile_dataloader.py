@@ -174,7 +174,10 @@ def _throughput_by_workers(rows: list[dict]) -> list[dict]:
 
 
 def _series(row: dict) -> str:
-    return f"standard, {row['num_workers']} workers" if row["loader"] == "standard" else "resident"
+    if row["loader"] != "standard":
+        return row["loader"]
+    workers = row["num_workers"]
+    return f"standard, {workers} worker{'' if workers == 1 else 's'}"
 
 
 def _print_summary(preset, device, throughput, probes, out: Path) -> None:
