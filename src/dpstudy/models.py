@@ -37,7 +37,7 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
 
-# name -> (class, input size the network is built for)
+# name -> network class (each class knows the input size it is built for)
 MODELS = {"lenet": LeNet5}
 
 
