@@ -20,15 +20,15 @@ from typing import Any, Literal
 
 import yaml
 
+from .datasets import DATASETS
 from .errors import UserError
+from .models import MODELS
 
 PRESETS = ("quick", "paper")
-DATASET_NAMES = ("digits", "mnist", "cifar10")
-MODEL_NAMES = ("lenet",)
-DEVICES = ("auto", "cpu", "cuda")
 
-Dataset = Literal["digits", "mnist", "cifar10"]
-Model = Literal["lenet"]
+# Allowed names come from the modules that own them, so adding a model or dataset there is enough.
+Dataset = Literal[DATASETS]
+Model = Literal[tuple(MODELS)]
 Device = Literal["auto", "cpu", "cuda"]
 
 

@@ -67,6 +67,13 @@ def quiet_mlflow_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _end_status(exc_type: type[BaseException] | None) -> str:
+    """MLflow's final status for a block that ended with ``exc_type`` (None: no exception)."""
+    if exc_type is None:
+        return "FINISHED"
+    return "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+
+
 class Run:
     """One MLflow run (parent or child); created by `Tracker`, inert when ``client`` is None."""
 
@@ -144,6 +151,7 @@ class Tracker:
         self._client = None
         self.parent = Run(None, None)
         self.experiment_id: str | None = None
+        self._tags: dict[str, str] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
     def __enter__(self) -> "Tracker":
@@ -155,7 +163,8 @@ class Tracker:
 
         self._client = MlflowClient(tracking_uri=self.uri)
         self.experiment_id = self._experiment_id()
-        run = self._client.create_run(self.experiment_id, run_name=self.stage, tags=self._base_tags())
+        self._tags = self._base_tags()  # once per stage: git is asked here, not per child run
+        run = self._client.create_run(self.experiment_id, run_name=self.stage, tags=self._tags)
         self.parent = Run(self._client, run.info.run_id)
         self.parent.log_params(self.params)
         return self
@@ -163,9 +172,7 @@ class Tracker:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._client is None:
             return
-        status = "FINISHED" if exc_type is None else (
-            "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
-        self._client.set_terminated(self.parent.run_id, status=status)
+        self._client.set_terminated(self.parent.run_id, status=_end_status(exc_type))
 
     @contextlib.contextmanager
     def child(self, name: str, params: Mapping[str, Any], tags: Mapping[str, Any] | None = None
@@ -174,7 +181,7 @@ class Tracker:
         if self._client is None:
             yield Run(None, None)
             return
-        run_tags = {**self._base_tags(), "mlflow.parentRunId": self.parent.run_id, **(tags or {})}
+        run_tags = {**self._tags, "mlflow.parentRunId": self.parent.run_id, **(tags or {})}
         info = self._client.create_run(self.experiment_id, run_name=name,
                                        tags={k: str(v) for k, v in run_tags.items()}).info
         run = Run(self._client, info.run_id)
@@ -182,8 +189,7 @@ class Tracker:
         try:
             yield run
         except BaseException as exc:
-            self._client.set_terminated(info.run_id, status="KILLED" if isinstance(
-                exc, KeyboardInterrupt) else "FAILED")
+            self._client.set_terminated(info.run_id, status=_end_status(type(exc)))
             raise
         self._client.set_terminated(info.run_id, status="FINISHED")
 
