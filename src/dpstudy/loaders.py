@@ -18,6 +18,7 @@ at most one sample.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
+from torchvision.transforms import functional as TF
 
 MIN_PER_RANK = 2
 # ITU-R 601-2 luma weights, the ones PIL's convert("L") uses, so both loaders agree.
@@ -133,20 +135,44 @@ def channel_stats(images: torch.Tensor, spec: InputSpec, chunk: int = 8192) -> t
 
 
 class _PILImages(Dataset):
-    """Each item decoded to a PIL image and transformed on its own, as the papers' code does."""
+    """Each item decoded to a PIL image and transformed on its own, as the papers' code does.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+    Items are asked for as ``(index, epoch)``. An item's random crop and flip come from a
+    generator seeded by (seed, epoch, index) alone, so they do not depend on which worker process
+    serves it or on how long the loader has lived: a run resumed at epoch e sees exactly the
+    images an uninterrupted run sees (the workers' own RNG streams would not give that).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, prepare, augment: Augment | None,
+                 finish, seed: int):
         arr = images.cpu().numpy()
         # PIL wants HWC for RGB and HW for grayscale.
         self._arr = arr[:, 0] if arr.shape[1] == 1 else np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
         self._labels = labels.cpu()
-        self._transform = transform
+        self._prepare, self._finish, self._seed = prepare, finish, seed
+        self._augment = augment if augment and augment.active else None
 
     def __len__(self) -> int:
         return len(self._arr)
 
-    def __getitem__(self, i: int):
-        return self._transform(Image.fromarray(self._arr[i])), self._labels[i]
+    def __getitem__(self, key: tuple[int, int]):
+        i, epoch = key
+        image = self._prepare(Image.fromarray(self._arr[i]))
+        if self._augment:
+            image = _crop_flip(image, self._augment, random.Random(epoch_seed(self._seed, epoch) * 1_000_003 + i))
+        return self._finish(image), self._labels[i]
+
+
+def _crop_flip(image: Image.Image, augment: Augment, rng: random.Random) -> Image.Image:
+    """torchvision's RandomCrop(size, padding) + RandomHorizontalFlip, drawn from ``rng``."""
+    if augment.crop_padding:
+        p = augment.crop_padding
+        w, h = image.size
+        image = TF.pad(image, [p])
+        image = TF.crop(image, rng.randint(0, 2 * p), rng.randint(0, 2 * p), h, w)
+    if augment.hflip and rng.random() < 0.5:
+        image = TF.hflip(image)
+    return image
 
 
 class _ShardBatchSampler:
@@ -166,23 +192,19 @@ class _ShardBatchSampler:
     def __iter__(self):
         perm = epoch_permutation(self.n, self.seed, self.epoch) if self.shuffle else torch.arange(self.n)
         for idx in rank_batches(perm, self.batch, self.world, self.rank):
-            yield idx.tolist()
+            yield [(i, self.epoch) for i in idx.tolist()]
 
 
-def pil_transform(source_channels: int, source_size: int, spec: InputSpec, augment: Augment | None,
-                  mean: list[float], std: list[float]):
+def pil_transforms(source_channels: int, source_size: int, spec: InputSpec, mean: list[float], std: list[float]):
+    """(prepare, finish): resize and channel conversion before augmentation; tensor and
+    normalisation after it."""
     steps = []
     if source_size != spec.size:
         steps.append(transforms.Resize((spec.size, spec.size), antialias=True))
     if source_channels != spec.channels:
         steps.append(transforms.Grayscale(num_output_channels=spec.channels) if spec.channels == 1
                      else transforms.Lambda(lambda im: im.convert("RGB")))
-    if augment and augment.crop_padding:
-        steps.append(transforms.RandomCrop(spec.size, padding=augment.crop_padding))
-    if augment and augment.hflip:
-        steps.append(transforms.RandomHorizontalFlip())
-    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    return transforms.Compose(steps)
+    return transforms.Compose(steps), transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
 
 
 class StandardLoader:
@@ -191,16 +213,14 @@ class StandardLoader:
                  shuffle: bool = True, seed: int = 0, rank: int = 0, world: int = 1,
                  num_workers: int = 0, pin_memory: bool = False, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        transform = pil_transform(images.shape[1], images.shape[-1], spec, augment, mean, std)
+        prepare, finish = pil_transforms(images.shape[1], images.shape[-1], spec, mean, std)
         self.sampler = _ShardBatchSampler(len(images), batch_size, world, rank, seed, shuffle)
         self._loader = DataLoader(
-            _PILImages(images, labels, transform),
+            _PILImages(images, labels, prepare, augment, finish, seed),
             batch_sampler=self.sampler,
             num_workers=num_workers,
             pin_memory=pin_memory and self.device.type == "cuda",
             persistent_workers=num_workers > 0,
-            # Worker RNG (crop offsets, flips) derives from this generator: reproducible runs.
-            generator=torch.Generator().manual_seed(seed),
         )
 
     def __len__(self) -> int:
