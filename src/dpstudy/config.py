@@ -13,6 +13,7 @@ work with one line naming the key and what is allowed (`UserError`).
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,9 @@ import yaml
 
 from .datasets import DATASETS
 from .errors import UserError
+from .loaders import LOADERS
 from .models import MODELS
+from .schedules import DECAYS, LR_RULES
 
 PRESETS = ("quick", "paper")
 
@@ -30,6 +33,8 @@ PRESETS = ("quick", "paper")
 Dataset = Literal[DATASETS]
 Model = Literal[tuple(MODELS)]
 Device = Literal["auto", "cpu", "cuda"]
+Loader = Literal[LOADERS]
+LRRule = Literal[LR_RULES]
 
 
 def _range(**bounds) -> dict:
@@ -86,11 +91,80 @@ class ProfileConfig:
     probe: ProbeConfig
 
 
+@dataclass(frozen=True)
+class RecipeConfig:
+    """How one configuration trains (shared by every training stage)."""
+
+    epochs: int = field(metadata=_range(ge=1))
+    optimizer: Literal["sgd", "adam"]
+    lr: float = field(metadata=_range(gt=0))
+    ref_batch: int = field(metadata=_range(ge=1))
+    momentum: float = field(metadata=_range(ge=0, lt=1))
+    weight_decay: float = field(metadata=_range(ge=0))
+    warmup_epochs: float = field(metadata=_range(ge=0))
+    decay: Literal[DECAYS]
+    milestones: list[float] = field(metadata={**_range(ge=0), "unique": True})
+    gamma: float = field(metadata=_range(gt=0, le=1))
+    augment: AugmentConfig
+
+
+@dataclass(frozen=True)
+class DPSweepConfig:
+    """One model's grid in train_dp: every mode × loader × batch × lr rule × seed."""
+
+    model: Model
+    width: float = field(metadata=_range(gt=0, le=1))
+    dataset: Dataset
+    modes: list[Literal["single", "dp"]] = field(metadata={"nonempty": True, "unique": True})
+    loaders: list[Loader] = field(metadata={"nonempty": True, "unique": True})
+    num_workers: int = field(metadata=_range(ge=0))
+    batch_sizes: list[int] = field(metadata={**_range(ge=2), "nonempty": True, "unique": True})
+    lr_rules: list[LRRule] = field(metadata={"nonempty": True, "unique": True})
+    recipe: RecipeConfig
+
+
+@dataclass(frozen=True)
+class DDPSweepConfig:
+    """train_ddp's grid: every world size × loader × per-rank batch × lr rule × seed."""
+
+    model: Model
+    width: float = field(metadata=_range(gt=0, le=1))
+    dataset: Dataset
+    world_sizes: list[int] = field(metadata={**_range(ge=1), "nonempty": True, "unique": True})
+    loaders: list[Loader] = field(metadata={"nonempty": True, "unique": True})
+    num_workers: int = field(metadata=_range(ge=0))
+    batch_sizes: list[int] = field(metadata={**_range(ge=2), "nonempty": True, "unique": True})
+    lr_rules: list[LRRule] = field(metadata={"nonempty": True, "unique": True})
+    recipe: RecipeConfig
+
+
+@dataclass(frozen=True)
+class TrainDPConfig:
+    device: Device
+    seeds: list[int] = field(metadata={**_range(ge=0), "nonempty": True, "unique": True})
+    sync_timing: bool
+    lenet_utilization: DPSweepConfig
+    lenet_lr_scaling: DPSweepConfig
+    vgg: DPSweepConfig
+
+
+@dataclass(frozen=True)
+class TrainDDPConfig:
+    nproc_per_node: int | Literal["gpu"] = field(metadata=_range(ge=1))
+    device: Device
+    seeds: list[int] = field(metadata={**_range(ge=0), "nonempty": True, "unique": True})
+    sync_timing: bool
+    timeout_s: float = field(metadata=_range(gt=0))
+    vgg: DDPSweepConfig
+
+
 # Every top-level key params.yaml may hold, and the dataclass that reads it.
 SECTIONS: dict[str, type] = {
     "telemetry": TelemetryConfig,
     "download": DownloadConfig,
     "profile_dataloader": ProfileConfig,
+    "train_dp": TrainDPConfig,
+    "train_ddp": TrainDDPConfig,
 }
 
 
@@ -146,6 +220,9 @@ def build(cls: type, data: Any, preset: str, where: str):
         hint = hints[name]
         value = data[name]
         if dataclasses.is_dataclass(hint):
+            # A whole subsection may differ per preset too: {quick: {...}, paper: {...}}.
+            if isinstance(value, dict) and set(value) == set(PRESETS):
+                value = value[preset]
             values[name] = build(hint, value, preset, key)
             continue
         value = _resolve_preset(value, preset, key)
@@ -178,6 +255,18 @@ def _check(value: Any, hint: Any, meta: typing.Mapping, key: str) -> Any:
 
 
 def _check_scalar(value: Any, hint: Any, meta: typing.Mapping, key: str) -> Any:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # e.g. int | Literal["gpu"]
+        errors = []
+        for option in typing.get_args(hint):
+            try:
+                return _check_scalar(value, option, meta, key)
+            except UserError as exc:
+                errors.append(exc)
+        # An integer out of range says so; anything else lists the alternatives.
+        if isinstance(value, int) and not isinstance(value, bool) and int in typing.get_args(hint):
+            raise errors[typing.get_args(hint).index(int)]
+        raise UserError(f"{key}: expected {' or '.join(map(_type_name, typing.get_args(hint)))}, "
+                        f"got {_describe(value)}")
     if typing.get_origin(hint) is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
