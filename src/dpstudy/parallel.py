@@ -1,0 +1,182 @@
+"""Distributed setup and teardown, and how a model is wrapped for each parallel mode.
+
+`distributed()` is the one place a process group is created and destroyed. Under ``torchrun`` it
+reads RANK / WORLD_SIZE / LOCAL_RANK from the environment; as a plain process it forms a group of
+one, so the same code (DDP included) runs either way. Backend: ``nccl`` with one GPU per process
+(GPU = LOCAL_RANK) when the device resolves to CUDA, else ``gloo`` on the CPU.
+
+A configuration may use fewer processes than were launched (the world-size sweep of train_ddp):
+`Dist.group(w)` is the group of ranks 0..w-1, created up front by every rank as PyTorch requires;
+ranks outside it sit the configuration out and meet the others at `Dist.barrier()`.
+
+When torchrun stops a job because one worker died, it sends SIGTERM to the others; that signal is
+turned into `Terminated` (a SystemExit), so ``finally`` blocks run and open MLflow runs are marked
+FAILED instead of being left RUNNING.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .devices import resolve_device
+from .errors import UserError
+
+MODES = ("single", "dp", "ddp")
+
+
+class Terminated(SystemExit):
+    """SIGTERM (torchrun stopping the job, or a scheduler) as an exception."""
+
+    def __init__(self):
+        super().__init__(128 + signal.SIGTERM)
+
+
+def _raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one exception is enough; let cleanup finish
+    raise Terminated()
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    _groups: dict[int, object] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def launched(self) -> bool:
+        """True under torchrun (or another launcher that sets the env:// variables)."""
+        return "WORLD_SIZE" in os.environ
+
+    def make_groups(self, sizes: list[int]) -> None:
+        """Create the group of ranks 0..w-1 for each size (every rank must call this alike)."""
+        for w in sorted(set(sizes)):
+            if w < self.world and w not in self._groups:
+                self._groups[w] = dist.new_group(ranks=list(range(w)))
+
+    def group(self, w: int):
+        """The process group of ranks 0..w-1 (None = the whole world)."""
+        if w == self.world:
+            return None
+        return self._groups[w]
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value is None else int(value)
+
+
+@contextlib.contextmanager
+def distributed(device_choice: str, timeout_s: float = 1800) -> Iterator[Dist]:
+    """Join (or form) the process group for this process; always destroy it on the way out."""
+    rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    device = resolve_device(device_choice)
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"process {local_rank} on this node has no GPU of its own "
+                            f"({torch.cuda.device_count()} visible): start one process per GPU "
+                            "(train_ddp.nproc_per_node: gpu) or set train_ddp.device: cpu")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if "WORLD_SIZE" in os.environ:
+        dist.init_process_group(backend, timeout=timeout,
+                                device_id=device if device.type == "cuda" else None)
+    else:  # a plain process: a group of one, so DDP code paths work unchanged
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield Dist(rank, world, local_rank, device, backend)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------
+# Wrapping a model per mode
+
+
+def wrap(model: nn.Module, mode: str, device: torch.device, group=None) -> tuple[nn.Module, list[str]]:
+    """The model as the mode trains it, and the names of the devices it computes on.
+
+    single: the model on ``device``. dp: ``nn.DataParallel`` over every visible GPU (with fewer
+    than two GPUs it runs on one device, as PyTorch's DataParallel does). ddp: one replica per
+    process in ``group``, gradients averaged by all-reduce.
+    """
+    model = model.to(device)
+    if mode == "single":
+        return model, [str(device)]
+    if mode == "dp":
+        if device.type == "cuda":
+            ids = list(range(torch.cuda.device_count()))
+            return nn.DataParallel(model, device_ids=ids), [f"cuda:{i}" for i in ids]
+        return nn.DataParallel(model), ["cpu"]
+    if mode == "ddp":
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids, process_group=group), [str(device)]
+    raise ValueError(f"unknown mode {mode!r} (allowed: {', '.join(MODES)})")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, (nn.DataParallel, DistributedDataParallel)) else model
+
+
+class AllReduceTimer:
+    """Wall time during which a gradient all-reduce was in flight, on ``gloo``.
+
+    Registered as DDP's communication hook it performs the same averaging all-reduce DDP does by
+    default and records each bucket's launch and completion times; `take()` returns the length of
+    the union of those intervals since the last call. With ``nccl`` completion happens on a CUDA
+    stream, not on a host thread, so the share is not measured there (`measurable` is False).
+    """
+
+    def __init__(self, model: DistributedDataParallel, group=None):
+        self.group = group
+        self.world = dist.get_world_size(group)
+        self.measurable = dist.get_backend(group) == "gloo"
+        self._intervals: list[tuple[float, float]] = []
+        if self.measurable:
+            model.register_comm_hook(self, AllReduceTimer._hook)
+
+    @staticmethod
+    def _hook(state, bucket):  # no annotations: DDP compares them as objects, not strings
+        tensor = bucket.buffer().div_(state.world)
+        start = time.perf_counter()
+        fut = dist.all_reduce(tensor, group=state.group, async_op=True).get_future()
+
+        def done(f):
+            state._intervals.append((start, time.perf_counter()))
+            return f.value()[0]
+
+        return fut.then(done)
+
+    def take(self) -> float:
+        spans, self._intervals = sorted(self._intervals), []
+        total, end = 0.0, float("-inf")
+        for a, b in spans:
+            if b > end:
+                total += b - max(a, end)
+                end = b
+        return total

@@ -1,0 +1,60 @@
+"""Train VGG16 under DistributedDataParallel (claims B4, B5), launched by torchrun.
+
+dvc.yaml starts it as ``torchrun --standalone --nproc-per-node=<train_ddp.nproc_per_node> -m
+dpstudy train_ddp``: one process per GPU with nccl, or that many CPU processes with gloo.
+Each configuration runs on the first `world` processes (world sizes × per-process batch × lr
+rule × seed), so one launch measures epoch time against world size and accuracy with and without
+lr scaling as the global batch grows; the others wait. Run as a plain process it is a world of one.
+
+Rank 0 alone writes files and logs to MLflow, after all-reducing the figures. Reads params:
+preset, telemetry, train_ddp. Writes into <out>: metrics.json, runs.csv, epochs.csv and
+checkpoints/<configuration>.pt; MLflow: a parent run in study B with a child per configuration.
+If any process dies, torchrun stops the others and exits non-zero; the runs end FAILED.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import as_dict, load_section
+from ..console import say
+from ..devices import device_names
+from ..parallel import distributed
+from ..sweep import ddp_grid, load_data, print_table, prune_checkpoints, run_grid, write_results
+from ..tracking import Tracker
+
+STAGE = "train_ddp"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
+    p.add_argument("--data", default="data/prepared", help="folder of prepared datasets (default: %(default)s)")
+    p.add_argument("--out", default=f"results/{STAGE}", help="output folder (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    preset, cfg = load_section(STAGE, args.params)
+    _, telemetry = load_section("telemetry", args.params)
+    out = Path(args.out)
+    with distributed(cfg.device, cfg.timeout_s) as dist:
+        grid, skipped = ddp_grid("vgg", cfg.vgg, cfg.seeds, launched=dist.world)
+        dist.make_groups([spec.world for spec in grid])
+        data = load_data(Path(args.data), [cfg.vgg.dataset])
+        if dist.is_main:
+            prune_checkpoints(out, grid)
+            say(f"[{STAGE}] {dist.world} process(es), backend {dist.backend}, {dist.device.type}"
+                + (f"; world sizes {skipped} skipped: only {dist.world} launched" if skipped else ""))
+        params = {"preset": preset, "telemetry": as_dict(telemetry), STAGE: as_dict(cfg)}
+        with Tracker("B", STAGE, preset=preset, params=params, rank=dist.rank, world_size=dist.world,
+                     devices=device_names(dist.device)) as tracker:
+            tracker.parent.set_tags({"sweep": "vgg", "backend": dist.backend,
+                                     "skipped_world_sizes": ",".join(map(str, skipped)) or "none"})
+            results = run_grid(grid, data, tracker, out, dist=dist, sync_timing=cfg.sync_timing,
+                               sample_interval_s=telemetry.interval_s)
+            if dist.is_main:
+                write_results(results, out)
+                tracker.parent.log_artifact(out / "runs.csv")
+    if dist.is_main:
+        print_table(f"{STAGE} ({preset} preset, {dist.world} × {dist.device.type}, {dist.backend})", results, out)
+    return 0

@@ -1,0 +1,56 @@
+"""Train on one device and under nn.DataParallel (claims A1, A4, B1–B3).
+
+Three grids, each configuration trained by the shared engine and checkpointed every epoch:
+LeNet-5 over mode (single | dp) × loader × batch size (A1: utilisation and data wait vs batch
+size), LeNet-5 over batch size × lr rule (A4: loss curves and accuracy with and without lr
+scaling), and VGG16 over mode × batch size (B1–B3: epoch time, per-device memory and
+utilisation). DataParallel spans every visible GPU;
+with fewer than two it still runs, on one device, and the run is tagged so.
+
+Reads params: preset, telemetry, train_dp. Reads <data>/<dataset>.pt. Writes into <out>:
+metrics.json, runs.csv, epochs.csv and checkpoints/<configuration>.pt; MLflow: a parent run per
+grid (in study A for LeNet, B for VGG16) with a child per configuration. A rerun resumes an interrupted
+configuration from its checkpoint and reuses finished ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import as_dict, load_section
+from ..devices import device_names, resolve_device
+from ..sweep import dp_grid, load_data, print_table, prune_checkpoints, run_grid, write_results
+from ..tracking import Tracker
+
+STAGE = "train_dp"
+STUDY = {"lenet_utilization": "A", "lenet_lr_scaling": "A", "vgg": "B"}  # grid -> study
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
+    p.add_argument("--data", default="data/prepared", help="folder of prepared datasets (default: %(default)s)")
+    p.add_argument("--out", default=f"results/{STAGE}", help="output folder (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    preset, cfg = load_section(STAGE, args.params)
+    _, telemetry = load_section("telemetry", args.params)
+    device = resolve_device(cfg.device)
+    data = load_data(Path(args.data), [getattr(cfg, name).dataset for name in STUDY])
+    out = Path(args.out)
+    params = {"preset": preset, "telemetry": as_dict(telemetry), STAGE: as_dict(cfg)}
+
+    grids = {name: dp_grid(name, getattr(cfg, name), cfg.seeds) for name in STUDY}
+    prune_checkpoints(out, [spec for grid in grids.values() for spec in grid])
+    results = []
+    for name, grid in grids.items():
+        with Tracker(STUDY[name], STAGE, preset=preset, params=params, devices=device_names(device)) as tracker:
+            tracker.parent.set_tags({"sweep": name, "device": str(device)})
+            done = run_grid(grid, data, tracker, out, device=device, sync_timing=cfg.sync_timing,
+                            sample_interval_s=telemetry.interval_s)
+            results += done
+            write_results(results, out)
+            tracker.parent.log_artifact(out / "runs.csv")
+    print_table(f"{STAGE} ({preset} preset, {device})", results, out)
+    return 0

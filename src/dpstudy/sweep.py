@@ -1,0 +1,208 @@
+"""A training stage's grid of configurations: build it from params, run it, write its results.
+
+Shared by train_dp and train_ddp (and the adaptive stage): every configuration is one `RunSpec`
+trained by `engine.train` inside a nested MLflow run, with its checkpoint at
+``<out>/checkpoints/<name>.pt``. A rerun of the stage resumes an interrupted configuration and
+reuses a finished one when its checkpoint matches (same settings, same data), so only what a
+change touches is trained again. Rank 0 writes the result files:
+
+- ``runs.csv``: one row per configuration (final figures, outcome, per-device memory);
+- ``epochs.csv``: one row per configuration and epoch (the curves `dvc plots` draws);
+- ``metrics.json``: test accuracy and epoch time per configuration (`dvc metrics show`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from pathlib import Path
+from typing import Iterable
+
+from .config import DDPSweepConfig, DPSweepConfig
+from .console import format_table, progress, say
+from .datasets import file_sha256, load_prepared
+from .engine import Context, Result, RunSpec, TrainData, train
+from .fsutil import write_csv_atomic, write_json_atomic
+from .parallel import Dist
+from .tracking import Run, Tracker
+
+
+def load_data(folder: Path, names: Iterable[str]) -> dict[str, TrainData]:
+    """Each prepared dataset the grids use, with the checksum their checkpoints record."""
+    return {name: TrainData(load_prepared(folder / f"{name}.pt"), file_sha256(folder / f"{name}.pt"))
+            for name in dict.fromkeys(names)}
+
+
+def dp_grid(name: str, cfg: DPSweepConfig, seeds: Iterable[int]) -> list[RunSpec]:
+    """mode × loader × batch × lr rule × seed, one process each."""
+    return [RunSpec(name, cfg.model, cfg.width, cfg.dataset, mode, 1, loader, cfg.num_workers, batch, rule, seed,
+                    cfg.recipe)
+            for mode, loader, batch, rule, seed in itertools.product(cfg.modes, cfg.loaders, cfg.batch_sizes,
+                                                                     cfg.lr_rules, seeds)]
+
+
+def ddp_grid(name: str, cfg: DDPSweepConfig, seeds: Iterable[int], launched: int) -> tuple[list[RunSpec], list[int]]:
+    """world size × loader × per-rank batch × lr rule × seed, for world sizes up to ``launched``.
+
+    Returns the grid and the world sizes left out because fewer processes were launched.
+    """
+    worlds = [w for w in cfg.world_sizes if w <= launched]
+    skipped = [w for w in cfg.world_sizes if w > launched]
+    grid = [RunSpec(name, cfg.model, cfg.width, cfg.dataset, "ddp", world, loader, cfg.num_workers, batch, rule,
+                    seed, cfg.recipe)
+            for world, loader, batch, rule, seed in itertools.product(worlds, cfg.loaders, cfg.batch_sizes,
+                                                                      cfg.lr_rules, seeds)]
+    return grid, skipped
+
+
+def run_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Tracker, out: Path, *,
+             dist: Dist | None = None, device=None, sync_timing: bool = False,
+             sample_interval_s: float = 0.5) -> list[Result]:
+    """Train every configuration (rank 0 logs and reports); ranks a configuration does not use
+    wait for it at a barrier. Returns the results rank 0 holds (empty on other ranks)."""
+    rank = dist.rank if dist else 0
+    device = dist.device if dist else device
+    checkpoints = out / "checkpoints"
+    results = []
+    for spec in progress(specs, desc=tracker.stage) if rank == 0 else specs:
+        if rank < spec.world:
+            group = dist.group(spec.world) if dist and spec.mode == "ddp" else None
+            ctx = Context(device, group, rank, sync_timing, sample_interval_s)
+            result = _run_one(spec, data[spec.dataset], ctx, tracker, checkpoints / f"{spec.name}.pt")
+            if rank == 0:
+                results.append(result)
+                say(_one_line(result))
+        if dist and dist.world > 1:
+            dist.barrier()
+    return results
+
+
+def _run_one(spec: RunSpec, data: TrainData, ctx: Context, tracker: Tracker, checkpoint: Path) -> Result:
+    tags = {"sweep": spec.sweep, "mode": spec.mode, "model": spec.model, "world_size": spec.world}
+    with tracker.child(spec.name, spec.params(), tags=tags) as run:
+        result = train(spec, data, ctx, checkpoint,
+                       on_epoch=lambda row: run.log_metrics(numeric(row), step=row["epoch"]))
+        _log_result(run, result)
+    return result
+
+
+def _log_result(run: Run, result: Result) -> None:
+    run.set_tags({
+        "outcome": result.outcome,
+        "devices": ", ".join(result.devices),
+        "restored_epochs": result.restored_epochs,
+        **({"diverged_step": result.diverged_step} if result.diverged_step is not None else {}),
+        **({"dp_note": "fewer than 2 GPUs visible: DataParallel ran on one device"}
+           if result.spec.mode == "dp" and len(result.devices) < 2 else {}),
+    })
+    for row in result.history[:result.restored_epochs]:  # epochs a previous execution trained
+        run.log_metrics(numeric(row), step=row["epoch"])
+    run.log_series("step_loss", result.step_loss)
+    run.log_samples(result.samples)
+
+
+def numeric(row: dict) -> dict[str, float]:
+    """A history row as MLflow metrics: lists become one metric per device."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, list):
+            out.update({f"{key}.dev{i}": float(v) for i, v in enumerate(value)})
+        elif isinstance(value, (int, float)) and value == value:  # skip NaN (not measured)
+            out[key] = float(value)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Result files
+
+
+def summary_row(result: Result) -> dict:
+    spec, hist = result.spec, result.history
+    timed = hist[1:] or hist  # the first epoch carries start-up costs (workers, caches, autotune)
+    memory = [max(vals) for vals in zip(*(h["device_mem_mib"] for h in hist))] if hist else []
+    final = result.final
+    return {
+        "name": spec.name,
+        # what a plot line joins: the same configuration across batch sizes and world sizes
+        "series": f"{spec.sweep} {spec.mode} {spec.loader} {spec.lr_rule}",
+        "sweep": spec.sweep, "model": spec.model, "dataset": spec.dataset,
+        "mode": spec.mode, "world": spec.world, "devices": len(result.devices) * spec.world, "loader": spec.loader,
+        "num_workers": spec.num_workers, "batch": spec.batch, "global_batch": spec.global_batch,
+        "lr_rule": spec.lr_rule, "peak_lr": round(spec.peak_lr, 6), "seed": spec.seed,
+        "outcome": result.outcome, "diverged_step": "" if result.diverged_step is None else result.diverged_step,
+        "epochs": len(hist),
+        "train_loss": final.get("train_loss", float("nan")),
+        "train_accuracy": final.get("train_accuracy", float("nan")),
+        "test_loss": final.get("test_loss", float("nan")),
+        "test_accuracy": final.get("test_accuracy", float("nan")),
+        "epoch_time_s": statistics.fmean(h["epoch_time_s"] for h in timed) if timed else float("nan"),
+        "images_per_s": statistics.fmean(h["images_per_s"] for h in timed) if timed else float("nan"),
+        "data_wait_fraction": statistics.fmean(h["data_wait_fraction"] for h in timed) if timed else float("nan"),
+        "allreduce_fraction": statistics.fmean(h["allreduce_fraction"] for h in timed) if timed else float("nan"),
+        "device_mem_mib": ";".join(f"{m:.1f}" for m in memory),
+        "utilization_pct": ";".join(f"{v:.1f}" for v in _utilization(timed)),
+    }
+
+
+def _utilization(rows: list[dict]) -> list[float]:
+    """Mean utilisation per GPU (NVML), else the system CPU, over the given epochs."""
+    keys = sorted(k for k in (rows[0] if rows else {}) if k.startswith("gpu") and k.endswith("_util_pct_mean"))
+    keys = keys or ([k for k in ("cpu_util_pct_mean",) if rows and k in rows[0]])
+    return [statistics.fmean(r[k] for r in rows if k in r) for k in keys]
+
+
+def epoch_rows(results: list[Result]) -> list[dict]:
+    rows = []
+    for r in results:
+        for h in r.history:
+            rows.append({"series": r.spec.name, "sweep": r.spec.sweep,
+                         **{k: (";".join(f"{x:.1f}" for x in v) if isinstance(v, list) else v)
+                            for k, v in h.items() if not k.endswith("_mean")}})
+    return rows
+
+
+def prune_checkpoints(out: Path, specs: Iterable[RunSpec]) -> None:
+    """Remove checkpoints of configurations no longer in the grid: the folder matches params.yaml."""
+    keep = {f"{spec.name}.pt" for spec in specs}
+    for path in (out / "checkpoints").glob("*.pt"):
+        if path.name not in keep:
+            path.unlink()
+
+
+def write_results(results: list[Result], out: Path) -> dict:
+    """runs.csv, epochs.csv and metrics.json for ``results``; returns the metrics."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [summary_row(r) for r in results]
+    write_csv_atomic(out / "runs.csv", [_rounded(r) for r in rows])
+    write_csv_atomic(out / "epochs.csv", [_rounded(r) for r in epoch_rows(results)])
+    metrics: dict = {}
+    for row in rows:
+        metrics.setdefault(row["sweep"], {})[row["name"]] = {
+            "test_accuracy": round(row["test_accuracy"], 4),
+            "epoch_time_s": round(row["epoch_time_s"], 4),
+            "outcome": row["outcome"],
+        }
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def _rounded(row: dict) -> dict:
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def _one_line(result: Result) -> str:
+    f = result.final
+    state = result.outcome if result.outcome != "diverged" else f"diverged at step {result.diverged_step}"
+    resumed = f", {result.restored_epochs} epochs from checkpoint" if result.restored_epochs else ""
+    return (f"[{result.spec.sweep}] {result.spec.name}: {state}, test accuracy {f.get('test_accuracy', 0):.3f}, "
+            f"{f.get('images_per_s', 0):,.0f} images/s{resumed}")
+
+
+def print_table(title: str, results: list[Result], out: Path) -> None:
+    rows = [summary_row(r) for r in results]
+    print(f"\n{title}")
+    print(format_table(
+        ["configuration", "outcome", "test acc", "epoch s", "images/s", "data wait", "memory MiB"],
+        [(r["name"], r["outcome"], f"{r['test_accuracy']:.3f}", r["epoch_time_s"], r["images_per_s"],
+          f"{r['data_wait_fraction']:.1%}", r["device_mem_mib"]) for r in rows]))
+    print(f"\nfiles: {out}/metrics.json, runs.csv, epochs.csv, checkpoints/; runs in MLflow")
