@@ -1,0 +1,186 @@
+"""The training engine on the CPU: determinism, divergence, checkpoints and exact resumption."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, write_params
+from dpstudy.config import AugmentConfig, RecipeConfig
+from dpstudy.datasets import file_sha256, load_prepared
+from dpstudy.engine import Context, RunSpec, TrainData, train
+from dpstudy.models import build_model
+from dpstudy.sweep import run_grid
+from dpstudy.tracking import Tracker
+
+RECIPE = RecipeConfig(epochs=3, optimizer="sgd", lr=0.05, ref_batch=64, momentum=0.9, weight_decay=5e-4,
+                      warmup_epochs=1, decay="cosine", milestones=[], gamma=0.1,
+                      augment=AugmentConfig(crop_padding=2, hflip=True))
+CPU = Context(torch.device("cpu"), sample_interval_s=0.05)
+
+
+def spec(**changes) -> RunSpec:
+    base = RunSpec("test", "lenet", 1.0, "digits", "single", 1, "resident", 0, 64, "linear", 0, RECIPE)
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def digits(digits_dir) -> TrainData:
+    path = digits_dir / "digits.pt"
+    return TrainData(load_prepared(path), file_sha256(path))
+
+
+LEARNED = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "steps", "global_batch")
+
+
+def learned(history: list[dict]) -> list[dict]:
+    """What training computed, without the wall-clock figures."""
+    return [{k: row[k] for k in LEARNED} for row in history]
+
+
+def test_same_seed_same_params_same_metrics_and_weights(digits, tmp_path):
+    a = train(spec(), digits, CPU, tmp_path / "a.pt")
+    b = train(spec(), digits, CPU, tmp_path / "b.pt")
+    assert a.outcome == b.outcome == "finished" and len(a.history) == RECIPE.epochs
+    assert learned(a.history) == learned(b.history)
+    assert a.step_loss == b.step_loss
+    wa, wb = (torch.load(p, weights_only=False)["model"] for p in (tmp_path / "a.pt", tmp_path / "b.pt"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a.final["test_accuracy"] > 0.5  # it learned something: 10 classes, chance is 0.1
+    other = train(spec(seed=1), digits, CPU, tmp_path / "c.pt")
+    assert learned(other.history) != learned(a.history)
+
+
+def test_dataparallel_runs_on_the_cpu_and_matches_a_single_device(digits, tmp_path):
+    single = train(spec(), digits, CPU, tmp_path / "single.pt")
+    dp = train(spec(mode="dp"), digits, CPU, tmp_path / "dp.pt")
+    assert dp.devices == ["cpu"]  # fewer than two GPUs: DataParallel runs on one device
+    assert learned(dp.history) == learned(single.history)
+
+
+def test_checkpoint_holds_what_evaluation_and_resumption_need(digits, tmp_path):
+    train(spec(), digits, CPU, tmp_path / "c.pt")
+    ckpt = torch.load(tmp_path / "c.pt", weights_only=False)
+    assert ckpt["complete"] and ckpt["epoch"] == RECIPE.epochs - 1 and ckpt["outcome"] == "finished"
+    assert ckpt["data_sha256"] == digits.sha256
+    assert ckpt["config"]["global_batch"] == 64 and ckpt["config"]["recipe"]["lr"] == 0.05
+    assert {"torch", "numpy", "python", "cuda"} <= set(ckpt["rng"][0])
+    assert ckpt["optimizer"]["state"] and ckpt["schedule"]["global_step"] == RECIPE.epochs * ckpt["history"][0]["steps"]
+    meta = ckpt["model_meta"]
+    model = build_model(meta["model"], meta["channels"], meta["num_classes"], width=meta["width"])
+    model.load_state_dict(ckpt["model"])  # unwrapped: loads into a plain model
+    assert (meta["input_channels"], meta["input_size"]) == (1, 32)
+
+
+def test_a_finished_checkpoint_is_reused_and_a_changed_config_retrains(digits, tmp_path):
+    first = train(spec(), digits, CPU, tmp_path / "c.pt")
+    again = train(spec(), digits, CPU, tmp_path / "c.pt")
+    assert again.restored_epochs == RECIPE.epochs and learned(again.history) == learned(first.history)
+    changed = train(spec(lr_rule="sqrt"), digits, CPU, tmp_path / "c.pt")
+    assert changed.restored_epochs == 0
+
+
+@pytest.mark.parametrize("loader, workers", [("resident", 0), ("standard", 1)])
+def test_resuming_from_an_epoch_checkpoint_ends_exactly_like_an_uninterrupted_run(digits, tmp_path, loader, workers):
+    s = spec(loader=loader, num_workers=workers)
+    ckpt = tmp_path / "run.pt"
+    saved = tmp_path / "after-epoch-0.pt"
+
+    def keep_first(row):
+        if row["epoch"] == 0:
+            shutil.copy(ckpt, saved)
+
+    full = train(s, digits, CPU, ckpt, on_epoch=keep_first)
+    resumed = train(s, digits, CPU, saved)
+    assert resumed.restored_epochs == 1
+    assert learned(resumed.history) == learned(full.history)
+    assert resumed.step_loss == full.step_loss
+    a, b = (torch.load(p, weights_only=False)["model"] for p in (ckpt, saved))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_divergence_ends_the_configuration_and_the_sweep_goes_on(digits, tmp_path):
+    blowup = spec(recipe=dataclasses.replace(RECIPE, lr=1e4, warmup_epochs=0))
+    healthy = spec(lr_rule="none")
+    with Tracker("A", "test", preset="quick", params={}, uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                 root=tmp_path) as tracker:
+        results = run_grid([blowup, healthy], {"digits": digits}, tracker, tmp_path / "out",
+                           device=torch.device("cpu"))
+    bad, good = results
+    assert bad.outcome == "diverged" and bad.diverged_step is not None
+    assert bad.diverged_step < len(bad.history) * bad.history[0]["steps"]
+    assert len(bad.history) < RECIPE.epochs  # stopped at the epoch it diverged in
+    assert good.outcome == "finished" and len(good.history) == RECIPE.epochs
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    child = client.get_run(client.search_runs([tracker.experiment_id],
+                                              f"tags.`mlflow.parentRunId` = '{tracker.parent.run_id}' "
+                                              f"and attributes.run_name = '{blowup.name}'")[0].info.run_id)
+    assert child.data.tags["outcome"] == "diverged"
+    assert child.data.tags["diverged_step"] == str(bad.diverged_step)
+    assert child.info.status == "FINISHED"
+
+
+# --------------------------------------------------------------------------------------------
+# A real stage process killed mid-run, then rerun
+
+
+def _small_train_dp(path: Path) -> Path:
+    tiny = {"epochs": 1}
+    overrides = {"train_dp.seeds": [0], "train_dp.device": "cpu"}
+    for grid in ("lenet_utilization", "lenet_lr_scaling"):
+        overrides |= {f"train_dp.{grid}.modes": ["single"], f"train_dp.{grid}.loaders": ["resident"],
+                      f"train_dp.{grid}.batch_sizes": [64], f"train_dp.{grid}.lr_rules": ["linear"],
+                      **{f"train_dp.{grid}.recipe.{k}": v for k, v in tiny.items()}}
+    overrides |= {"train_dp.vgg.modes": ["single"], "train_dp.vgg.batch_sizes": [32],
+                  "train_dp.vgg.num_workers": 1, "train_dp.vgg.recipe.epochs": 4}
+    return write_params(path, overrides)
+
+
+def _stage(params: Path, data: Path, out: Path, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
+    return subprocess.Popen([sys.executable, "-m", "dpstudy", "train_dp", "--params", str(params), "--data",
+                             str(data), "--out", str(out)], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_a_killed_stage_resumes_and_ends_with_the_uninterrupted_metrics(digits_dir, tmp_path):
+    params = _small_train_dp(tmp_path / "params.yaml")
+    vgg = "vgg-single-standard1w-b32-linear-s0.pt"
+
+    whole = _stage(params, digits_dir, tmp_path / "whole", tmp_path)
+    assert whole.wait(timeout=300) == 0, whole.stdout.read()
+
+    killed = _stage(params, digits_dir, tmp_path / "killed", tmp_path)
+    ckpt = tmp_path / "killed" / "checkpoints" / vgg
+    deadline = time.monotonic() + 240
+    while not ckpt.exists() and time.monotonic() < deadline and killed.poll() is None:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    at_kill = torch.load(ckpt, weights_only=False)
+    assert not at_kill["complete"], "the run finished before it could be killed"
+
+    rerun = _stage(params, digits_dir, tmp_path / "killed", tmp_path)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    assert f"{at_kill['epoch'] + 1} epochs from checkpoint" in out
+
+    a = torch.load(tmp_path / "whole" / "checkpoints" / vgg, weights_only=False)
+    b = torch.load(ckpt, weights_only=False)
+    assert a["complete"] and b["complete"]
+    assert learned(a["history"]) == learned(b["history"])
+    assert a["step_loss"] == b["step_loss"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert (tmp_path / "whole" / "runs.csv").read_text().count("\n") == (tmp_path / "killed" / "runs.csv").read_text().count("\n")
