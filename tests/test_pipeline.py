@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -45,10 +46,12 @@ def test_dvc_repro_quick_preset_then_nothing_to_do(tmp_path):
     first = dvc("repro", cwd=repo)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "Running stage 'download'" in first.stdout
-    assert "Running stage 'profile_dataloader'" in first.stdout
+    for stage in ("profile_dataloader", "train_dp", "train_ddp"):
+        assert f"Running stage '{stage}'" in first.stdout
     assert (repo / "data" / "prepared" / "digits.pt").is_file()
     metrics = json.loads((repo / "results" / "profile_dataloader" / "metrics.json").read_text())
     assert metrics["throughput"]["resident_speedup"] > 1
+    check_training_results(repo)
 
     again = dvc("repro", cwd=repo)
     assert again.returncode == 0
@@ -69,4 +72,43 @@ def test_dvc_repro_quick_preset_then_nothing_to_do(tmp_path):
     params = (repo / "params.yaml").read_text().replace("  seed: 0 ", "  seed: 1 ", 1)
     (repo / "params.yaml").write_text(params)
     status = dvc("status", cwd=repo)
-    assert "profile_dataloader" in status.stdout and "download:" not in status.stdout
+    assert "profile_dataloader" in status.stdout
+    assert not {"download:", "train_dp:", "train_ddp:"} & set(status.stdout.split())
+
+
+def check_training_results(repo: Path) -> None:
+    """train_dp and train_ddp: a row per configuration, checkpoints, and the MLflow layout."""
+    from mlflow.tracking import MlflowClient
+
+    from dpstudy.tracking import STUDIES
+
+    expected = {}
+    for stage in ("train_dp", "train_ddp"):
+        out = repo / "results" / stage
+        with open(out / "runs.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        assert rows and all(r["outcome"] == "finished" for r in rows)
+        assert {f"{r['name']}.pt" for r in rows} == {p.name for p in (out / "checkpoints").glob("*.pt")}
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert sum(len(grid) for grid in metrics.values()) == len(rows)
+        expected[stage] = rows
+    ddp = expected["train_ddp"]
+    assert {int(r["world"]) for r in ddp} == {1, 2}  # torchrun started 2 gloo processes
+    # LeNet learns digits in the quick preset (chance is 0.1).
+    assert max(float(r["test_accuracy"]) for r in expected["train_dp"] if r["sweep"] == "lenet_lr_scaling") > 0.9
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    for study, stage, sweeps in (("A", "train_dp", {"lenet_utilization", "lenet_lr_scaling"}),
+                                 ("B", "train_dp", {"vgg"}), ("B", "train_ddp", {"vgg"})):
+        exp = client.get_experiment_by_name(STUDIES[study])
+        parents = client.search_runs([exp.experiment_id], f"tags.dvc_stage = '{stage}' and "
+                                     "attributes.run_name = '" + stage + "'")
+        parents = [p for p in parents if "mlflow.parentRunId" not in p.data.tags]
+        assert len(parents) == 1, (study, stage)  # one parent run per stage execution
+        parent = parents[0]
+        assert parent.info.status == "FINISHED" and set(parent.data.tags["sweep"].split(",")) == sweeps
+        children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        assert {c.info.run_name for c in children} == {r["name"] for r in expected[stage] if r["sweep"] in sweeps}
+        assert all(c.info.status == "FINISHED" for c in children)
+        assert all("test_accuracy" in c.data.metrics for c in children)
+        assert all(len(client.get_metric_history(c.info.run_id, "step_loss")) > 1 for c in children[:2])

@@ -8,8 +8,8 @@ utilisation). DataParallel spans every visible GPU;
 with fewer than two it still runs, on one device, and the run is tagged so.
 
 Reads params: preset, telemetry, train_dp. Reads <data>/<dataset>.pt. Writes into <out>:
-metrics.json, runs.csv, epochs.csv and checkpoints/<configuration>.pt; MLflow: a parent run per
-grid (in study A for LeNet, B for VGG16) with a child per configuration. A rerun resumes an interrupted
+metrics.json, runs.csv, epochs.csv and checkpoints/<configuration>.pt; MLflow: a parent run in
+each study's experiment (A: both LeNet grids, B: VGG16) with a child per configuration. A rerun resumes an interrupted
 configuration from its checkpoint and reuses finished ones.
 """
 
@@ -44,12 +44,12 @@ def run(args: argparse.Namespace) -> int:
     grids = {name: dp_grid(name, getattr(cfg, name), cfg.seeds) for name in STUDY}
     prune_checkpoints(out, [spec for grid in grids.values() for spec in grid])
     results = []
-    for name, grid in grids.items():
-        with Tracker(STUDY[name], STAGE, preset=preset, params=params, devices=device_names(device)) as tracker:
-            tracker.parent.set_tags({"sweep": name, "device": str(device)})
-            done = run_grid(grid, data, tracker, out, device=device, sync_timing=cfg.sync_timing,
-                            sample_interval_s=telemetry.interval_s)
-            results += done
+    for study in dict.fromkeys(STUDY.values()):  # one parent run per study's experiment
+        names = [name for name in grids if STUDY[name] == study]
+        with Tracker(study, STAGE, preset=preset, params=params, devices=device_names(device)) as tracker:
+            tracker.parent.set_tags({"sweep": ",".join(names), "device": str(device)})
+            results += run_grid([spec for name in names for spec in grids[name]], data, tracker, out,
+                                device=device, sync_timing=cfg.sync_timing, sample_interval_s=telemetry.interval_s)
             write_results(results, out)
             tracker.parent.log_artifact(out / "runs.csv")
     print_table(f"{STAGE} ({preset} preset, {device})", results, out)
