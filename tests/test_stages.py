@@ -152,3 +152,33 @@ def test_profile_stage_writes_metrics_plots_and_mlflow_runs(tmp_path, digits_dir
     waits = client.get_metric_history(probe.info.run_id, "data_wait_s")
     assert [m.step for m in waits] == [0, 1, 2]
     assert len(client.get_metric_history(probe.info.run_id, "proc_rss_mib")) >= 2  # sampler samples
+
+
+@pytest.mark.parametrize("stage, key, value, message", [
+    ("train_dp", "train_dp.lenet_utilization.width", 0.5,
+     "train_dp.lenet_utilization: LeNet-5 has a fixed width"),
+    ("train_dp", "train_dp.lenet_lr_scaling.lr_rules", ["cubic"],
+     "train_dp.lenet_lr_scaling.lr_rules[0]: must be one of none, linear, sqrt, got 'cubic'"),
+    ("train_dp", "train_dp.vgg.batch_sizes", [1], "train_dp.vgg.batch_sizes[0]: must be >= 2, got 1"),
+    ("train_dp", "train_dp.vgg.recipe.decay", "exp", "train_dp.vgg.recipe.decay: must be one of none, step, cosine"),
+    ("train_ddp", "train_ddp.nproc_per_node", 0, "train_ddp.nproc_per_node: must be >= 1, got 0"),
+    ("train_ddp", "train_ddp.vgg.world_sizes", [], "train_ddp.vgg.world_sizes: must not be empty"),
+    ("train_ddp", "train_ddp.vgg.model", "lenet", None),  # valid: shows the checks pass real configs
+])
+def test_bad_training_params_fail_in_one_line_before_any_work(tmp_path, digits_dir, monkeypatch, capsys,
+                                                              stage, key, value, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    overrides = {key: value}
+    if message is None:  # a valid value: make the run tiny, it must succeed
+        overrides |= {"train_ddp.vgg.width": 1.0, "train_ddp.vgg.recipe.epochs": 1,
+                      "train_ddp.vgg.lr_rules": ["linear"], "train_ddp.vgg.loaders": ["resident"]}
+    params = write_params(tmp_path / "params.yaml", overrides)
+    code = main([stage, "--params", str(params), "--data", str(digits_dir), "--out", "out"])
+    if message is None:
+        assert code == 0 and (tmp_path / "out" / "runs.csv").is_file()
+        return
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()

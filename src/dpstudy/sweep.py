@@ -22,7 +22,9 @@ from .config import DDPSweepConfig, DPSweepConfig
 from .console import format_table, progress, say
 from .datasets import file_sha256, load_prepared
 from .engine import Context, Result, RunSpec, TrainData, train
+from .errors import UserError
 from .fsutil import write_csv_atomic, write_json_atomic
+from .models import build_model
 from .parallel import Dist
 from .tracking import Run, Tracker
 
@@ -33,8 +35,17 @@ def load_data(folder: Path, names: Iterable[str]) -> dict[str, TrainData]:
             for name in dict.fromkeys(names)}
 
 
+def check_model(where: str, cfg: DPSweepConfig | DDPSweepConfig) -> None:
+    """Refuse a model the grid cannot build (e.g. a width LeNet-5 does not have) before any work."""
+    try:
+        build_model(cfg.model, channels=3, num_classes=10, width=cfg.width)
+    except ValueError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
 def dp_grid(name: str, cfg: DPSweepConfig, seeds: Iterable[int]) -> list[RunSpec]:
     """mode × loader × batch × lr rule × seed, one process each."""
+    check_model(f"train_dp.{name}", cfg)
     return [RunSpec(name, cfg.model, cfg.width, cfg.dataset, mode, 1, loader, cfg.num_workers, batch, rule, seed,
                     cfg.recipe)
             for mode, loader, batch, rule, seed in itertools.product(cfg.modes, cfg.loaders, cfg.batch_sizes,

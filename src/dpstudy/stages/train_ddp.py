@@ -21,7 +21,7 @@ from ..config import as_dict, load_section
 from ..console import say
 from ..devices import device_names
 from ..parallel import distributed
-from ..sweep import ddp_grid, load_data, print_table, prune_checkpoints, run_grid, write_results
+from ..sweep import check_model, ddp_grid, load_data, print_table, prune_checkpoints, run_grid, write_results
 from ..tracking import Tracker
 
 STAGE = "train_ddp"
@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     preset, cfg = load_section(STAGE, args.params)
     _, telemetry = load_section("telemetry", args.params)
     out = Path(args.out)
+    check_model(f"{STAGE}.vgg", cfg.vgg)  # before any process group exists
     with distributed(cfg.device, cfg.timeout_s) as dist:
         grid, skipped = ddp_grid("vgg", cfg.vgg, cfg.seeds, launched=dist.world)
         dist.make_groups([spec.world for spec in grid])

@@ -37,11 +37,10 @@ def run(args: argparse.Namespace) -> int:
     preset, cfg = load_section(STAGE, args.params)
     _, telemetry = load_section("telemetry", args.params)
     device = resolve_device(cfg.device)
+    grids = {name: dp_grid(name, getattr(cfg, name), cfg.seeds) for name in STUDY}
     data = load_data(Path(args.data), [getattr(cfg, name).dataset for name in STUDY])
     out = Path(args.out)
     params = {"preset": preset, "telemetry": as_dict(telemetry), STAGE: as_dict(cfg)}
-
-    grids = {name: dp_grid(name, getattr(cfg, name), cfg.seeds) for name in STUDY}
     prune_checkpoints(out, [spec for grid in grids.values() for spec in grid])
     results = []
     for study in dict.fromkeys(STUDY.values()):  # one parent run per study's experiment
