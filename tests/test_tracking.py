@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 
 import pytest
@@ -91,3 +93,27 @@ def test_only_rank_zero_logs(store):
             run.log_metrics({"m": 1.0}, step=0)
             assert not run.active
     assert not (root / "mlflow.db").exists()  # rank 1 never even opened the store
+
+
+def test_a_sigterm_during_the_failure_write_still_leaves_every_run_failed(tmp_path, monkeypatch):
+    """When a DDP peer dies, rank 0 records FAILED after gloo's error and torchrun's SIGTERM lands
+    in the middle of that write: the signal waits for the write, then ends the process."""
+    from dpstudy.parallel import Terminated, distributed
+
+    real = MlflowClient.set_terminated
+
+    def signal_during_first_write(self, run_id, status=None, end_time=None):
+        monkeypatch.setattr(MlflowClient, "set_terminated", real)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, run_id, status, end_time)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(Terminated):
+        with distributed("cpu"):  # installs the SIGTERM -> Terminated handler torchrun workers use
+            with Tracker("B", "train_ddp", preset="quick", params={}, uri=uri, root=tmp_path) as tracker:
+                with tracker.child("config", {}):
+                    monkeypatch.setattr(MlflowClient, "set_terminated", signal_during_first_write)
+                    raise RuntimeError("Connection closed by peer")
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(STUDIES["B"]).experiment_id])
+    assert sorted((r.info.run_name, r.info.status) for r in runs) == [("config", "FAILED"), ("train_ddp", "FAILED")]

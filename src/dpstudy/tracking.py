@@ -16,7 +16,9 @@ import contextlib
 import logging
 import os
 import platform
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -172,7 +174,7 @@ class Tracker:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._client is None:
             return
-        self._client.set_terminated(self.parent.run_id, status=_end_status(exc_type))
+        self._terminate(self.parent.run_id, _end_status(exc_type))
 
     @contextlib.contextmanager
     def child(self, name: str, params: Mapping[str, Any], tags: Mapping[str, Any] | None = None
@@ -189,11 +191,29 @@ class Tracker:
         try:
             yield run
         except BaseException as exc:
-            self._client.set_terminated(info.run_id, status=_end_status(type(exc)))
+            self._terminate(info.run_id, _end_status(type(exc)))
             raise
-        self._client.set_terminated(info.run_id, status="FINISHED")
+        self._terminate(info.run_id, "FINISHED")
 
     # -- helpers ----------------------------------------------------------------------------
+    def _terminate(self, run_id: str, status: str) -> None:
+        """Record a run's final status without being cut short by SIGTERM/SIGINT: when a DDP
+        peer dies, torchrun's SIGTERM often lands while the failure is being recorded. A signal
+        that arrives during the write is held and handed to the usual handler right after it."""
+        if threading.current_thread() is not threading.main_thread():
+            self._client.set_terminated(run_id, status=status)
+            return
+        held: list[int] = []
+        previous = {s: signal.signal(s, lambda signum, frame: held.append(signum))
+                    for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._client.set_terminated(run_id, status=status)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            for s in held[:1]:
+                signal.raise_signal(s)  # now the usual handler (or the default action) applies
+
     def _experiment_id(self) -> str:
         exp = self._client.get_experiment_by_name(self.study)
         if exp is not None:
