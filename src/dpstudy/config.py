@@ -109,13 +109,12 @@ class RecipeConfig:
 
 
 @dataclass(frozen=True)
-class DPSweepConfig:
-    """One model's grid in train_dp: every mode × loader × batch × lr rule × seed."""
+class GridConfig:
+    """What every training grid has: one model and dataset, loaders × batches × lr rules."""
 
     model: Model
     width: float = field(metadata=_range(gt=0, le=1))
     dataset: Dataset
-    modes: list[Literal["single", "dp"]] = field(metadata={"nonempty": True, "unique": True})
     loaders: list[Loader] = field(metadata={"nonempty": True, "unique": True})
     num_workers: int = field(metadata=_range(ge=0))
     batch_sizes: list[int] = field(metadata={**_range(ge=2), "nonempty": True, "unique": True})
@@ -124,18 +123,17 @@ class DPSweepConfig:
 
 
 @dataclass(frozen=True)
-class DDPSweepConfig:
+class DPSweepConfig(GridConfig):
+    """A grid of train_dp: every mode × loader × batch × lr rule × seed."""
+
+    modes: list[Literal["single", "dp"]] = field(metadata={"nonempty": True, "unique": True})
+
+
+@dataclass(frozen=True)
+class DDPSweepConfig(GridConfig):
     """train_ddp's grid: every world size × loader × per-rank batch × lr rule × seed."""
 
-    model: Model
-    width: float = field(metadata=_range(gt=0, le=1))
-    dataset: Dataset
     world_sizes: list[int] = field(metadata={**_range(ge=1), "nonempty": True, "unique": True})
-    loaders: list[Loader] = field(metadata={"nonempty": True, "unique": True})
-    num_workers: int = field(metadata=_range(ge=0))
-    batch_sizes: list[int] = field(metadata={**_range(ge=2), "nonempty": True, "unique": True})
-    lr_rules: list[LRRule] = field(metadata={"nonempty": True, "unique": True})
-    recipe: RecipeConfig
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Iterable
 
-from .config import DDPSweepConfig, DPSweepConfig
+from .config import DDPSweepConfig, DPSweepConfig, GridConfig
 from .console import format_table, progress, say
 from .datasets import file_sha256, load_prepared
 from .engine import Context, Result, RunSpec, TrainData, train
@@ -35,7 +35,7 @@ def load_data(folder: Path, names: Iterable[str]) -> dict[str, TrainData]:
             for name in dict.fromkeys(names)}
 
 
-def check_model(where: str, cfg: DPSweepConfig | DDPSweepConfig) -> None:
+def check_model(where: str, cfg: GridConfig) -> None:
     """Refuse a model the grid cannot build (e.g. a width LeNet-5 does not have) before any work."""
     try:
         build_model(cfg.model, channels=3, num_classes=10, width=cfg.width)

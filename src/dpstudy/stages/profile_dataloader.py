@@ -22,14 +22,13 @@ from ..loaders import Augment, channel_stats, make_loader
 from ..models import build_model, input_spec
 from ..profiling import measure_throughput, run_probe
 from ..tracking import Tracker
+from .args import data_stage_arguments
 
 STAGE = "profile_dataloader"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
-    p.add_argument("--data", default="data/prepared", help="folder of prepared datasets (default: %(default)s)")
-    p.add_argument("--out", default=f"results/{STAGE}", help="output folder (default: %(default)s)")
+    data_stage_arguments(p, STAGE)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,14 +23,13 @@ from ..devices import device_names
 from ..parallel import distributed
 from ..sweep import check_model, ddp_grid, load_data, print_table, prune_checkpoints, run_grid, write_results
 from ..tracking import Tracker
+from .args import data_stage_arguments
 
 STAGE = "train_ddp"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
-    p.add_argument("--data", default="data/prepared", help="folder of prepared datasets (default: %(default)s)")
-    p.add_argument("--out", default=f"results/{STAGE}", help="output folder (default: %(default)s)")
+    data_stage_arguments(p, STAGE)
 
 
 def run(args: argparse.Namespace) -> int:

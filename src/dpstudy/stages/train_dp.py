@@ -22,15 +22,14 @@ from ..config import as_dict, load_section
 from ..devices import device_names, resolve_device
 from ..sweep import dp_grid, load_data, print_table, prune_checkpoints, run_grid, write_results
 from ..tracking import Tracker
+from .args import data_stage_arguments
 
 STAGE = "train_dp"
 STUDY = {"lenet_utilization": "A", "lenet_lr_scaling": "A", "vgg": "B"}  # grid -> study
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
-    p.add_argument("--data", default="data/prepared", help="folder of prepared datasets (default: %(default)s)")
-    p.add_argument("--out", default=f"results/{STAGE}", help="output folder (default: %(default)s)")
+    data_stage_arguments(p, STAGE)
 
 
 def run(args: argparse.Namespace) -> int:
