@@ -32,6 +32,8 @@ test: env
 
 bench: env
 	$(BIN)/python benchmarks/loader.py
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/ddp_cpu.py
 
 # Re-resolve requirements.lock from requirements.in (needs `uv`: pip install uv).
 lock:
