@@ -266,17 +266,20 @@ def _reset_peaks(devices: list[str]) -> None:
 # Checkpoints
 
 
-def rng_state() -> dict:
+def rng_state(devices: list[str]) -> dict:
+    """This process's RNG states; CUDA only for the devices it computes on (asking for every
+    GPU's state would open a CUDA context on each of them from every DDP rank)."""
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "cuda": {d: torch.cuda.get_rng_state(torch.device(d)) for d in devices if d.startswith("cuda")}}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
+    for d, cuda_state in state["cuda"].items():
+        if torch.cuda.is_available() and torch.device(d).index < torch.cuda.device_count():
+            torch.cuda.set_rng_state(cuda_state, torch.device(d))
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
@@ -401,7 +404,7 @@ def train(spec: RunSpec, data: TrainData, ctx: Context, checkpoint: Path, on_epo
             result.outcome = "diverged"
             result.diverged_step = epoch * steps + bad[0]
         done = bad or epoch == recipe.epochs - 1
-        rngs = _gather_rng(group)  # a collective: every rank takes part
+        rngs = _gather_rng(devices, group)  # a collective: every rank takes part
         if ctx.rank == 0:
             save_checkpoint(checkpoint, _payload(spec, data, net, optimizer, schedule, epoch, steps, result,
                                                  bool(done), shape, mean, std, rngs))
@@ -412,12 +415,12 @@ def train(spec: RunSpec, data: TrainData, ctx: Context, checkpoint: Path, on_epo
     return result
 
 
-def _gather_rng(group) -> list[dict]:
+def _gather_rng(devices: list[str], group) -> list[dict]:
     """Every rank's RNG states (rank order), for an exact restart of each."""
     if not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return [rng_state()]
+        return [rng_state(devices)]
     states = [None] * dist.get_world_size(group)
-    dist.all_gather_object(states, rng_state(), group=group)
+    dist.all_gather_object(states, rng_state(devices), group=group)
     return states
 
 
