@@ -90,8 +90,10 @@ def check_training_results(repo: Path) -> None:
         assert rows and all(r["outcome"] == "finished" for r in rows)
         assert {f"{r['name']}.pt" for r in rows} == {p.name for p in (out / "checkpoints").glob("*.pt")}
         metrics = json.loads((out / "metrics.json").read_text())
-        assert sum(len(grid) for grid in metrics.values()) == len(rows)
+        assert sum(len(grid) for grid in metrics.values()) == len(rows)  # one seed: a key per row
         expected[stage] = rows
+    assert set(json.loads((repo / "results" / "train_dp" / "metrics.json").read_text())["vgg"]
+               ["single-standard0w-b32-linear"]) == {"epoch_time_s"}
     ddp = expected["train_ddp"]
     assert {int(r["world"]) for r in ddp} == {1, 2}  # torchrun started 2 gloo processes
     # LeNet learns digits in the quick preset (chance is 0.1).

@@ -8,7 +8,7 @@ change touches is trained again. Rank 0 writes the result files:
 
 - ``runs.csv``: one row per configuration (final figures, outcome, per-device memory);
 - ``epochs.csv``: one row per configuration and epoch (the curves `dvc plots` draws);
-- ``metrics.json``: test accuracy and epoch time per configuration (`dvc metrics show`).
+- ``metrics.json``: per configuration, the figures its grid's claims are about (`dvc metrics show`).
 """
 
 from __future__ import annotations
@@ -180,19 +180,26 @@ def prune_checkpoints(out: Path, specs: Iterable[RunSpec]) -> None:
             path.unlink()
 
 
-def write_results(results: list[Result], out: Path) -> dict:
-    """runs.csv, epochs.csv and metrics.json for ``results``; returns the metrics."""
+def write_results(results: list[Result], out: Path, headline: dict[str, list[str]]) -> dict:
+    """runs.csv, epochs.csv and metrics.json for ``results``; returns the metrics.
+
+    metrics.json keeps `dvc metrics show` readable: per grid only the figures its claims are
+    about (``headline``: grid -> runs.csv columns), per configuration without the grid name and
+    seed, averaged over seeds. runs.csv holds everything.
+    """
     out.mkdir(parents=True, exist_ok=True)
     rows = [summary_row(r) for r in results]
     write_csv_atomic(out / "runs.csv", [_rounded(r) for r in rows])
     write_csv_atomic(out / "epochs.csv", [_rounded(r) for r in epoch_rows(results)])
-    metrics: dict = {}
-    for row in rows:
-        metrics.setdefault(row["sweep"], {})[row["name"]] = {
-            "test_accuracy": round(row["test_accuracy"], 4),
-            "epoch_time_s": round(row["epoch_time_s"], 4),
-            "outcome": row["outcome"],
-        }
+    values: dict = {}
+    for row, result in zip(rows, results):
+        spec = result.spec
+        config = row["name"].removeprefix(f"{spec.sweep}-").removesuffix(f"-s{spec.seed}")
+        for column in headline.get(spec.sweep, []):
+            values.setdefault(spec.sweep, {}).setdefault(config, {}).setdefault(column, []).append(row[column])
+    metrics = {grid: {config: {column: round(statistics.fmean(v), 4) for column, v in figures.items()}
+                      for config, figures in configs.items()}
+               for grid, configs in values.items()}
     write_json_atomic(out / "metrics.json", metrics)
     return metrics
 

@@ -26,6 +26,7 @@ from ..tracking import Tracker
 from .args import data_stage_arguments
 
 STAGE = "train_ddp"
+HEADLINE = {"vgg": ["epoch_time_s", "test_accuracy"]}  # B4 and B5, for `dvc metrics show`
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             results = run_grid(grid, data, tracker, out, dist=dist, sync_timing=cfg.sync_timing,
                                sample_interval_s=telemetry.interval_s)
             if dist.is_main:
-                write_results(results, out)
+                write_results(results, out, HEADLINE)
                 tracker.parent.log_artifact(out / "runs.csv")
     if dist.is_main:
         print_table(f"{STAGE} ({preset} preset, {dist.world} × {dist.device.type}, {dist.backend})", results, out)

@@ -26,6 +26,9 @@ from .args import data_stage_arguments
 
 STAGE = "train_dp"
 STUDY = {"lenet_utilization": "A", "lenet_lr_scaling": "A", "vgg": "B"}  # grid -> study
+# What `dvc metrics show` prints per configuration: the figure each grid's claims are about.
+HEADLINE = {"lenet_utilization": ["data_wait_fraction"], "lenet_lr_scaling": ["test_accuracy"],
+            "vgg": ["epoch_time_s"]}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             tracker.parent.set_tags({"sweep": ",".join(names), "device": str(device)})
             results += run_grid([spec for name in names for spec in grids[name]], data, tracker, out,
                                 device=device, sync_timing=cfg.sync_timing, sample_interval_s=telemetry.interval_s)
-            write_results(results, out)
+            write_results(results, out, HEADLINE)
             tracker.parent.log_artifact(out / "runs.csv")
     print_table(f"{STAGE} ({preset} preset, {device})", results, out)
     return 0
