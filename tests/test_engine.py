@@ -17,6 +17,7 @@ import torch
 from conftest import REPO, write_params
 from dpstudy.config import AugmentConfig, RecipeConfig
 from dpstudy.datasets import file_sha256, load_prepared
+from dpstudy import engine
 from dpstudy.engine import Context, RunSpec, TrainData, train
 from dpstudy.models import build_model
 from dpstudy.sweep import run_grid
@@ -81,12 +82,14 @@ def test_checkpoint_holds_what_evaluation_and_resumption_need(digits, tmp_path):
     assert (meta["input_channels"], meta["input_size"]) == (1, 32)
 
 
-def test_a_finished_checkpoint_is_reused_and_a_changed_config_retrains(digits, tmp_path):
+def test_a_finished_checkpoint_is_reused_and_changed_config_or_code_retrains(digits, tmp_path, monkeypatch):
     first = train(spec(), digits, CPU, tmp_path / "c.pt")
     again = train(spec(), digits, CPU, tmp_path / "c.pt")
     assert again.restored_epochs == RECIPE.epochs and learned(again.history) == learned(first.history)
     changed = train(spec(lr_rule="sqrt"), digits, CPU, tmp_path / "c.pt")
     assert changed.restored_epochs == 0
+    monkeypatch.setattr(engine, "code_fingerprint", lambda: "other training code")
+    assert train(spec(lr_rule="sqrt"), digits, CPU, tmp_path / "c.pt").restored_epochs == 0
 
 
 @pytest.mark.parametrize("loader, workers", [("resident", 0), ("standard", 1)])

@@ -14,12 +14,13 @@ measured too (`parallel.AllReduceTimer`).
 Every figure a rank holds is all-reduced before rank 0 records it. A non-finite loss ends the
 configuration as ``diverged`` at the first bad step, and the caller's sweep moves on. A checkpoint
 is written atomically after every epoch (unwrapped weights, optimizer, schedule position, RNG
-states, resolved config, data checksum); `train()` resumes from it when config and data match.
+states, resolved config, data and code checksums); `train()` resumes from it when all match.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import random
 import resource
@@ -44,6 +45,16 @@ from .telemetry import ResourceSampler
 
 CHECKPOINT_FORMAT = 1
 EVAL_BATCH = 512
+# The modules whose code decides what training computes: a checkpoint made by other code is not
+# resumed or reused (DVC reruns a stage when they change, and it must then really retrain).
+TRAINING_CODE = ("engine.py", "loaders.py", "models.py", "parallel.py", "schedules.py")
+
+
+def code_fingerprint() -> str:
+    digest = hashlib.sha256()
+    for name in TRAINING_CODE:
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -288,7 +299,7 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 
 def load_checkpoint(path: Path, spec: RunSpec, data_sha256: str) -> dict | None:
-    """The checkpoint at ``path`` if it was made by this very configuration on this data."""
+    """The checkpoint at ``path`` if this very configuration made it, on this data, with this code."""
     if not path.is_file():
         return None
     try:
@@ -296,7 +307,7 @@ def load_checkpoint(path: Path, spec: RunSpec, data_sha256: str) -> dict | None:
     except Exception:  # a torn or foreign file: start over rather than fail the sweep
         return None
     if (ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("spec") != spec.identity()
-            or ckpt.get("data_sha256") != data_sha256):
+            or ckpt.get("data_sha256") != data_sha256 or ckpt.get("code_sha256") != code_fingerprint()):
         return None
     return ckpt
 
@@ -430,6 +441,7 @@ def _payload(spec, data, net, optimizer, schedule, epoch, steps, result, complet
         "spec": spec.identity(),
         "config": {**spec.params(), "recipe": as_dict(spec.recipe)},
         "data_sha256": data.sha256,
+        "code_sha256": code_fingerprint(),
         "model_meta": {"model": spec.model, "width": spec.width, "dataset": spec.dataset,
                        "channels": data.data.channels, "num_classes": data.data.num_classes,
                        "input_channels": shape.channels, "input_size": shape.size, "mean": mean, "std": std},
