@@ -20,6 +20,7 @@ states, resolved config, data and code checksums); `train()` resumes from it whe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import random
@@ -50,6 +51,7 @@ EVAL_BATCH = 512
 TRAINING_CODE = ("engine.py", "loaders.py", "models.py", "parallel.py", "schedules.py")
 
 
+@functools.cache  # read once per process, not at every checkpoint
 def code_fingerprint() -> str:
     digest = hashlib.sha256()
     for name in TRAINING_CODE:
