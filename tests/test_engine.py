@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, write_params
+from conftest import write_params
 from dpstudy.config import AugmentConfig, RecipeConfig
 from dpstudy.datasets import file_sha256, load_prepared
 from dpstudy import engine

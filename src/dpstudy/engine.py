@@ -24,7 +24,6 @@ import functools
 import hashlib
 import math
 import random
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +39,10 @@ from .datasets import Prepared
 from .fsutil import atomic_path
 from .loaders import Augment, ResidentLoader, channel_stats, make_loader
 from .models import build_model, input_spec
-from .parallel import AllReduceTimer, unwrap, wrap
+from .parallel import AllReduceTimer, wrap
+from .profiling import synchronize
 from .schedules import LRSchedule, scale_lr, set_lr
-from .telemetry import ResourceSampler
+from .telemetry import ResourceSampler, rss_mib
 
 CHECKPOINT_FORMAT = 1
 EVAL_BATCH = 512
@@ -153,8 +153,7 @@ class _HostTimer:
         self.device, self.data, self.compute = device, [], []
 
     def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
         return time.perf_counter()
 
     def start(self):
@@ -264,9 +263,8 @@ def device_memory_mib(devices: list[str]) -> list[float]:
     """Peak memory allocated by PyTorch per CUDA device this epoch; process RSS on the CPU."""
     if devices and devices[0].startswith("cuda"):
         return [torch.cuda.max_memory_allocated(torch.device(d)) / 2**20 for d in devices]
-    with open("/proc/self/statm") as fh:
-        rss_pages = int(fh.read().split()[1])
-    return [rss_pages * resource.getpagesize() / 2**20]
+    rss = rss_mib()
+    return [float("nan") if rss is None else rss]
 
 
 def _reset_peaks(devices: list[str]) -> None:

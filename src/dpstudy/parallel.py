@@ -60,11 +60,6 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def launched(self) -> bool:
-        """True under torchrun (or another launcher that sets the env:// variables)."""
-        return "WORLD_SIZE" in os.environ
-
     def make_groups(self, sizes: list[int]) -> None:
         """Create the group of ranks 0..w-1 for each size (every rank must call this alike)."""
         for w in sorted(set(sizes)):

@@ -26,6 +26,7 @@ from .errors import UserError
 from .fsutil import write_csv_atomic, write_json_atomic
 from .models import build_model
 from .parallel import Dist
+from .telemetry import utilization_keys
 from .tracking import Run, Tracker
 
 
@@ -132,6 +133,10 @@ def summary_row(result: Result) -> dict:
     timed = hist[1:] or hist  # the first epoch carries start-up costs (workers, caches, autotune)
     memory = [max(vals) for vals in zip(*(h["device_mem_mib"] for h in hist))] if hist else []
     final = result.final
+
+    def mean(key: str) -> float:
+        return statistics.fmean(h[key] for h in timed) if timed else float("nan")
+
     return {
         "name": spec.name,
         # what a plot line joins: the same configuration across batch sizes and world sizes
@@ -146,10 +151,8 @@ def summary_row(result: Result) -> dict:
         "train_accuracy": final.get("train_accuracy", float("nan")),
         "test_loss": final.get("test_loss", float("nan")),
         "test_accuracy": final.get("test_accuracy", float("nan")),
-        "epoch_time_s": statistics.fmean(h["epoch_time_s"] for h in timed) if timed else float("nan"),
-        "images_per_s": statistics.fmean(h["images_per_s"] for h in timed) if timed else float("nan"),
-        "data_wait_fraction": statistics.fmean(h["data_wait_fraction"] for h in timed) if timed else float("nan"),
-        "allreduce_fraction": statistics.fmean(h["allreduce_fraction"] for h in timed) if timed else float("nan"),
+        "epoch_time_s": mean("epoch_time_s"), "images_per_s": mean("images_per_s"),
+        "data_wait_fraction": mean("data_wait_fraction"), "allreduce_fraction": mean("allreduce_fraction"),
         "device_mem_mib": ";".join(f"{m:.1f}" for m in memory),
         "utilization_pct": ";".join(f"{v:.1f}" for v in _utilization(timed)),
     }
@@ -157,8 +160,7 @@ def summary_row(result: Result) -> dict:
 
 def _utilization(rows: list[dict]) -> list[float]:
     """Mean utilisation per GPU (NVML), else the system CPU, over the given epochs."""
-    keys = sorted(k for k in (rows[0] if rows else {}) if k.startswith("gpu") and k.endswith("_util_pct_mean"))
-    keys = keys or ([k for k in ("cpu_util_pct_mean",) if rows and k in rows[0]])
+    keys = utilization_keys(rows[0]) if rows else []
     return [statistics.fmean(r[k] for r in rows if k in r) for k in keys]
 
 

@@ -131,7 +131,16 @@ class _CpuMeter:
         return min(max(100.0 * busy / total, 0.0), 100.0)
 
 
-def _rss_mib() -> float | None:
+def utilization_keys(summary: dict[str, float]) -> list[str]:
+    """The utilisation means in a `ResourceSampler.summary()`: one per GPU (NVML, in device
+    order), else the system CPU's where no GPU was sampled."""
+    gpu = [k for k in summary if k.startswith("gpu") and k.endswith("_util_pct_mean")]
+    if gpu:
+        return sorted(gpu, key=lambda k: int(k[3:].split("_", 1)[0]))
+    return [k for k in ("cpu_util_pct_mean",) if k in summary]
+
+
+def rss_mib() -> float | None:
     """This process's resident memory in MiB (its peak where only getrusage is available)."""
     try:
         with open(PROC_SELF_STATM) as f:
@@ -311,7 +320,7 @@ class ResourceSampler:
         util = self._cpu.util_pct()
         if util is not None:
             values["cpu_util_pct"] = util
-        rss = _rss_mib()
+        rss = rss_mib()
         if rss is not None:
             values["proc_rss_mib"] = rss
         return values

@@ -21,6 +21,7 @@ from ..fsutil import write_csv_atomic, write_json_atomic
 from ..loaders import Augment, channel_stats, make_loader
 from ..models import build_model, input_spec
 from ..profiling import measure_throughput, run_probe
+from ..telemetry import utilization_keys
 from ..tracking import Tracker
 from .args import data_stage_arguments
 
@@ -125,9 +126,9 @@ def _probes(cfg, telemetry, data, images, labels, common, device, tracker) -> li
 
 def utilization(summary: dict[str, float]) -> tuple[str, float]:
     """The utilisation the probe saw: mean over GPUs from NVML, else system CPU utilisation."""
-    gpu = [v for k, v in summary.items() if k.startswith("gpu") and k.endswith("_util_pct_mean")]
-    if gpu:
-        return "gpu_util_pct", sum(gpu) / len(gpu)
+    keys = utilization_keys(summary)
+    if keys and keys[0].startswith("gpu"):
+        return "gpu_util_pct", sum(summary[k] for k in keys) / len(keys)
     return "cpu_util_pct", summary.get("cpu_util_pct_mean", float("nan"))
 
 
