@@ -61,3 +61,18 @@ def test_sizes_and_widths_the_networks_cannot_take_are_refused():
         build_model("lenet", channels=1, num_classes=10, width=0.5)
     with pytest.raises(ValueError):
         VGG16(size=28)
+
+
+def test_srnet_counts_starts_as_the_identity_and_keeps_any_even_size():
+    from dpstudy.models import model_task
+
+    model = build_model("srnet", channels=3, num_classes=0, size=32)
+    assert count_parameters(model) == 631_299
+    assert model_task("srnet") == "restoration" and model_task("resnet20") == "classification"
+    x = torch.rand(2, 1, 8, 8)
+    small = build_model("srnet", channels=1, num_classes=0, width=0.5, size=8)
+    assert torch.equal(small(x), x)  # zero-initialised tail: the interpolated input passes through
+    with pytest.raises(ValueError, match="even image size"):
+        build_model("srnet", channels=1, num_classes=0, size=7)
+    with pytest.raises(ValueError, match="give the input size"):
+        input_spec("srnet", channels=1)

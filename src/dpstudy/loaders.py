@@ -4,7 +4,8 @@ device-resident loader that removes the data-loading bottleneck instead of addin
 Contract (both): iterating yields ``(images, labels)`` already on the target device, images
 ``float32 (b, C, S, S)`` normalised, labels ``int64 (b,)``; ``len()`` is the number of steps per
 epoch; ``set_epoch(e)`` selects the epoch's permutation (call it every epoch, as with
-``DistributedSampler``).
+``DistributedSampler``); ``set_batch(b)`` changes the per-rank batch from the next epoch on
+(adaptive batch schedules; the epoch's permutation is simply cut into larger steps).
 
 Sharding rule for DDP (both loaders, `step_bounds`): every epoch one permutation of the N training
 indices is drawn from ``(seed, epoch)`` alone, so every rank draws the same one. Global step k
@@ -186,6 +187,10 @@ class _ShardBatchSampler:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def set_batch(self, per_rank_batch: int) -> None:
+        self._steps = len(step_bounds(self.n, per_rank_batch, self.world))
+        self.batch = per_rank_batch
+
     def __len__(self) -> int:
         return self._steps
 
@@ -228,6 +233,10 @@ class StandardLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
+
+    def set_batch(self, per_rank_batch: int) -> None:
+        # The DataLoader asks its batch sampler afresh at every iter(), persistent workers too.
+        self.sampler.set_batch(per_rank_batch)
 
     def __iter__(self):
         non_blocking = self.device.type == "cuda"
@@ -278,6 +287,10 @@ class ResidentLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_batch(self, per_rank_batch: int) -> None:
+        self._steps = len(step_bounds(len(self.labels), per_rank_batch, self.world))
+        self.batch = per_rank_batch
 
     def __iter__(self):
         n = len(self.labels)

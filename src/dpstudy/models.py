@@ -140,18 +140,75 @@ class ResNet20(nn.Module):
         return self.fc(self.features(x))
 
 
-# name -> network class (each class knows the input size it is built for)
-MODELS = {"lenet": LeNet5, "vgg16": VGG16, "resnet20": ResNet20}
+class _ResBlock(nn.Module):
+    """EDSR's residual block: conv-ReLU-conv without batch norm, the branch scaled before the sum
+    (Lim et al. 2017 drop BN for restoration and scale residuals to keep training stable)."""
+
+    def __init__(self, channels: int, scale: float):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(channels, channels, 3, padding=1))
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.scale * self.body(x)
 
 
-def input_spec(model: str, channels: int) -> InputSpec:
-    """The input a model takes for data with ``channels`` channels (images are resized to it)."""
-    return InputSpec(channels=channels, size=MODELS[model].input_size)
+class SRNet(nn.Module):
+    """A small image-restoration network: EDSR-style residual blocks (Lim et al. 2017) on a
+    VDSR-style input (Kim et al. 2016). The degraded image arrives already at the output size
+    (bicubic-upsampled, `tasks.Restoration`); head conv, ``blocks`` residual blocks and a conv with
+    a skip around them (EDSR), a tail conv back to image channels, plus the input itself (VDSR's
+    global residual), so the network only learns the detail the interpolation lost.
+    ASSUMPTION: Lee et al. train EDSR (16 blocks, 64 features, pixel-shuffle upsampling); this is
+    a smaller relative that works at any resolution. ``width`` multiplies the 64 features.
+    With 3 channels, width 1: 631,299 parameters. Any input size; ``num_classes`` is unused.
+    """
+
+    input_size = None  # works at the data's own resolution
+    task = "restoration"
+    blocks = 8
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 0, size: int = 32, width: float = 1.0):
+        super().__init__()
+        if size < 2 or size % 2:
+            raise ValueError(f"2x restoration needs an even image size, got {size}")
+        features = _scaled(64, width)
+        self.head = nn.Conv2d(in_channels, features, 3, padding=1)
+        self.body = nn.Sequential(*[_ResBlock(features, 0.1) for _ in range(self.blocks)],
+                                  nn.Conv2d(features, features, 3, padding=1))
+        self.tail = nn.Conv2d(features, in_channels, 3, padding=1)
+        nn.init.zeros_(self.tail.weight)  # starts as the identity: the interpolated input
+        nn.init.zeros_(self.tail.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.head(x)
+        return x + self.tail(h + self.body(h))
 
 
-def build_model(model: str, channels: int, num_classes: int, width: float = 1.0) -> nn.Module:
+# name -> network class. Each class knows the task it serves and the input size it is built for
+# (None: the data's own size).
+MODELS = {"lenet": LeNet5, "vgg16": VGG16, "resnet20": ResNet20, "srnet": SRNet}
+
+
+def model_task(model: str) -> str:
+    return getattr(MODELS[model], "task", "classification")
+
+
+def input_spec(model: str, channels: int, size: int | None = None) -> InputSpec:
+    """The input a model takes for data with ``channels`` channels (images are resized to it):
+    ``size`` pixels when given, else the size the network is built for."""
+    size = size or MODELS[model].input_size
+    if size is None:
+        raise ValueError(f"{model} works at any resolution: give the input size")
+    return InputSpec(channels=channels, size=size)
+
+
+def build_model(model: str, channels: int, num_classes: int, width: float = 1.0, size: int | None = None
+                ) -> nn.Module:
     cls = MODELS[model]
-    return cls(in_channels=channels, num_classes=num_classes, size=cls.input_size, width=width)
+    return cls(in_channels=channels, num_classes=num_classes, size=input_spec(model, channels, size).size,
+               width=width)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -138,34 +138,54 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, (nn.DataParallel, DistributedDataParallel)) else model
 
 
-class AllReduceTimer:
-    """Wall time during which a gradient all-reduce was in flight, on ``gloo``.
+class GradSync:
+    """DDP's gradient averaging as a communication hook, plus what can be seen on the way.
 
-    Registered as DDP's communication hook it performs the same averaging all-reduce DDP does by
-    default and records each bucket's launch and completion times; `take()` returns the length of
-    the union of those intervals since the last call. With ``nccl`` completion happens on a CUDA
-    stream, not on a host thread, so the share is not measured there (`measurable` is False).
+    The hook performs the same averaging all-reduce DDP does by default, one per gradient bucket,
+    and records:
+    - ``calls``: the number of bucket all-reduces launched (on every backend);
+    - on ``gloo``, the wall time during which an all-reduce was in flight: `take()` returns the
+      length of the union of those intervals since its last call. With ``nccl`` completion
+      happens on a CUDA stream, not on a host thread, so the share is not measured there
+      (``measurable`` is False);
+    - with ``local_norms``, the squared norm of this rank's own gradient before averaging (the
+      small-batch half of the gradient noise scale, `batching`), summed over buckets per step:
+      `take_local_sq()` after each backward.
     """
 
-    def __init__(self, model: DistributedDataParallel, group=None):
+    def __init__(self, model: DistributedDataParallel, group=None, local_norms: bool = False):
         self.group = group
         self.world = dist.get_world_size(group)
         self.measurable = dist.get_backend(group) == "gloo"
+        self.local_norms = local_norms
+        self.calls = 0
+        self._local_sq = None
         self._intervals: list[tuple[float, float]] = []
-        if self.measurable:
-            model.register_comm_hook(self, AllReduceTimer._hook)
+        model.register_comm_hook(self, GradSync._hook)
 
     @staticmethod
     def _hook(state, bucket):  # no annotations: DDP compares them as objects, not strings
-        tensor = bucket.buffer().div_(state.world)
+        tensor = bucket.buffer()
+        if state.local_norms:
+            sq = tensor.detach().float().pow(2).sum()
+            state._local_sq = sq if state._local_sq is None else state._local_sq + sq
+        tensor.div_(state.world)
+        state.calls += 1
         start = time.perf_counter()
         fut = dist.all_reduce(tensor, group=state.group, async_op=True).get_future()
+        if not state.measurable:
+            return fut.then(lambda f: f.value()[0])
 
         def done(f):
             state._intervals.append((start, time.perf_counter()))
             return f.value()[0]
 
         return fut.then(done)
+
+    def take_local_sq(self):
+        """This rank's squared local gradient norm of the last backward (a device tensor)."""
+        sq, self._local_sq = self._local_sq, None
+        return sq
 
     def take(self) -> float:
         spans, self._intervals = sorted(self._intervals), []
