@@ -34,7 +34,7 @@ def test_per_preset_values_take_the_chosen_column(tmp_path):
     ("profile_dataloader.num_workers", [-1], "profile_dataloader.num_workers[0]: must be >= 0, got -1"),
     ("profile_dataloader.dataset", "imagenet",
      "profile_dataloader.dataset: must be one of digits, mnist, cifar10, got 'imagenet'"),
-    ("profile_dataloader.model", "resnet152", "profile_dataloader.model: must be one of lenet, vgg16, resnet20, got 'resnet152'"),
+    ("profile_dataloader.model", "resnet152", "profile_dataloader.model: must be one of lenet, vgg16, resnet20, srnet, got 'resnet152'"),
     ("profile_dataloader.probe.steps", "ten", "profile_dataloader.probe.steps: expected an integer, got str"),
     ("profile_dataloader.pin_memory", 1, "profile_dataloader.pin_memory: expected true or false, got int"),
     ("profile_dataloader.warmup_batches", True, "profile_dataloader.warmup_batches: expected an integer"),

@@ -30,7 +30,7 @@ CPU = Context(torch.device("cpu"), sample_interval_s=0.05)
 
 
 def spec(**changes) -> RunSpec:
-    base = RunSpec("test", "lenet", 1.0, "digits", "single", 1, "resident", 0, 64, "linear", 0, RECIPE)
+    base = RunSpec("test", "lenet", 1.0, 32, "digits", "single", 1, "resident", 0, 64, "linear", 0, RECIPE)
     return dataclasses.replace(base, **changes)
 
 

@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -156,6 +156,73 @@ class TrainDDPConfig:
     vgg: DDPSweepConfig
 
 
+@dataclass(frozen=True)
+class FixedBatchConfig:
+    """A fixed global batch all along (study C's small and large baselines)."""
+
+    kind: ClassVar[str] = "fixed"
+    batch: int = field(metadata=_range(ge=2))
+    lr_rule: LRRule
+
+
+@dataclass(frozen=True)
+class StepGrowthConfig:
+    """Lee et al. 2019 reconstructed: batch × factor at given epochs, up to max_batch."""
+
+    kind: ClassVar[str] = "step_growth"
+    batch: int = field(metadata=_range(ge=2))
+    lr_rule: LRRule
+    factor: int = field(metadata=_range(ge=2))
+    at_epochs: list[int] | Literal["milestones"] = field(metadata={**_range(ge=1), "unique": True})
+    max_batch: int = field(metadata=_range(ge=2))
+
+
+@dataclass(frozen=True)
+class NoiseScaleConfig:
+    """Grow by factor when the smoothed gradient noise scale exceeds the batch, up to max_batch."""
+
+    kind: ClassVar[str] = "noise_scale"
+    batch: int = field(metadata=_range(ge=2))
+    lr_rule: LRRule
+    factor: int = field(metadata=_range(ge=2))
+    max_batch: int = field(metadata=_range(ge=2))
+    ema: float = field(metadata=_range(ge=0, lt=1))
+
+
+@dataclass(frozen=True)
+class SchedulesConfig:
+    fixed_small: FixedBatchConfig
+    fixed_large: FixedBatchConfig
+    step_growth: StepGrowthConfig
+    noise_scale: NoiseScaleConfig
+
+
+@dataclass(frozen=True)
+class AdaptiveTaskConfig:
+    """One task of train_adaptive: a model, its data, its recipe and the four batch schedules."""
+
+    model: Model
+    width: float = field(metadata=_range(gt=0, le=1))
+    input_size: int = field(metadata=_range(ge=2))
+    dataset: Dataset
+    loader: Loader
+    num_workers: int = field(metadata=_range(ge=0))
+    target_tolerance: float = field(metadata=_range(ge=0))
+    recipe: RecipeConfig
+    schedules: SchedulesConfig
+
+
+@dataclass(frozen=True)
+class TrainAdaptiveConfig:
+    nproc_per_node: int | Literal["gpu"] = field(metadata=_range(ge=1))
+    device: Device
+    seeds: list[int] = field(metadata={**_range(ge=0), "nonempty": True, "unique": True})
+    sync_timing: bool
+    timeout_s: float = field(metadata=_range(gt=0))
+    classification: AdaptiveTaskConfig
+    restoration: AdaptiveTaskConfig
+
+
 # Every top-level key params.yaml may hold, and the dataclass that reads it.
 SECTIONS: dict[str, type] = {
     "telemetry": TelemetryConfig,
@@ -163,6 +230,7 @@ SECTIONS: dict[str, type] = {
     "profile_dataloader": ProfileConfig,
     "train_dp": TrainDPConfig,
     "train_ddp": TrainDDPConfig,
+    "train_adaptive": TrainAdaptiveConfig,
 }
 
 
@@ -239,6 +307,8 @@ def _resolve_preset(value: Any, preset: str, key: str) -> Any:
 
 def _check(value: Any, hint: Any, meta: typing.Mapping, key: str) -> Any:
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # e.g. int | Literal["gpu"], list[int] | Literal[...]
+        return _check_union(value, hint, meta, key)
     if origin is list:
         (item_hint,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -252,19 +322,24 @@ def _check(value: Any, hint: Any, meta: typing.Mapping, key: str) -> Any:
     return _check_scalar(value, hint, meta, key)
 
 
+def _check_union(value: Any, hint: Any, meta: typing.Mapping, key: str) -> Any:
+    options = typing.get_args(hint)
+    errors = []
+    for option in options:
+        try:
+            return _check(value, option, meta, key)
+        except UserError as exc:
+            errors.append(exc)
+    # A value of the right shape but wrong content (an integer out of range, a bad list item)
+    # says what is wrong with it; anything else lists the alternatives.
+    for option, exc in zip(options, errors):
+        if (option is int and isinstance(value, int) and not isinstance(value, bool)) or \
+                (typing.get_origin(option) is list and isinstance(value, list)):
+            raise exc
+    raise UserError(f"{key}: expected {' or '.join(map(_type_name, options))}, got {_describe(value)}")
+
+
 def _check_scalar(value: Any, hint: Any, meta: typing.Mapping, key: str) -> Any:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # e.g. int | Literal["gpu"]
-        errors = []
-        for option in typing.get_args(hint):
-            try:
-                return _check_scalar(value, option, meta, key)
-            except UserError as exc:
-                errors.append(exc)
-        # An integer out of range says so; anything else lists the alternatives.
-        if isinstance(value, int) and not isinstance(value, bool) and int in typing.get_args(hint):
-            raise errors[typing.get_args(hint).index(int)]
-        raise UserError(f"{key}: expected {' or '.join(map(_type_name, typing.get_args(hint)))}, "
-                        f"got {_describe(value)}")
     if typing.get_origin(hint) is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
@@ -311,6 +386,8 @@ def _check_bounds(value, bounds: dict, key: str) -> None:
 
 
 def _type_name(hint) -> str:
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
     if typing.get_origin(hint) is Literal:
         return " | ".join(map(str, typing.get_args(hint)))
     return getattr(hint, "__name__", str(hint))

@@ -2,14 +2,23 @@
 
 `train()` runs one configuration (`RunSpec`) epoch by epoch. The mode only changes how the model
 is wrapped (`parallel.wrap`) and which ranks share the data (`loaders` shard by rank); the step,
-the timing, the metrics and the checkpoints are the same code for all three.
+the timing, the metrics and the checkpoints are the same code for all three, and for both tasks
+(`tasks`: classification with accuracy, 2× restoration with PSNR). The global batch may change
+between epochs (`batching`: fixed, step growth, gradient-noise-scale driven); the learning rate
+follows it through the lr rule.
 
 Timing without a host sync per step: on CUDA each step records three CUDA events (before the
 batch is fetched, when it is on the device, after the optimizer step) that are read once at the
 end of the epoch; the gap between the first two is time the device spent on or waiting for data,
 the rest is compute. On the CPU, or with ``sync_timing``, host clocks are read after a
 synchronize. In DDP over ``gloo`` the share of the step with a gradient all-reduce in flight is
-measured too (`parallel.AllReduceTimer`).
+measured too (`parallel.GradSync`), and the bucket all-reduces are counted on every backend.
+
+With ``noise_ema`` set, every step also measures the gradient noise scale (`batching`): under DDP
+from each rank's local gradient norm (taken in the communication hook before averaging) and the
+averaged one; in one process from two micro-batches of the step (whose BatchNorm statistics are
+then per half, as they are per rank under DDP). The norms stay on the device and are reduced with
+the epoch's other figures.
 
 Every figure a rank holds is all-reduced before rank 0 records it. A non-finite loss ends the
 configuration as ``diverged`` at the first bad step, and the caller's sweep moves on. A checkpoint
@@ -34,21 +43,24 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .batching import BatchSchedule, NoiseScaleEstimator
 from .config import RecipeConfig, as_dict
 from .datasets import Prepared
 from .fsutil import atomic_path
 from .loaders import Augment, ResidentLoader, channel_stats, make_loader
-from .models import build_model, input_spec
-from .parallel import AllReduceTimer, wrap
+from .models import build_model, input_spec, model_task
+from .parallel import GradSync, wrap
 from .profiling import synchronize
 from .schedules import LRSchedule, scale_lr, set_lr
+from .tasks import TASKS
 from .telemetry import ResourceSampler, rss_mib
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 EVAL_BATCH = 512
 # The modules whose code decides what training computes: a checkpoint made by other code is not
 # resumed or reused (DVC reruns a stage when they change, and it must then really retrain).
-TRAINING_CODE = ("engine.py", "loaders.py", "models.py", "parallel.py", "schedules.py")
+TRAINING_CODE = ("batching.py", "engine.py", "loaders.py", "models.py", "parallel.py", "schedules.py",
+                 "tasks.py")
 
 
 @functools.cache  # read once per process, not at every checkpoint
@@ -66,15 +78,23 @@ class RunSpec:
     sweep: str  # the grid it belongs to, e.g. "lenet" or "vgg"
     model: str
     width: float
+    size: int  # input images are resized to size × size
     dataset: str
     mode: str  # single | dp | ddp
     world: int  # processes sharing each step (1 unless ddp)
     loader: str
     num_workers: int
-    batch: int  # per process; the global batch is batch * world
+    batch: int  # per process at the start; the global batch is batch * world
     lr_rule: str
     seed: int
     recipe: RecipeConfig
+    schedule: str = "fixed"  # the batch schedule's name in its grid
+    growth: Any = None  # config.StepGrowthConfig | config.NoiseScaleConfig; None = fixed batch
+    noise_ema: float | None = None  # measure the gradient noise scale, smoothed so; None = don't
+
+    @property
+    def task(self) -> str:
+        return model_task(self.model)
 
     @property
     def global_batch(self) -> int:
@@ -88,14 +108,15 @@ class RunSpec:
     def name(self) -> str:
         mode = f"ddp{self.world}" if self.mode == "ddp" else self.mode
         loader = self.loader + (f"{self.num_workers}w" if self.loader == "standard" else "")
-        return f"{self.sweep}-{mode}-{loader}-b{self.global_batch}-{self.lr_rule}-s{self.seed}"
+        schedule = "" if self.schedule == "fixed" else f"{self.schedule}-"
+        return f"{self.sweep}-{schedule}{mode}-{loader}-b{self.global_batch}-{self.lr_rule}-s{self.seed}"
 
     def identity(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def params(self) -> dict[str, Any]:
         """What MLflow records for the configuration."""
-        return {**self.identity(), "global_batch": self.global_batch, "peak_lr": self.peak_lr}
+        return {**self.identity(), "task": self.task, "global_batch": self.global_batch, "peak_lr": self.peak_lr}
 
 
 @dataclass
@@ -116,9 +137,12 @@ class Result:
     history: list[dict]  # one row per epoch
     step_loss: list[float]  # global mean loss per optimizer step
     devices: list[str]
+    # per optimizer step: lr, global_batch and (when measured) the smoothed noise_scale
+    step_series: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     diverged_step: int | None = None
     restored_epochs: int = 0  # epochs taken from a checkpoint instead of being trained here
     samples: list = dataclasses.field(default_factory=list)  # telemetry of the epochs run here
+    run_id: str | None = None  # its MLflow run (rank 0)
 
     @property
     def final(self) -> dict:
@@ -136,8 +160,8 @@ class TrainData:
         self.data, self.sha256 = data, sha256
         self._stats: dict[tuple, tuple] = {}
 
-    def stats(self, model: str):
-        spec = input_spec(model, self.data.channels)
+    def stats(self, model: str, size: int | None = None):
+        spec = input_spec(model, self.data.channels, size)
         key = (spec.channels, spec.size)
         if key not in self._stats:
             self._stats[key] = channel_stats(self.data.train_images, spec)
@@ -213,31 +237,92 @@ def make_optimizer(model: nn.Module, recipe: RecipeConfig, lr: float) -> torch.o
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
 
 
-def lr_schedule(spec: RunSpec) -> LRSchedule:
+def lr_schedule(spec: RunSpec, global_batch: int | None = None) -> LRSchedule:
+    """The lr schedule while the global batch is ``global_batch`` (default: the starting one):
+    the recipe's warmup and decay shape, its peak scaled to that batch by the run's lr rule."""
     r = spec.recipe
-    return LRSchedule(base_lr=r.lr, peak_lr=spec.peak_lr, epochs=r.epochs, warmup_epochs=r.warmup_epochs,
+    peak = scale_lr(r.lr, spec.lr_rule, global_batch or spec.global_batch, r.ref_batch)
+    return LRSchedule(base_lr=r.lr, peak_lr=peak, epochs=r.epochs, warmup_epochs=r.warmup_epochs,
                       decay=r.decay, milestones=tuple(r.milestones), gamma=r.gamma)
 
 
-def train_step(model: nn.Module, optimizer, loss_fn, x: torch.Tensor, y: torch.Tensor):
-    """Forward, backward, update. Returns (loss, correct predictions) as device tensors."""
-    logits = model(x)
-    loss = loss_fn(logits, y)
+def batch_schedule(spec: RunSpec) -> BatchSchedule:
+    g = spec.growth
+    if g is None:
+        return BatchSchedule("fixed", spec.global_batch)
+    return BatchSchedule(g.kind, spec.global_batch, factor=g.factor, max_batch=g.max_batch,
+                         at_epochs=tuple(getattr(g, "at_epochs", ())))
+
+
+def train_step(model: nn.Module, optimizer, loss_fn, x: torch.Tensor, target: torch.Tensor, score=None):
+    """Forward, backward, update. Returns (loss, score(output, target) or None) as device tensors."""
+    out = model(x)
+    loss = loss_fn(out, target)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.detach(), (logits.detach().argmax(1) == y).sum()
+    return loss.detach(), score(out.detach(), target) if score else None
+
+
+def _grad_sq(params: list[torch.Tensor]) -> torch.Tensor:
+    return _norm_sq([p.grad for p in params if p.grad is not None])
+
+
+def train_step_ddp_norms(model: nn.Module, optimizer, loss_fn, x, target, score, sync: GradSync):
+    """A DDP step that also returns (|local gradient|², |averaged gradient|²) for the noise scale."""
+    out = model(x)
+    loss = loss_fn(out, target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    local_sq = sync.take_local_sq()
+    global_sq = _grad_sq(list(model.parameters()))
+    optimizer.step()
+    return loss.detach(), score(out.detach(), target), local_sq, global_sq
+
+
+def train_step_micro_norms(model: nn.Module, optimizer, loss_fn, x, target, score):
+    """One optimizer step over the batch taken as two micro-batches, accumulating their gradients
+    (weighted by size, so the update is the batch's mean gradient). Returns (loss, score,
+    mean |micro-batch gradient|², the micro-batches' harmonic-mean size, |batch gradient|²)."""
+    n = len(x)
+    h = n // 2
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer.zero_grad(set_to_none=True)
+    out1 = model(x[:h])
+    loss1 = loss_fn(out1, target[:h])
+    (loss1 * (h / n)).backward()
+    first = [p.grad.detach().clone() if p.grad is not None else None for p in params]
+    out2 = model(x[h:])
+    loss2 = loss_fn(out2, target[h:])
+    (loss2 * ((n - h) / n)).backward()
+    whole = [p.grad for p in params]
+    g1 = [a * (n / h) for a in first if a is not None]
+    g2 = [(w - a) * (n / (n - h)) for w, a in zip(whole, first) if a is not None]
+    small_sq = (_norm_sq(g1) + _norm_sq(g2)) / 2
+    big_sq = _grad_sq(params)
+    optimizer.step()
+    loss = (loss1.detach() * h + loss2.detach() * (n - h)) / n
+    return loss, score(out1.detach(), target[:h]) + score(out2.detach(), target[h:]), small_sq, \
+        2 / (1 / h + 1 / (n - h)), big_sq
+
+
+def _norm_sq(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.nn.utils.get_total_norm(tensors, foreach=None).pow(2)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, loss_fn) -> torch.Tensor:
-    """[sum of losses, correct, samples] over this rank's share of ``loader``."""
+def evaluate(model: nn.Module, loader, loss_fn, task=TASKS["classification"]) -> torch.Tensor:
+    """[sum of losses, sum of the task's figure, samples, sum of its baseline figure] over this
+    rank's share of ``loader``."""
     model.eval()
     totals = None
     for x, y in loader:
-        logits = model(x)
-        row = torch.stack([loss_fn(logits, y) * len(y), (logits.argmax(1) == y).sum().float(),
-                           torch.tensor(float(len(y)), device=y.device)])
+        inp, target = task.pair(x, y)
+        out = model(inp)
+        base = task.baseline(inp, target)
+        row = torch.stack([loss_fn(out, target) * len(target), task.score(out, target),
+                           torch.tensor(float(len(target)), device=x.device),
+                           base if base is not None else torch.zeros((), device=x.device)])
         totals = row if totals is None else totals + row
     model.train()
     return totals
@@ -322,8 +407,9 @@ def train(spec: RunSpec, data: TrainData, ctx: Context, checkpoint: Path, on_epo
     ``on_epoch(row)`` is called on every rank after each epoch with the all-reduced figures.
     """
     device, group = ctx.device, ctx.group
-    recipe = spec.recipe
-    shape, mean, std = data.stats(spec.model)
+    recipe, task = spec.recipe, TASKS[spec.task]
+    shape, mean, std = data.stats(spec.model, spec.size)
+    mean, std = task.normalisation(mean, std)
     d = data.data
     augment = Augment(recipe.augment.crop_padding, recipe.augment.hflip)
     train_loader = make_loader(spec.loader, d.train_images, d.train_labels, spec=shape, batch_size=spec.batch,
@@ -333,12 +419,16 @@ def train(spec: RunSpec, data: TrainData, ctx: Context, checkpoint: Path, on_epo
                                  std=std, shuffle=False, rank=ctx.rank, world=spec.world, device=device)
 
     torch.manual_seed(spec.seed)  # identical initial weights on every rank and in every mode
-    net = build_model(spec.model, d.channels, d.num_classes, width=spec.width)
+    net = build_model(spec.model, d.channels, d.num_classes, width=spec.width, size=spec.size)
     model, devices = wrap(net, spec.mode, device, group)
     optimizer = make_optimizer(net, recipe, spec.peak_lr)
-    schedule = lr_schedule(spec)
-    loss_fn = nn.CrossEntropyLoss()
-    comm = AllReduceTimer(model, group) if spec.mode == "ddp" else None
+    loss_fn = task.loss_fn()
+    measure = spec.noise_ema is not None
+    # One process (or a DDP group of one) has no second batch size: take two micro-batches.
+    micro = measure and (spec.mode != "ddp" or spec.world == 1)
+    sync = GradSync(model, group, local_norms=measure and not micro) if spec.mode == "ddp" else None
+    batches = batch_schedule(spec)
+    noise = NoiseScaleEstimator(spec.noise_ema) if measure else None
 
     result = Result(spec, "finished", [], [], devices)
     start_epoch = 0
@@ -347,83 +437,124 @@ def train(spec: RunSpec, data: TrainData, ctx: Context, checkpoint: Path, on_epo
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"][min(ctx.rank, len(ckpt["rng"]) - 1)])
+        batches.load_state_dict(ckpt["schedule"]["batches"])
+        if noise:
+            noise.load_state_dict(ckpt["schedule"]["noise"])
         result.history, result.step_loss = ckpt["history"], ckpt["step_loss"]
+        result.step_series = ckpt["step_series"]
         result.outcome, result.diverged_step = ckpt["outcome"], ckpt["diverged_step"]
         result.restored_epochs = start_epoch = ckpt["epoch"] + 1
         if ckpt["complete"]:
             return result
 
-    steps = len(train_loader)
     model.train()
     for epoch in range(start_epoch, recipe.epochs):
+        global_batch = batches.batch_at(epoch)
+        train_loader.set_batch(global_batch // spec.world)
         train_loader.set_epoch(epoch)
+        steps = len(train_loader)
+        schedule = lr_schedule(spec, global_batch)
+        lrs = [schedule.lr_at(epoch + i / steps) for i in range(steps)]
         _reset_peaks(devices)
         timer = step_timer(device, ctx.sync_timing)
-        per_step = torch.zeros(2, steps, device=device)  # loss * n and n, per step
-        correct = torch.zeros((), device=device)
+        # per step: loss * n, n, and for the noise scale |small-batch grad|², 1/small batch, |grad|²
+        per_step = torch.zeros(5 if measure else 2, steps, device=device)
+        score = torch.zeros((), device=device)
+        calls = sync.calls if sync else 0
         sampler = ResourceSampler(ctx.sample_interval_s) if ctx.rank == 0 else None
         if sampler:
             sampler.start()
-        batches = iter(train_loader)
+        loader_it = iter(train_loader)
         t_epoch = time.perf_counter()
         for i in range(steps):
-            set_lr(optimizer, schedule.lr_at(epoch + i / steps))
+            set_lr(optimizer, lrs[i])
             timer.start()
-            x, y = next(batches)
+            x, y = next(loader_it)
             timer.batch_ready()
-            loss, hits = train_step(model, optimizer, loss_fn, x, y)
+            inp, target = task.pair(x, y)
+            if micro:
+                loss, hits, small_sq, b_small, big_sq = train_step_micro_norms(
+                    model, optimizer, loss_fn, inp, target, task.score)
+                per_step[2:, i] = torch.stack([small_sq, torch.tensor(1 / b_small, device=device), big_sq])
+            elif measure:
+                loss, hits, small_sq, big_sq = train_step_ddp_norms(model, optimizer, loss_fn, inp, target,
+                                                                    task.score, sync)
+                per_step[2:, i] = torch.stack([small_sq, torch.tensor(1 / len(target), device=device), big_sq])
+            else:
+                loss, hits = train_step(model, optimizer, loss_fn, inp, target, task.score)
             timer.step_done()
-            per_step[0, i] = loss * len(y)
-            per_step[1, i] = len(y)
-            correct += hits
+            per_step[0, i] = loss * len(target)
+            per_step[1, i] = len(target)
+            score += hits
         data_s, compute_s = timer.collect()
         epoch_s = time.perf_counter() - t_epoch
-        comm_s = comm.take() if comm and comm.measurable else float("nan")
+        comm_s = sync.take() if sync and sync.measurable else float("nan")
+        calls = sync.calls - calls if sync else 0
         if sampler:
             result.samples += sampler.stop()
 
         t_eval = time.perf_counter()
-        test = evaluate(model, test_loader, loss_fn)
-        totals = torch.cat([per_step.flatten(), correct.view(1), test,
+        test = evaluate(model, test_loader, loss_fn, task)
+        totals = torch.cat([per_step.flatten(), score.view(1), test,
                             torch.tensor([sum(data_s), sum(compute_s), comm_s], device=device)])
         totals = _all_sum(totals, group)
         eval_s = time.perf_counter() - t_eval
-        step_sum, step_n = totals[:steps], totals[steps:2 * steps]
-        correct_all, test_loss, test_correct, test_n = totals[2 * steps:2 * steps + 4].tolist()
-        data_all, compute_all, comm_all = (totals[-3:] / spec.world).tolist()
+        per_step_all = totals[:per_step.numel()].view_as(per_step)
+        rest = totals[per_step.numel():].tolist()
+        score_all, (test_loss, test_score, test_n, test_base) = rest[0], rest[1:5]
+        data_all, compute_all, comm_all = (x / spec.world for x in rest[5:8])
+        step_sum, step_n = per_step_all[0], per_step_all[1]
         step_loss = (step_sum / step_n).tolist()
         images = float(step_n.sum())
         memory = _all_gather_floats(device_memory_mib(devices), device, group)
+        noise_steps = _noise_scale(noise, per_step_all, spec.world) if noise else []
 
+        metric = task.metric
         row = {
-            "epoch": epoch, "steps": steps, "global_batch": spec.global_batch,
-            "lr": schedule.lr_at(epoch + (steps - 1) / steps),
-            "train_loss": float(step_sum.sum() / step_n.sum()), "train_accuracy": correct_all / images,
-            "test_loss": test_loss / test_n, "test_accuracy": test_correct / test_n,
+            "epoch": epoch, "steps": steps, "global_batch": global_batch, "samples": images,
+            "lr": lrs[-1],
+            "train_loss": float(step_sum.sum() / step_n.sum()), f"train_{metric}": score_all / images,
+            "test_loss": test_loss / test_n, f"test_{metric}": test_score / test_n,
+            **({f"test_{metric}_bicubic": test_base / test_n} if task.name == "restoration" else {}),
             "epoch_time_s": epoch_s, "eval_time_s": eval_s, "images_per_s": images / epoch_s,
             "data_wait_s": data_all, "compute_s": compute_all,
             "data_wait_fraction": data_all / (data_all + compute_all),
             "allreduce_s": comm_all, "allreduce_fraction": comm_all / compute_all,
+            "allreduces": calls,
+            **({"noise_scale": noise.value} if noise else {}),
             "device_mem_mib": memory,
         }
         if sampler:
             row.update({k: v for k, v in sampler.summary().items() if k.endswith("_mean")})
+        steps_before = sum(h["steps"] for h in result.history)
         result.history.append(row)
         result.step_loss += step_loss
+        series = {"lr": lrs, "global_batch": [float(global_batch)] * steps,
+                  **({"noise_scale": noise_steps} if noise else {})}
+        for key, values in series.items():
+            result.step_series.setdefault(key, []).extend(values)
         bad = [i for i, v in enumerate(step_loss) if not math.isfinite(v)]
         if bad:
             result.outcome = "diverged"
-            result.diverged_step = epoch * steps + bad[0]
+            result.diverged_step = steps_before + bad[0]
+        batches.end_epoch(epoch, noise.value if noise else float("nan"))
         done = bad or epoch == recipe.epochs - 1
         rngs = _gather_rng(devices, group)  # a collective: every rank takes part
         if ctx.rank == 0:
-            save_checkpoint(checkpoint, _payload(spec, data, net, optimizer, schedule, epoch, steps, result,
-                                                 bool(done), shape, mean, std, rngs))
+            save_checkpoint(checkpoint, _payload(spec, data, net, optimizer, schedule, batches, noise, epoch,
+                                                 result, bool(done), shape, mean, std, rngs))
         if on_epoch:
             on_epoch(row)
         if done:
             break
     return result
+
+
+def _noise_scale(noise: NoiseScaleEstimator, per_step: torch.Tensor, world: int) -> list[float]:
+    """Feed the epoch's all-reduced per-step norms to ``noise``; the smoothed B_simple per step."""
+    n, small_sq, inv_small, big_sq = (per_step[k].tolist() for k in (1, 2, 3, 4))
+    return [noise.update(s / world, b / world, world / inv, total)
+            for total, s, inv, b in zip(n, small_sq, inv_small, big_sq)]
 
 
 def _gather_rng(devices: list[str], group) -> list[dict]:
@@ -435,14 +566,16 @@ def _gather_rng(devices: list[str], group) -> list[dict]:
     return states
 
 
-def _payload(spec, data, net, optimizer, schedule, epoch, steps, result, complete, shape, mean, std, rngs):
+def _payload(spec, data, net, optimizer, schedule, batches, noise, epoch, result, complete, shape, mean, std,
+             rngs):
     return {
         "format": CHECKPOINT_FORMAT,
         "spec": spec.identity(),
         "config": {**spec.params(), "recipe": as_dict(spec.recipe)},
         "data_sha256": data.sha256,
         "code_sha256": code_fingerprint(),
-        "model_meta": {"model": spec.model, "width": spec.width, "dataset": spec.dataset,
+        "model_meta": {"model": spec.model, "task": spec.task, "width": spec.width, "size": spec.size,
+                       "dataset": spec.dataset,
                        "channels": data.data.channels, "num_classes": data.data.num_classes,
                        "input_channels": shape.channels, "input_size": shape.size, "mean": mean, "std": std},
         "epoch": epoch,
@@ -451,9 +584,11 @@ def _payload(spec, data, net, optimizer, schedule, epoch, steps, result, complet
         "diverged_step": result.diverged_step,
         "model": net.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "schedule": {"position_epochs": epoch + 1, "global_step": (epoch + 1) * steps,
-                     **dataclasses.asdict(schedule)},
+        "schedule": {"position_epochs": epoch + 1, "global_step": len(result.step_loss),
+                     "lr": dataclasses.asdict(schedule), "batches": batches.state_dict(),
+                     "noise": noise.state_dict() if noise else None},
         "rng": rngs,
         "history": result.history,
         "step_loss": result.step_loss,
+        "step_series": result.step_series,
     }

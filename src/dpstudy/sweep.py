@@ -24,8 +24,9 @@ from .datasets import file_sha256, load_prepared
 from .engine import Context, Result, RunSpec, TrainData, train
 from .errors import UserError
 from .fsutil import write_csv_atomic, write_json_atomic
-from .models import build_model
+from .models import MODELS, build_model
 from .parallel import Dist
+from .tasks import TASKS
 from .telemetry import utilization_keys
 from .tracking import Run, Tracker
 
@@ -36,10 +37,10 @@ def load_data(folder: Path, names: Iterable[str]) -> dict[str, TrainData]:
             for name in dict.fromkeys(names)}
 
 
-def check_model(where: str, cfg: GridConfig) -> None:
+def check_model(where: str, cfg: GridConfig, size: int | None = None) -> None:
     """Refuse a model the grid cannot build (e.g. a width LeNet-5 does not have) before any work."""
     try:
-        build_model(cfg.model, channels=3, num_classes=10, width=cfg.width)
+        build_model(cfg.model, channels=3, num_classes=10, width=cfg.width, size=size)
     except ValueError as exc:
         raise UserError(f"{where}: {exc}") from None
 
@@ -47,8 +48,8 @@ def check_model(where: str, cfg: GridConfig) -> None:
 def dp_grid(name: str, cfg: DPSweepConfig, seeds: Iterable[int]) -> list[RunSpec]:
     """mode × loader × batch × lr rule × seed, one process each."""
     check_model(f"train_dp.{name}", cfg)
-    return [RunSpec(name, cfg.model, cfg.width, cfg.dataset, mode, 1, loader, cfg.num_workers, batch, rule, seed,
-                    cfg.recipe)
+    return [RunSpec(name, cfg.model, cfg.width, MODELS[cfg.model].input_size, cfg.dataset, mode, 1, loader,
+                    cfg.num_workers, batch, rule, seed, cfg.recipe)
             for mode, loader, batch, rule, seed in itertools.product(cfg.modes, cfg.loaders, cfg.batch_sizes,
                                                                      cfg.lr_rules, seeds)]
 
@@ -60,8 +61,8 @@ def ddp_grid(name: str, cfg: DDPSweepConfig, seeds: Iterable[int], launched: int
     """
     worlds = [w for w in cfg.world_sizes if w <= launched]
     skipped = [w for w in cfg.world_sizes if w > launched]
-    grid = [RunSpec(name, cfg.model, cfg.width, cfg.dataset, "ddp", world, loader, cfg.num_workers, batch, rule,
-                    seed, cfg.recipe)
+    grid = [RunSpec(name, cfg.model, cfg.width, MODELS[cfg.model].input_size, cfg.dataset, "ddp", world, loader,
+                    cfg.num_workers, batch, rule, seed, cfg.recipe)
             for world, loader, batch, rule, seed in itertools.product(worlds, cfg.loaders, cfg.batch_sizes,
                                                                       cfg.lr_rules, seeds)]
     return grid, skipped
@@ -91,9 +92,12 @@ def run_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Tracker,
 
 def _run_one(spec: RunSpec, data: TrainData, ctx: Context, tracker: Tracker, checkpoint: Path) -> Result:
     tags = {"sweep": spec.sweep, "mode": spec.mode, "model": spec.model, "world_size": spec.world}
-    with tracker.child(spec.name, spec.params(), tags=tags) as run:
+    if spec.schedule != "fixed":
+        tags["schedule"] = spec.schedule
+    with tracker.child(spec.name, spec.params(), tags={"task": spec.task, **tags}) as run:
         result = train(spec, data, ctx, checkpoint,
                        on_epoch=lambda row: run.log_metrics(numeric(row), step=row["epoch"]))
+        result.run_id = run.run_id
         _log_result(run, result)
     return result
 
@@ -110,6 +114,8 @@ def _log_result(run: Run, result: Result) -> None:
     for row in result.history[:result.restored_epochs]:  # epochs a previous execution trained
         run.log_metrics(numeric(row), step=row["epoch"])
     run.log_series("step_loss", result.step_loss)
+    for key, values in result.step_series.items():
+        run.log_series(f"step_{key}", values)
     run.log_samples(result.samples)
 
 
@@ -133,6 +139,7 @@ def summary_row(result: Result) -> dict:
     timed = hist[1:] or hist  # the first epoch carries start-up costs (workers, caches, autotune)
     memory = [max(vals) for vals in zip(*(h["device_mem_mib"] for h in hist))] if hist else []
     final = result.final
+    metric = TASKS[spec.task].metric
 
     def mean(key: str) -> float:
         return statistics.fmean(h[key] for h in timed) if timed else float("nan")
@@ -141,16 +148,18 @@ def summary_row(result: Result) -> dict:
         "name": spec.name,
         # what a plot line joins: the same configuration across batch sizes and world sizes
         "series": f"{spec.sweep} {spec.mode} {spec.loader} {spec.lr_rule}",
-        "sweep": spec.sweep, "model": spec.model, "dataset": spec.dataset,
-        "mode": spec.mode, "world": spec.world, "devices": len(result.devices) * spec.world, "loader": spec.loader,
+        "sweep": spec.sweep, "task": spec.task, "schedule": spec.schedule, "model": spec.model,
+        "dataset": spec.dataset, "mode": spec.mode, "world": spec.world, "devices": len(result.devices) * spec.world, "loader": spec.loader,
         "num_workers": spec.num_workers, "batch": spec.batch, "global_batch": spec.global_batch,
         "lr_rule": spec.lr_rule, "peak_lr": round(spec.peak_lr, 6), "seed": spec.seed,
         "outcome": result.outcome, "diverged_step": "" if result.diverged_step is None else result.diverged_step,
-        "epochs": len(hist),
+        "epochs": len(hist), "steps": sum(h["steps"] for h in hist),
+        "allreduces": sum(h["allreduces"] for h in hist), "final_batch": final.get("global_batch", ""),
         "train_loss": final.get("train_loss", float("nan")),
-        "train_accuracy": final.get("train_accuracy", float("nan")),
+        f"train_{metric}": final.get(f"train_{metric}", float("nan")),
         "test_loss": final.get("test_loss", float("nan")),
-        "test_accuracy": final.get("test_accuracy", float("nan")),
+        f"test_{metric}": final.get(f"test_{metric}", float("nan")),
+        "train_time_s": sum(h["epoch_time_s"] for h in hist),
         "epoch_time_s": mean("epoch_time_s"), "images_per_s": mean("images_per_s"),
         "data_wait_fraction": mean("data_wait_fraction"), "allreduce_fraction": mean("allreduce_fraction"),
         "device_mem_mib": ";".join(f"{m:.1f}" for m in memory),
@@ -165,10 +174,14 @@ def _utilization(rows: list[dict]) -> list[float]:
 
 
 def epoch_rows(results: list[Result]) -> list[dict]:
+    """One row per configuration and epoch, with optimizer steps and training time so far (the
+    x axes of progress-per-step and progress-per-second curves)."""
     rows = []
     for r in results:
+        steps = seconds = 0
         for h in r.history:
-            rows.append({"series": r.spec.name, "sweep": r.spec.sweep,
+            steps, seconds = steps + h["steps"], seconds + h["epoch_time_s"]
+            rows.append({"series": r.spec.name, "sweep": r.spec.sweep, "cum_steps": steps, "cum_time_s": seconds,
                          **{k: (";".join(f"{x:.1f}" for x in v) if isinstance(v, list) else v)
                             for k, v in h.items() if not k.endswith("_mean")}})
     return rows
@@ -189,10 +202,7 @@ def write_results(results: list[Result], out: Path, headline: dict[str, list[str
     about (``headline``: grid -> runs.csv columns), per configuration without the grid name and
     seed, averaged over seeds. runs.csv holds everything.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [summary_row(r) for r in results]
-    write_csv_atomic(out / "runs.csv", [_rounded(r) for r in rows])
-    write_csv_atomic(out / "epochs.csv", [_rounded(r) for r in epoch_rows(results)])
+    rows = write_tables(results, out)
     values: dict = {}
     for row, result in zip(rows, results):
         spec = result.spec
@@ -206,23 +216,40 @@ def write_results(results: list[Result], out: Path, headline: dict[str, list[str
     return metrics
 
 
-def _rounded(row: dict) -> dict:
+def write_tables(results: list[Result], out: Path, extra=None) -> list[dict]:
+    """runs.csv and epochs.csv for ``results`` (one task: the columns are its), with the columns
+    ``extra(result)`` adds to each run; returns runs.csv's rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [{**summary_row(r), **(extra(r) if extra else {})} for r in results]
+    write_csv_atomic(out / "runs.csv", [rounded(r) for r in rows])
+    write_csv_atomic(out / "epochs.csv", [rounded(r) for r in epoch_rows(results)])
+    return rows
+
+
+def rounded(row: dict) -> dict:
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def test_figure(result: Result) -> str:
+    """The final test figure as a person reads it: ``accuracy 0.981`` or ``PSNR 24.31 dB``."""
+    metric = TASKS[result.spec.task].metric
+    value = result.final.get(f"test_{metric}", float("nan"))
+    return f"accuracy {value:.3f}" if metric == "accuracy" else f"PSNR {value:.2f} dB"
 
 
 def _one_line(result: Result) -> str:
     f = result.final
     state = result.outcome if result.outcome != "diverged" else f"diverged at step {result.diverged_step}"
     resumed = f", {result.restored_epochs} epochs from checkpoint" if result.restored_epochs else ""
-    return (f"[{result.spec.sweep}] {result.spec.name}: {state}, test accuracy {f.get('test_accuracy', 0):.3f}, "
+    return (f"[{result.spec.sweep}] {result.spec.name}: {state}, test {test_figure(result)}, "
             f"{f.get('images_per_s', 0):,.0f} images/s{resumed}")
 
 
 def print_table(title: str, results: list[Result], out: Path) -> None:
-    rows = [summary_row(r) for r in results]
     print(f"\n{title}")
     print(format_table(
-        ["configuration", "outcome", "test acc", "epoch s", "images/s", "data wait", "memory MiB"],
-        [(r["name"], r["outcome"], f"{r['test_accuracy']:.3f}", r["epoch_time_s"], r["images_per_s"],
-          f"{r['data_wait_fraction']:.1%}", r["device_mem_mib"]) for r in rows]))
+        ["configuration", "outcome", "test", "epoch s", "images/s", "data wait", "memory MiB"],
+        [(r["name"], r["outcome"], test_figure(result), r["epoch_time_s"], r["images_per_s"],
+          f"{r['data_wait_fraction']:.1%}", r["device_mem_mib"])
+         for r, result in zip(map(summary_row, results), results)]))
     print(f"\nfiles: {out}/metrics.json, runs.csv, epochs.csv, checkpoints/; runs in MLflow")

@@ -195,6 +195,11 @@ class Tracker:
             raise
         self._terminate(info.run_id, "FINISHED")
 
+    def run(self, run_id: str | None) -> Run:
+        """A handle on a run of this stage, e.g. a child that has ended, to add figures known only
+        after the whole grid (an inactive handle on ranks other than 0)."""
+        return Run(self._client, run_id if self._client else None)
+
     # -- helpers ----------------------------------------------------------------------------
     def _terminate(self, run_id: str, status: str) -> None:
         """Record a run's final status without being cut short by SIGTERM/SIGINT: when a DDP
