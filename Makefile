@@ -34,6 +34,7 @@ bench: env
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/ddp_cpu.py
+	$(BIN)/python benchmarks/adaptive.py
 
 # Re-resolve requirements.lock from requirements.in (needs `uv`: pip install uv).
 lock:

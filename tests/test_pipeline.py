@@ -46,12 +46,13 @@ def test_dvc_repro_quick_preset_then_nothing_to_do(tmp_path):
     first = dvc("repro", cwd=repo)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "Running stage 'download'" in first.stdout
-    for stage in ("profile_dataloader", "train_dp", "train_ddp"):
+    for stage in ("profile_dataloader", "train_dp", "train_ddp", "train_adaptive"):
         assert f"Running stage '{stage}'" in first.stdout
     assert (repo / "data" / "prepared" / "digits.pt").is_file()
     metrics = json.loads((repo / "results" / "profile_dataloader" / "metrics.json").read_text())
     assert metrics["throughput"]["resident_speedup"] > 1
     check_training_results(repo)
+    check_adaptive_results(repo)
 
     again = dvc("repro", cwd=repo)
     assert again.returncode == 0
@@ -73,7 +74,7 @@ def test_dvc_repro_quick_preset_then_nothing_to_do(tmp_path):
     (repo / "params.yaml").write_text(params)
     status = dvc("status", cwd=repo)
     assert "profile_dataloader" in status.stdout
-    assert not {"download:", "train_dp:", "train_ddp:"} & set(status.stdout.split())
+    assert not {"download:", "train_dp:", "train_ddp:", "train_adaptive:"} & set(status.stdout.split())
 
 
 def check_training_results(repo: Path) -> None:
@@ -114,3 +115,56 @@ def check_training_results(repo: Path) -> None:
         assert all(c.info.status == "FINISHED" for c in children)
         assert all("test_accuracy" in c.data.metrics for c in children)
         assert all(len(client.get_metric_history(c.info.run_id, "step_loss")) > 1 for c in children[:2])
+
+
+def check_adaptive_results(repo: Path) -> None:
+    """train_adaptive: every task × schedule × seed trained under 2 gloo processes, time-to-target
+    computed, and the batch / lr / noise-scale curves per step in MLflow (study C)."""
+    from mlflow.tracking import MlflowClient
+
+    from dpstudy.adaptive import SCHEDULES
+    from dpstudy.config import load_section
+    from dpstudy.tracking import STUDIES
+
+    _, cfg = load_section("train_adaptive", repo / "params.yaml")
+    out = repo / "results" / "train_adaptive"
+    names, steps = [], {}
+    for task, metric in (("classification", "test_accuracy"), ("restoration", "test_psnr")):
+        with open(out / task / "runs.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == len(SCHEDULES) * len(cfg.seeds)
+        assert all(r["outcome"] == "finished" and r["world"] == "2" and r["mode"] == "ddp" for r in rows)
+        small = [float(r[metric]) for r in rows if r["schedule"] == "fixed_small"]
+        target = sum(small) / len(small) - getattr(cfg, task).target_tolerance
+        assert all(float(r["target"]) == pytest.approx(target, abs=1e-5) for r in rows)
+        growth = getattr(cfg, task).schedules.step_growth
+        stepped = [r for r in rows if r["schedule"] == "step_growth"]
+        assert all(int(r["final_batch"]) == growth.max_batch for r in stepped)
+        # fewer, larger steps: fewer optimizer steps and all-reduces than the small fixed batch
+        fixed = next(r for r in rows if r["schedule"] == "fixed_small")
+        assert all(int(r["steps"]) < int(fixed["steps"]) and int(r["allreduces"]) < int(fixed["allreduces"])
+                   for r in stepped)
+        names += [r["name"] for r in rows]
+        steps.update({r["name"]: int(r["steps"]) for r in rows})
+    assert {p.stem for p in (out / "checkpoints").glob("*.pt")} == set(names)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"classification", "restoration"}
+    assert set(metrics["classification"]) == set(SCHEDULES)
+    assert metrics["classification"]["fixed_small"]["test_accuracy"] > 0.9  # ResNet-20 learns digits
+    # the network beats bicubic interpolation
+    with open(out / "restoration" / "epochs.csv") as fh:
+        last = list(csv.DictReader(fh))[-1]
+    assert float(last["test_psnr"]) > float(last["test_psnr_bicubic"]) + 1
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(STUDIES["C"])
+    runs = client.search_runs([exp.experiment_id], "tags.dvc_stage = 'train_adaptive'", max_results=100)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert {c.info.run_name for c in children} == set(names)
+    assert all(c.info.status == "FINISHED" and "time_to_target_s" in c.data.metrics for c in children)
+    run = next(c for c in children if c.info.run_name.startswith("classification-step_growth"))
+    batches = [m.value for m in client.get_metric_history(run.info.run_id, "step_global_batch")]
+    lrs = client.get_metric_history(run.info.run_id, "step_lr")
+    noise = client.get_metric_history(run.info.run_id, "step_noise_scale")
+    assert batches[0] == 32 and batches[-1] == 256 and sorted(batches) == batches
+    assert len(lrs) == len(batches) == len(noise) == steps[run.info.run_name]

@@ -164,6 +164,15 @@ def test_profile_stage_writes_metrics_plots_and_mlflow_runs(tmp_path, digits_dir
     ("train_ddp", "train_ddp.nproc_per_node", 0, "train_ddp.nproc_per_node: must be >= 1, got 0"),
     ("train_ddp", "train_ddp.vgg.world_sizes", [], "train_ddp.vgg.world_sizes: must not be empty"),
     ("train_ddp", "train_ddp.vgg.model", "lenet", None),  # valid: shows the checks pass real configs
+    ("train_adaptive", "train_adaptive.classification.schedules.step_growth.at_epochs", "sometimes",
+     "train_adaptive.classification.schedules.step_growth.at_epochs: expected a list of int or milestones, "
+     "got str 'sometimes'"),
+    ("train_adaptive", "train_adaptive.classification.schedules.step_growth.at_epochs", [0],
+     "train_adaptive.classification.schedules.step_growth.at_epochs[0]: must be >= 1, got 0"),
+    ("train_adaptive", "train_adaptive.restoration.schedules.noise_scale.ema", 1.0,
+     "train_adaptive.restoration.schedules.noise_scale.ema: must be >= 0 and < 1, got 1.0"),
+    ("train_adaptive", "train_adaptive.restoration.model", "resnet20",
+     "train_adaptive.restoration.model: resnet20 is a classification network, not restoration"),
 ])
 def test_bad_training_params_fail_in_one_line_before_any_work(tmp_path, digits_dir, monkeypatch, capsys,
                                                               stage, key, value, message):

@@ -1,0 +1,152 @@
+"""Study C: the adaptive-batch grid, its reference target and time-to-target (claims C1–C4).
+
+For each task (classification, restoration) four batch schedules are trained from the same
+recipe, every one on all launched processes and for several seeds:
+
+- ``fixed_small``: the task's small batch all along (the accuracy to keep);
+- ``fixed_large``: the large batch all along (C1: what a large batch costs in accuracy);
+- ``step_growth``: small → large in steps (C2, C3; Lee et al.'s rule as reconstructed, `batching`);
+- ``noise_scale``: small → large as the measured gradient noise scale grows.
+
+Fixed-small runs first, so its result is known when the others finish. Time-to-target is the
+training time (evaluation excluded) until a run's test figure first reaches the *target*: the
+mean over seeds of fixed-small's final figure minus ``target_tolerance`` (accuracy points or dB).
+It is measured at epoch ends, where the test figure is computed; a run that never gets there has
+none (nan). ``speedup`` is fixed-small's mean time-to-target over the schedule's.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import replace
+from typing import Iterable
+
+from .config import AdaptiveTaskConfig
+from .engine import Result, RunSpec
+from .errors import UserError
+from .loaders import MIN_PER_RANK
+from .models import model_task
+from .sweep import check_model
+from .tasks import TASKS
+
+SCHEDULES = ("fixed_small", "fixed_large", "step_growth", "noise_scale")
+STAGE = "train_adaptive"
+
+
+def adaptive_grid(task: str, cfg: AdaptiveTaskConfig, seeds: Iterable[int], world: int) -> list[RunSpec]:
+    """schedule × seed for one task on ``world`` processes, fixed_small first. Checks every batch
+    setting against the world size and the recipe before any work."""
+    where = f"{STAGE}.{task}"
+    if model_task(cfg.model) != task:
+        raise UserError(f"{where}.model: {cfg.model} is a {model_task(cfg.model)} network, not {task}")
+    check_model(where, cfg, cfg.input_size)
+    mode = "ddp" if world > 1 else "single"
+    seeds = list(seeds)
+    grid = []
+    for name in SCHEDULES:
+        sched = getattr(cfg.schedules, name)
+        growth = None if sched.kind == "fixed" else _resolved(sched, cfg, f"{where}.schedules.{name}")
+        for key in ("batch", "max_batch"):
+            value = getattr(sched, key, None)
+            if value is not None and (value % world or value < MIN_PER_RANK * world):
+                raise UserError(f"{where}.schedules.{name}.{key}: {value} must be a multiple of the "
+                                f"{world} processes, at least {MIN_PER_RANK} per process")
+        grid += [RunSpec(task, cfg.model, cfg.width, cfg.input_size, cfg.dataset, mode, world, cfg.loader,
+                         cfg.num_workers, sched.batch // world, sched.lr_rule, seed, cfg.recipe,
+                         schedule=name, growth=growth, noise_ema=cfg.schedules.noise_scale.ema)
+                 for seed in seeds]
+    return grid
+
+
+def _resolved(sched, cfg: AdaptiveTaskConfig, where: str):
+    """The growth config with ``at_epochs: milestones`` replaced by the recipe's milestone epochs."""
+    if sched.max_batch < sched.batch:
+        raise UserError(f"{where}.max_batch: {sched.max_batch} is below the starting batch {sched.batch}")
+    if sched.kind != "step_growth":
+        return sched
+    epochs = sched.at_epochs
+    if epochs == "milestones":
+        if any(m != int(m) for m in cfg.recipe.milestones):
+            raise UserError(f"{where}.at_epochs: milestones {cfg.recipe.milestones} are not whole epochs; "
+                            "batches change only between epochs")
+        epochs = [int(m) for m in cfg.recipe.milestones]
+        if not epochs:
+            raise UserError(f"{where}.at_epochs: 'milestones' but the recipe has no lr milestones")
+    late = [e for e in epochs if e >= cfg.recipe.epochs]
+    if late:
+        raise UserError(f"{where}.at_epochs: {late} at or after the last epoch ({cfg.recipe.epochs} epochs)")
+    return replace(sched, at_epochs=sorted(epochs))
+
+
+# --------------------------------------------------------------------------------------------
+# After training
+
+
+def target(results: list[Result], tolerance: float) -> float:
+    """Fixed-small's final test figure, mean over seeds, minus ``tolerance``."""
+    metric = _metric(results)
+    finals = [r.final.get(f"test_{metric}", math.nan) for r in results if r.spec.schedule == "fixed_small"]
+    if not finals:
+        raise ValueError("no fixed_small run to take the target from")
+    return statistics.fmean(finals) - tolerance
+
+
+def time_to_target(result: Result, goal: float) -> dict[str, float]:
+    """Training time, optimizer steps and epochs until the test figure first reaches ``goal``."""
+    metric = TASKS[result.spec.task].metric
+    seconds = steps = 0.0
+    for epoch, row in enumerate(result.history, start=1):
+        seconds += row["epoch_time_s"]
+        steps += row["steps"]
+        if row[f"test_{metric}"] >= goal:
+            return {"time_to_target_s": seconds, "steps_to_target": steps, "epochs_to_target": epoch}
+    return {"time_to_target_s": math.nan, "steps_to_target": math.nan, "epochs_to_target": math.nan}
+
+
+def run_figures(result: Result, goal: float) -> dict[str, float]:
+    """What study C records per configuration besides runs.csv's usual columns."""
+    hist = result.history
+    train_s = sum(h["epoch_time_s"] for h in hist)
+    return {
+        "target": goal,
+        **time_to_target(result, goal),
+        "wall_time_s": train_s + sum(h["eval_time_s"] for h in hist),
+        # over the whole run: the batch, and with it the per-epoch rate, changes
+        "run_images_per_s": sum(h["samples"] for h in hist) / train_s if train_s else math.nan,
+        "batches": "→".join(str(b) for b in dict.fromkeys(h["global_batch"] for h in hist)),
+    }
+
+
+def schedule_summary(rows: list[dict], metric: str) -> dict[str, dict[str, float]]:
+    """Per schedule, mean and std over seeds of what C1–C4 are judged on; speedup vs fixed_small."""
+    figures = [f"test_{metric}", "steps", "allreduces", "train_time_s", "run_images_per_s", "time_to_target_s"]
+    out: dict[str, dict[str, float]] = {}
+    for name in SCHEDULES:
+        mine = [r for r in rows if r["schedule"] == name]
+        if not mine:
+            continue
+        entry: dict[str, float] = {"seeds": len(mine)}
+        for key in figures:
+            values = [float(r[key]) for r in mine]
+            entry[key] = _mean(values)
+            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 and _finite(values) else 0.0
+        entry["reached_target"] = sum(math.isfinite(float(r["time_to_target_s"])) for r in mine)
+        out[name] = entry
+    base = out.get("fixed_small", {}).get("time_to_target_s", math.nan)
+    for entry in out.values():
+        entry["speedup"] = base / entry["time_to_target_s"] if entry["time_to_target_s"] > 0 else math.nan
+    return out
+
+
+def _metric(results: list[Result]) -> str:
+    return TASKS[results[0].spec.task].metric
+
+
+def _finite(values: list[float]) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def _mean(values: list[float]) -> float:
+    """The mean, nan if any value is nan (a seed that never reached the target)."""
+    return statistics.fmean(values) if values and _finite(values) else math.nan
