@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import write_params
-from dpstudy.config import AugmentConfig, RecipeConfig
+from dpstudy.config import AugmentConfig, NoiseScaleConfig, RecipeConfig
 from dpstudy.datasets import file_sha256, load_prepared
 from dpstudy import engine
 from dpstudy.engine import Context, RunSpec, TrainData, train
@@ -109,6 +109,25 @@ def test_resuming_from_an_epoch_checkpoint_ends_exactly_like_an_uninterrupted_ru
     assert resumed.step_loss == full.step_loss
     a, b = (torch.load(p, weights_only=False)["model"] for p in (ckpt, saved))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_noise_scale_run_resumes_with_its_batch_schedule_and_estimator_state(digits, tmp_path):
+    """One process: the noise scale from two micro-batches per step; the batch the estimate chose
+    and the estimator's smoothed state come back from the checkpoint, so the resumed run ends the
+    same as an uninterrupted one."""
+    growth = NoiseScaleConfig(batch=32, lr_rule="linear", factor=2, max_batch=128, ema=0.9)
+    s = spec(batch=32, schedule="noise_scale", growth=growth, noise_ema=0.9)
+    ckpt, saved = tmp_path / "run.pt", tmp_path / "after-epoch-0.pt"
+    full = train(s, digits, CPU, ckpt, on_epoch=lambda row: row["epoch"] == 0 and shutil.copy(ckpt, saved))
+    batches = [row["global_batch"] for row in full.history]
+    assert batches[0] == 32 and batches == sorted(batches) and batches[-1] > 32  # it grew
+    assert all(row["noise_scale"] > 0 for row in full.history)
+    assert len(full.step_series["noise_scale"]) == len(full.step_loss) == sum(r["steps"] for r in full.history)
+    resumed = train(s, digits, CPU, saved)
+    assert resumed.restored_epochs == 1
+    assert learned(resumed.history) == learned(full.history)
+    assert [r["noise_scale"] for r in resumed.history] == [r["noise_scale"] for r in full.history]
+    assert repr(resumed.step_series) == repr(full.step_series)  # repr: nan (estimate undefined) == nan
 
 
 def test_divergence_ends_the_configuration_and_the_sweep_goes_on(digits, tmp_path):

@@ -68,7 +68,7 @@ def test_bad_mirror_stops_before_any_dataset_is_prepared(tmp_path):
     ("profile_dataloader.batch_sizes", [0], "profile_dataloader.batch_sizes[0]: must be >= 1, got 0"),
     ("profile_dataloader.num_workers", [-2], "profile_dataloader.num_workers[0]: must be >= 0, got -2"),
     ("profile_dataloader.dataset", "svhn", "profile_dataloader.dataset: must be one of digits, mnist, cifar10"),
-    ("profile_dataloader.model", "vgg99", "profile_dataloader.model: must be one of lenet, vgg16, resnet20, got 'vgg99'"),
+    ("profile_dataloader.model", "vgg99", "profile_dataloader.model: must be one of lenet, vgg16, resnet20, srnet, got 'vgg99'"),
     ("profile_dataloader.colour", 1, "profile_dataloader.colour: unknown key"),
     ("profile_dataloader.seed", 1.5, "profile_dataloader.seed: expected an integer, got float"),
 ])
