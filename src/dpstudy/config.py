@@ -147,12 +147,18 @@ class TrainDPConfig:
 
 
 @dataclass(frozen=True)
-class TrainDDPConfig:
+class TorchrunStageConfig:
+    """What a stage launched by torchrun has before its grids: processes, device, seeds, timing."""
+
     nproc_per_node: int | Literal["gpu"] = field(metadata=_range(ge=1))
     device: Device
     seeds: list[int] = field(metadata={**_range(ge=0), "nonempty": True, "unique": True})
     sync_timing: bool
     timeout_s: float = field(metadata=_range(gt=0))
+
+
+@dataclass(frozen=True)
+class TrainDDPConfig(TorchrunStageConfig):
     vgg: DDPSweepConfig
 
 
@@ -213,12 +219,7 @@ class AdaptiveTaskConfig:
 
 
 @dataclass(frozen=True)
-class TrainAdaptiveConfig:
-    nproc_per_node: int | Literal["gpu"] = field(metadata=_range(ge=1))
-    device: Device
-    seeds: list[int] = field(metadata={**_range(ge=0), "nonempty": True, "unique": True})
-    sync_timing: bool
-    timeout_s: float = field(metadata=_range(gt=0))
+class TrainAdaptiveConfig(TorchrunStageConfig):
     classification: AdaptiveTaskConfig
     restoration: AdaptiveTaskConfig
 
