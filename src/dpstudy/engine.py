@@ -254,30 +254,25 @@ def batch_schedule(spec: RunSpec) -> BatchSchedule:
                          at_epochs=tuple(getattr(g, "at_epochs", ())))
 
 
-def train_step(model: nn.Module, optimizer, loss_fn, x: torch.Tensor, target: torch.Tensor, score=None):
-    """Forward, backward, update. Returns (loss, score(output, target) or None) as device tensors."""
+def train_step(model: nn.Module, optimizer, loss_fn, x: torch.Tensor, target: torch.Tensor, score=None,
+               grad_probe=None):
+    """Forward, backward, update. Returns (loss, score(output, target) or None, grad_probe() or None):
+    ``grad_probe`` runs between backward and the update, while the gradients are this step's."""
     out = model(x)
     loss = loss_fn(out, target)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    probed = grad_probe() if grad_probe else None
     optimizer.step()
-    return loss.detach(), score(out.detach(), target) if score else None
+    return loss.detach(), score(out.detach(), target) if score else None, probed
+
+
+def _norm_sq(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.nn.utils.get_total_norm(tensors, foreach=None).pow(2)
 
 
 def _grad_sq(params: list[torch.Tensor]) -> torch.Tensor:
     return _norm_sq([p.grad for p in params if p.grad is not None])
-
-
-def train_step_ddp_norms(model: nn.Module, optimizer, loss_fn, x, target, score, sync: GradSync):
-    """A DDP step that also returns (|local gradient|², |averaged gradient|²) for the noise scale."""
-    out = model(x)
-    loss = loss_fn(out, target)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    local_sq = sync.take_local_sq()
-    global_sq = _grad_sq(list(model.parameters()))
-    optimizer.step()
-    return loss.detach(), score(out.detach(), target), local_sq, global_sq
 
 
 def train_step_micro_norms(model: nn.Module, optimizer, loss_fn, x, target, score):
@@ -304,10 +299,6 @@ def train_step_micro_norms(model: nn.Module, optimizer, loss_fn, x, target, scor
     loss = (loss1.detach() * h + loss2.detach() * (n - h)) / n
     return loss, score(out1.detach(), target[:h]) + score(out2.detach(), target[h:]), small_sq, \
         2 / (1 / h + 1 / (n - h)), big_sq
-
-
-def _norm_sq(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.nn.utils.get_total_norm(tensors, foreach=None).pow(2)
 
 
 @torch.no_grad()
@@ -475,13 +466,17 @@ def train(spec: RunSpec, data: TrainData, ctx: Context, checkpoint: Path, on_epo
             if micro:
                 loss, hits, small_sq, b_small, big_sq = train_step_micro_norms(
                     model, optimizer, loss_fn, inp, target, task.score)
-                per_step[2:, i] = torch.stack([small_sq, torch.tensor(1 / b_small, device=device), big_sq])
-            elif measure:
-                loss, hits, small_sq, big_sq = train_step_ddp_norms(model, optimizer, loss_fn, inp, target,
-                                                                    task.score, sync)
-                per_step[2:, i] = torch.stack([small_sq, torch.tensor(1 / len(target), device=device), big_sq])
+            elif measure:  # DDP: this rank's gradient (read in the comm hook) and the averaged one
+                loss, hits, (small_sq, big_sq) = train_step(
+                    model, optimizer, loss_fn, inp, target, task.score,
+                    grad_probe=lambda: (sync.take_local_sq(), _grad_sq(list(model.parameters()))))
+                b_small = len(target)
             else:
-                loss, hits = train_step(model, optimizer, loss_fn, inp, target, task.score)
+                loss, hits, _ = train_step(model, optimizer, loss_fn, inp, target, task.score)
+            if measure:  # separate writes: a Python scalar is filled in place, no host-to-device copy
+                per_step[2, i] = small_sq
+                per_step[3, i] = 1 / b_small
+                per_step[4, i] = big_sq
             timer.step_done()
             per_step[0, i] = loss * len(target)
             per_step[1, i] = len(target)
