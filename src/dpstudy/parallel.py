@@ -117,7 +117,7 @@ def wrap(model: nn.Module, mode: str, device: torch.device, group=None) -> tuple
     """The model as the mode trains it, and the names of the devices it computes on.
 
     single: the model on ``device``. dp: ``nn.DataParallel`` over every visible GPU (with fewer
-    than two GPUs it runs on one device, as PyTorch's DataParallel does). ddp: one replica per
+    than two GPUs it runs on one device, as PyTorch's DataParallel does; on the CPU, the module itself). ddp: one replica per
     process in ``group``, gradients averaged by all-reduce.
     """
     model = model.to(device)
@@ -127,7 +127,9 @@ def wrap(model: nn.Module, mode: str, device: torch.device, group=None) -> tuple
         if device.type == "cuda":
             ids = list(range(torch.cuda.device_count()))
             return nn.DataParallel(model, device_ids=ids), [f"cuda:{i}" for i in ids]
-        return nn.DataParallel(model), ["cpu"]
+        # No GPU to replicate onto: PyTorch's DataParallel then just calls the module, so call it
+        # directly (nn.DataParallel(model) would grab any GPU the machine has, even on a CPU run).
+        return model, ["cpu"]
     if mode == "ddp":
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids, process_group=group), [str(device)]
