@@ -1,0 +1,352 @@
+"""The study figures, drawn from result files that the stages' own writers produce from fabricated
+runs (two seeds, two GPUs per DataParallel run, a diverged run, a schedule that misses its target),
+so the layouts the figures read are the layouts the pipeline writes."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from dpstudy.adaptive import run_figures, schedule_summary, target
+from dpstudy.config import AugmentConfig, RecipeConfig
+from dpstudy.engine import Result, RunSpec
+from dpstudy.errors import UserError
+from dpstudy.figures import (FIGURES, INPUTS, Stat, draw, load_inputs, make_figures, mean_std, per_device,
+                             summarize)
+from dpstudy.fsutil import write_csv_atomic
+from dpstudy.stages import profile_dataloader, train_ddp, train_dp
+from dpstudy.stages.train_adaptive import _write_summary
+from dpstudy.sweep import write_results, write_tables
+from dpstudy.tasks import TASKS
+
+RECIPE = RecipeConfig(epochs=4, optimizer="sgd", lr=0.01, ref_batch=16, momentum=0.9, weight_decay=0.0,
+                      warmup_epochs=0, decay="none", milestones=[], gamma=0.1, augment=AugmentConfig(0, False))
+SEEDS = (0, 1)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Fabricated runs, written by the real writers
+
+
+def wait_of(loader: str, batch: int, seed: int) -> float:
+    """Data-wait fraction of a lenet_utilization run: grows with the batch for the standard loader."""
+    return (0.4 + 0.05 * math.log2(batch / 16) if loader == "standard" else 0.05) + 0.02 * seed
+
+
+def history(epochs: int, batches: list[int], *, metric: str = "accuracy", final: float = 0.9, wait: float = 0.3,
+            mem: tuple[float, ...] = (900.0,), util: tuple[float, ...] = (90.0,), lr: float = 0.01,
+            seconds: float = 1.0, ddp: bool = False, noise: bool = False, diverge: bool = False) -> list[dict]:
+    """Epoch rows as the engine records them (GPU telemetry keys, one value per device)."""
+    rows = []
+    for e in range(epochs):
+        frac, b = (e + 1) / epochs, batches[min(e, len(batches) - 1)]
+        steps = math.ceil(1000 / b)
+        score = final * frac if metric == "accuracy" else 15 + (final - 15) * frac
+        rows.append({
+            "epoch": e, "steps": steps, "global_batch": b, "samples": 1000.0, "lr": lr * b / batches[0],
+            "train_loss": math.nan if diverge and e == epochs - 1 else 2.0 / (e + 1), f"train_{metric}": score,
+            "test_loss": 1.0 / (e + 1), f"test_{metric}": score,
+            **({"test_psnr_bicubic": 13.5} if metric == "psnr" else {}),
+            "epoch_time_s": seconds, "eval_time_s": 0.05, "images_per_s": 1000 / seconds,
+            "data_wait_s": wait * seconds, "compute_s": (1 - wait) * seconds, "data_wait_fraction": wait,
+            "allreduce_s": 0.1 if ddp else math.nan, "allreduce_fraction": 0.1 if ddp else math.nan,
+            "allreduces": steps if ddp else 0, **({"noise_scale": 40.0 * (e + 1)} if noise else {}),
+            "device_mem_mib": list(mem), **{f"gpu{i}_util_pct_mean": u for i, u in enumerate(util)},
+        })
+    return rows
+
+
+def result(spec: RunSpec, hist: list[dict], devices: int = 1, diverged: bool = False) -> Result:
+    return Result(spec, "diverged" if diverged else "finished", hist, [], [f"cuda:{i}" for i in range(devices)])
+
+
+def dp_results() -> list[Result]:
+    out = []
+    for mode in ("single", "dp"):
+        gpus = 2 if mode == "dp" else 1
+        for loader in ("standard", "resident"):
+            for batch in (16, 64, 256):
+                for seed in SEEDS:
+                    spec = RunSpec("lenet_utilization", "lenet", 1.0, 32, "digits", mode, 1, loader, 0, batch,
+                                   "linear", seed, RECIPE)
+                    util = (95.0 - 10 * math.log2(batch / 16),) * gpus
+                    out.append(result(spec, history(3, [batch], wait=wait_of(loader, batch, seed),
+                                                    mem=(900.0,) * gpus, util=util), gpus))
+    for rule in ("none", "linear", "sqrt"):
+        for batch in (16, 64, 256):
+            for seed in SEEDS:
+                spec = RunSpec("lenet_lr_scaling", "lenet", 1.0, 32, "digits", "single", 1, "resident", 0, batch,
+                               rule, seed, RECIPE)
+                diverge = (rule, batch, seed) == ("linear", 256, 1)
+                final = 0.95 - (0.3 if rule == "none" and batch == 256 else 0.0) + 0.01 * seed
+                out.append(result(spec, history(4, [batch], final=final, diverge=diverge), diverged=diverge))
+    for mode in ("single", "dp"):
+        gpus = 2 if mode == "dp" else 1
+        for batch in (32, 128):
+            for seed in SEEDS:
+                spec = RunSpec("vgg", "vgg16", 0.125, 32, "digits", mode, 1, "standard", 0, batch, "linear", seed,
+                               RECIPE)
+                mem = (1200.0 + 10 * seed, 700.0 + 10 * seed) if gpus == 2 else (1000.0,)
+                util = (97.0, 55.0) if gpus == 2 else (90.0,)
+                out.append(result(spec, history(3, [batch], mem=mem, util=util, seconds=2.0 if mode == "single"
+                                                else 1.8 + 0.1 * seed), gpus))
+    return out
+
+
+def ddp_results() -> list[Result]:
+    out = []
+    for world in (1, 2, 4):
+        for rule in ("none", "linear"):
+            for seed in SEEDS:
+                spec = RunSpec("vgg", "vgg16", 0.125, 32, "digits", "ddp", world, "standard", 0, 32, rule, seed,
+                               RECIPE)
+                final = 0.97 - (0.02 * math.log2(world) if rule == "none" else 0.0)
+                out.append(result(spec, history(3, [32 * world], final=final, mem=(950.0,) * world,
+                                                util=(92.0,) * world, seconds=2.0 / world ** 0.8, ddp=True)))
+    return out
+
+
+def adaptive_results(task: str) -> list[Result]:
+    model, metric = ("resnet20", "accuracy") if task == "classification" else ("srnet", "psnr")
+    small, large = (32, 256) if task == "classification" else (16, 64)
+    growth = [small * 2 ** i for i in range(4) if small * 2 ** i <= large]
+    finals = ({"fixed_small": 0.98, "fixed_large": 0.90, "step_growth": 0.985, "noise_scale": 0.99}
+              if metric == "accuracy" else
+              {"fixed_small": 18.5, "fixed_large": 18.0, "step_growth": 18.5, "noise_scale": 18.45})
+    out = []
+    for schedule, final in finals.items():
+        for seed in SEEDS:
+            batches = {"fixed_small": [small], "fixed_large": [large], "step_growth": growth,
+                       "noise_scale": [small] * (1 + seed) + growth[1:]}[schedule]
+            rule = "none" if schedule == "fixed_small" else "sqrt"
+            spec = RunSpec(task, model, 1.0, 16, "digits", "ddp", 2, "resident", 0, batches[0] // 2, rule, seed,
+                           RECIPE, schedule=schedule)
+            out.append(result(spec, history(6, batches, metric=metric, final=final + 0.005 * seed, ddp=True,
+                                            noise=True, mem=(900.0, 750.0), seconds=32 / batches[0] ** 0.5)))
+    return out
+
+
+def write_results_tree(root: Path) -> Path:
+    """A results/ folder as the pipeline leaves it, from the fabricated runs above."""
+    pd = root / "profile_dataloader"
+    throughput = [{"loader": "standard", "batch_size": b, "num_workers": w, "images_per_s": 8000.0 + 2000 * w + b}
+                  for b in (16, 64, 256) for w in (0, 1, 2)]
+    throughput += [{"loader": "resident", "batch_size": b, "num_workers": 0, "images_per_s": 300000.0 + 1000 * b}
+                   for b in (16, 64, 256)]
+    write_csv_atomic(pd / "throughput.csv", profile_dataloader._throughput_by_batch(throughput))
+    write_csv_atomic(pd / "workers.csv", profile_dataloader._throughput_by_workers(throughput))
+    write_csv_atomic(pd / "probes.csv", [
+        {"series": loader, "loader": loader, "batch_size": b, "num_workers": 0, "steps": 12, "data_wait_s": 0.1,
+         "compute_s": 0.1, "data_wait_fraction": wait_of(loader, b, 0), "images_per_s": 5000.0,
+         "utilization_pct": 80.0, "utilization_source": "gpu_util_pct"}
+        for loader in ("standard", "resident") for b in (16, 64, 256)])
+    write_results(dp_results(), root / "train_dp", train_dp.HEADLINE)
+    write_results(ddp_results(), root / "train_ddp", train_ddp.HEADLINE)
+    summaries = {}
+    for task in TASKS:
+        runs = adaptive_results(task)
+        goal = target(runs, 0.01 if task == "classification" else 0.1)
+        rows = write_tables(runs, root / "train_adaptive" / task, extra=lambda r, goal=goal: run_figures(r, goal))
+        summaries[task] = schedule_summary(rows, TASKS[task].metric)
+    _write_summary(summaries, root / "train_adaptive")
+    return root
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    return write_results_tree(tmp_path_factory.mktemp("results"))
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG, f"{path.name} is not a PNG"
+    return struct.unpack(">II", data[16:24])  # IHDR width, height
+
+
+def container(ax, label: str):
+    """The errorbar or bar container drawn with ``label``."""
+    found = [c for c in ax.containers if c.get_label() == label]
+    assert found, f"no series {label!r} in {[c.get_label() for c in ax.containers]}"
+    return found[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The figure set
+
+
+@pytest.fixture(scope="module")
+def drawn(results, tmp_path_factory) -> tuple[Path, list[Path], float]:
+    """Every figure drawn once into a nested folder that already holds a stale figure."""
+    out = tmp_path_factory.mktemp("figures") / "nested"
+    out.mkdir()
+    (out / "A3_workers.png").write_bytes(b"stale")
+    start = time.perf_counter()
+    paths = make_figures(results, out)
+    return out, paths, time.perf_counter() - start
+
+
+def test_every_figure_is_written_as_a_sane_png(drawn):
+    out, paths, elapsed = drawn
+    assert paths == [out / name for name in FIGURES]
+    assert sorted(p.name for p in out.iterdir()) == sorted(FIGURES)  # no temporary files left behind
+    for path in paths:  # the stale file was replaced too
+        width, height = png_size(path)
+        assert 700 <= width <= 2400 and 400 <= height <= 1400, (path.name, width, height)
+        assert path.stat().st_size > 30_000, f"{path.name} looks empty"
+    assert elapsed < 30, f"drawing took {elapsed:.1f} s"
+
+
+def test_figures_map_to_the_studies_claims():
+    claims = {c for ids in FIGURES.values() for c in ids}
+    assert claims == {"A1", "A2", "A3", "A4", "B1", "B2", "B3", "B4", "B5", "C1", "C2", "C3", "C4"}
+    assert all(name.endswith(".png") and name.startswith(ids[0]) for name, ids in FIGURES.items())
+
+
+def test_drawing_is_deterministic(results, drawn, tmp_path):
+    again = make_figures(results, tmp_path)
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in drawn[1]]
+
+
+def test_grids_without_runs_say_so(results, tmp_path):
+    """A stage that trained nothing (e.g. every DDP world size skipped) writes header-less files."""
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    for rel in ("train_ddp/runs.csv", "train_ddp/epochs.csv", "train_adaptive/restoration/runs.csv",
+                "train_adaptive/restoration/epochs.csv"):
+        write_csv_atomic(copy / rel, [])
+    tables = load_inputs(copy)
+    assert tables["train_ddp/runs.csv"] == []
+    for name in ("B5_ddp_accuracy.png", "C4_adaptive_restoration.png"):
+        fig = draw(name, tables)
+        assert any(t.get_text().startswith("no data") for ax in fig.axes for t in ax.texts), name
+        fig.savefig(tmp_path / name, format="png")
+    # the DataParallel half of B2 stays, without DDP bars
+    labels = [c.get_label() for c in draw("B2_device_balance.png", tables).axes[0].containers
+              if not c.get_label().startswith("_")]
+    assert labels == ["DataParallel ×2, batch 32", "DataParallel ×2, batch 128"]
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: one line, before any drawing
+
+
+def test_missing_input_names_file_and_stage(results, tmp_path):
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    (copy / "train_ddp" / "runs.csv").unlink()
+    (copy / "train_adaptive" / "summary.csv").unlink()
+    out = tmp_path / "out"
+    with pytest.raises(UserError) as err:
+        make_figures(copy, out)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(copy / "train_ddp" / "runs.csv") in message and "train_ddp stage" in message
+    assert str(copy / "train_adaptive" / "summary.csv") in message and "train_adaptive stage" in message
+    assert "dvc repro train_ddp train_adaptive" in message
+    assert not out.exists()  # nothing drawn, not even the folder
+
+
+def test_missing_results_folder(tmp_path):
+    with pytest.raises(UserError, match=r"does not exist: run the training stages first"):
+        make_figures(tmp_path / "nowhere", tmp_path / "out")
+
+
+def test_missing_column_names_the_stage_to_rerun(results, tmp_path):
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    path = copy / "profile_dataloader" / "probes.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")  # drop utilization_source
+    with pytest.raises(UserError) as err:
+        make_figures(copy, tmp_path / "out")
+    assert "\n" not in str(err.value)
+    assert "no column utilization_source" in str(err.value) and "dvc repro -f profile_dataloader" in str(err.value)
+
+
+def test_every_input_is_a_file_a_stage_writes(results):
+    assert set(load_inputs(results)) == set(INPUTS)
+    assert all((results / rel).is_file() for rel in INPUTS)
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation and what the figures show
+
+
+def test_mean_std_ignores_unmeasured_values():
+    assert mean_std([1.0, 2.0, 3.0, math.nan]) == Stat(2.0, 1.0, 3)
+    one = mean_std([0.7])
+    assert (one.mean, one.n) == (0.7, 1) and math.isnan(one.std)  # one seed: no error bar
+    none = mean_std([math.nan])
+    assert math.isnan(none.mean) and none.n == 0
+
+
+def test_summarize_groups_and_sorts_by_key():
+    rows = [{"b": "64", "v": "0.5"}, {"b": "16", "v": "0.1"}, {"b": "64", "v": "0.7"}, {"b": "16", "v": "nan"}]
+    stats = summarize(rows, lambda r: float(r["b"]), lambda r: float(r["v"]))
+    assert list(stats) == [16.0, 64.0]
+    assert stats[16.0].mean == 0.1 and stats[16.0].n == 1
+    assert stats[64.0].mean == pytest.approx(0.6) and stats[64.0].std == pytest.approx(math.sqrt(0.02))
+
+
+def test_per_device_cells():
+    assert per_device("913.3;736.0") == [913.3, 736.0]
+    assert per_device("92.0") == [92.0]
+    assert per_device("") == []
+    assert math.isnan(per_device("nan")[0])
+
+
+def test_data_wait_lines_are_means_over_seeds(results):
+    fig = draw("A1_A2_data_wait_utilization.png", load_inputs(results))
+    wait = fig.axes[0]
+    line = container(wait, "single device, standard DataLoader")
+    expected = [statistics_mean(wait_of("standard", b, s) for s in SEEDS) for b in (16, 64, 256)]
+    assert list(line.lines[0].get_xdata()) == [16, 64, 256]
+    assert list(line.lines[0].get_ydata()) == pytest.approx(expected)
+    # two seeds: error bars of the seeds' std (0.02 apart -> 0.01414)
+    segments = line.lines[2][0].get_segments()
+    assert [seg[1][1] - seg[0][1] for seg in segments] == pytest.approx([2 * 0.02 / math.sqrt(2)] * 3)
+    assert any(c.get_label() == "DataParallel ×2, resident tensors" for c in wait.containers)
+
+
+def test_dp_imbalance_bars_show_each_device(results):
+    fig = draw("B2_device_balance.png", load_inputs(results))
+    memory = fig.axes[0]
+    bars = container(memory, "DataParallel ×2, batch 128")
+    assert [b.get_height() for b in bars] == pytest.approx([1205.0, 705.0])  # device 0, 1 over seeds 0 and 1
+    assert f"{1205 / 705:.2f}×" in [t.get_text() for t in memory.texts]
+    ddp = container(memory, "DDP ×4, batch 32 per process")
+    assert len(ddp) == 4
+
+
+def test_lr_scaling_accuracy_survives_a_diverged_seed(results):
+    fig = draw("A4_lr_scaling.png", load_inputs(results))
+    acc = fig.axes[-1]
+    none = container(acc, "lr rule: none").lines[0].get_ydata()
+    assert list(none) == pytest.approx([0.955, 0.955, 0.655])
+    linear_loss = fig.axes[1].lines  # the diverged seed's nan loss leaves the other seed's value
+    last = [line.get_ydata()[-1] for line in linear_loss if line.get_label() == "batch 256"]
+    assert last == pytest.approx([2.0 / 4])
+
+
+def test_adaptive_figure_marks_target_and_misses(results):
+    tables = load_inputs(results)
+    fig = draw("C1_C3_adaptive_classification.png", tables)
+    by_steps, ttt = fig.axes[0], fig.axes[2]
+    goal = [line for line in by_steps.lines if line.get_label().startswith("target")]
+    assert goal and goal[0].get_ydata()[0] == pytest.approx((0.98 + 0.985) / 2 - 0.01)
+    notes = [t.get_text() for t in ttt.texts]
+    assert "not reached" in notes  # fixed_large ends at 0.90-0.905, below the target
+    assert "1.00×" in notes  # fixed_small against itself
+    restoration = draw("C4_adaptive_restoration.png", tables)
+    assert restoration.axes[0].get_ylabel() == "test PSNR (dB)"
+
+
+def statistics_mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
