@@ -1,4 +1,5 @@
-"""``dpstudy <stage>``: run one pipeline stage by hand, exactly as dvc.yaml runs it.
+"""``dpstudy <stage>``: run one pipeline stage by hand, exactly as dvc.yaml runs it; ``dpstudy
+launch <stage>`` starts a torchrun stage (`dpstudy.launch`).
 
 Errors a user can fix are printed as one line (``error: ...``) with exit status 2; anything else
 is a bug and keeps its traceback.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__
+from . import __version__, launch
 from .errors import UserError
 
 
@@ -30,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(stage_parser)
         stage_parser.set_defaults(run=module.run)
+    # Not a DVC stage: it starts one (under torchrun, on one machine or several).
+    doc = (launch.__doc__ or "").strip()
+    launch_parser = sub.add_parser("launch", help=doc.split("\n\n")[0].splitlines()[0], description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    launch.add_arguments(launch_parser)
+    launch_parser.set_defaults(run=launch.run)
     return parser
 
 

@@ -23,7 +23,8 @@ the epoch's other figures.
 Every figure a rank holds is all-reduced before rank 0 records it. A non-finite loss ends the
 configuration as ``diverged`` at the first bad step, and the caller's sweep moves on. A checkpoint
 is written atomically after every epoch (unwrapped weights, optimizer, schedule position, RNG
-states, resolved config, data and code checksums); `train()` resumes from it when all match.
+states, resolved config, data and code checksums); `train()` resumes from it when all match. Rank 0
+alone reads it and broadcasts it, so ranks on other machines resume without seeing its files.
 """
 
 from __future__ import annotations
@@ -423,7 +424,8 @@ def train(spec: RunSpec, data: TrainData, ctx: Context, checkpoint: Path, on_epo
 
     result = Result(spec, "finished", [], [], devices)
     start_epoch = 0
-    ckpt = load_checkpoint(checkpoint, spec, data.sha256)
+    # Rank 0 decides and shares: ranks on other machines may not see its files (no shared disk).
+    ckpt = _from_rank0(load_checkpoint(checkpoint, spec, data.sha256) if ctx.rank == 0 else None, spec, group)
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -550,6 +552,15 @@ def _noise_scale(noise: NoiseScaleEstimator, per_step: torch.Tensor, world: int)
     n, small_sq, inv_small, big_sq = (per_step[k].tolist() for k in (1, 2, 3, 4))
     return [noise.update(s / world, b / world, world / inv, total)
             for total, s, inv, b in zip(n, small_sq, inv_small, big_sq)]
+
+
+def _from_rank0(obj, spec: RunSpec, group):
+    """Rank 0's ``obj`` on every rank of the configuration's group."""
+    if spec.world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=group)  # src: global rank 0, first of every group
+    return box[0]
 
 
 def _gather_rng(devices: list[str], group) -> list[dict]:

@@ -1,8 +1,8 @@
 """Adaptive batch size under DDP (claims C1–C4): fixed small, fixed large, step growth and
 noise-scale schedules, for classification (ResNet-20) and 2× image restoration (PSNR).
 
-dvc.yaml starts it as ``torchrun --standalone --nproc-per-node=<train_adaptive.nproc_per_node>
--m dpstudy train_adaptive``; every configuration uses all launched processes (the per-process
+dvc.yaml starts it as ``dpstudy launch train_adaptive`` (torchrun with
+<train_adaptive.nproc_per_node> processes per machine, see `dpstudy.launch`); every configuration uses all launched processes (the per-process
 batch is the global batch / processes; a plain process runs alone and measures the noise scale
 from micro-batches). Per task, schedule × seed, fixed_small first; then each run's time-to-target
 against fixed_small's final figure (see `dpstudy.adaptive`).

@@ -1,7 +1,9 @@
 """Train VGG16 under DistributedDataParallel (claims B4, B5), launched by torchrun.
 
-dvc.yaml starts it as ``torchrun --standalone --nproc-per-node=<train_ddp.nproc_per_node> -m
-dpstudy train_ddp``: one process per GPU with nccl, or that many CPU processes with gloo.
+dvc.yaml starts it as ``dpstudy launch train_ddp``, which runs ``torchrun -m dpstudy train_ddp``
+with train_ddp.nproc_per_node processes per node (one per GPU with nccl, or that many CPU
+processes with gloo) on train_ddp.launch.nnodes machines that meet at a c10d rendezvous
+(`dpstudy.launch`; DPSTUDY_* environment variables override these per launch).
 Each configuration runs on the first `world` processes (world sizes × per-process batch × lr
 rule × seed), so one launch measures epoch time against world size and accuracy with and without
 lr scaling as the global batch grows; the others wait. Run as a plain process it is a world of one.
