@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,41 @@ def digits_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared")
     prepare("digits", raw_dir=out / "raw", out_dir=out, split_seed=0, test_fraction=0.2)
     return out
+
+
+def tracked_copy(dest: Path) -> Path:
+    """The files git tracks (what a fresh clone has), as a new git repository."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True,
+                           text=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    git = ["git", "-c", "user.email=ci@dpstudy", "-c", "user.name=ci"]
+    subprocess.run([*git, "init", "-q"], cwd=dest, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
+    return dest
+
+
+def dvc(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    """The venv's `dvc` as a real process, with `dpstudy` and `torchrun` on its PATH and the
+    repository's own MLflow store (no inherited MLFLOW_TRACKING_URI)."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([os.path.join(bin_dir, "dvc"), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory) -> Path:
+    """A real `dvc repro` of the whole quick pipeline in a fresh copy of the repository, once per
+    session; returns the copy (results/, mlflow.db, mlartifacts/, dvc.lock). Treat it as read-only:
+    a test that changes it works on its own copy."""
+    repo = tracked_copy(tmp_path_factory.mktemp("quick") / "repo")
+    first = dvc("repro", cwd=repo)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    (repo / "repro.log").write_text(first.stdout)
+    return repo

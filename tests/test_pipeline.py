@@ -1,80 +1,142 @@
-"""A real `dvc repro` of the quick preset in a temporary copy of the repository."""
+"""The whole quick pipeline, end to end: a real `dvc repro` of all seven stages in a temporary copy
+of the repository (the session fixture `quick_run`), then reruns, a param change and `dvc exp run`."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import dvc
 
 pytestmark = pytest.mark.slow
 
 
-def tracked_copy(dest: Path) -> Path:
-    """The files git tracks (what a fresh clone has), as a new git repository."""
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True,
-                           text=True).stdout.split("\0")
-    for rel in filter(None, files):
-        src = REPO / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    git = ["git", "-c", "user.email=ci@dpstudy", "-c", "user.name=ci"]
-    subprocess.run([*git, "init", "-q"], cwd=dest, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
-    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
-    return dest
+STAGES = ("download", "profile_dataloader", "train_dp", "train_ddp", "train_adaptive", "evaluate", "plot")
 
 
-def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    bin_dir = str(Path(sys.executable).parent)  # where `dpstudy` and `dvc` are installed
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([os.path.join(bin_dir, "dvc"), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=900)
-
-
-def test_dvc_repro_quick_preset_then_nothing_to_do(tmp_path):
-    repo = tracked_copy(tmp_path / "repo")
-    first = dvc("repro", cwd=repo)
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "Running stage 'download'" in first.stdout
-    for stage in ("profile_dataloader", "train_dp", "train_ddp", "train_adaptive"):
-        assert f"Running stage '{stage}'" in first.stdout
+def test_quick_pipeline_end_to_end(quick_run):
+    """All seven stages ran in order; every result file is there and consistent; the claims report
+    has a verdict for every claim; MLflow holds each stage's runs."""
+    repo = quick_run
+    log = (repo / "repro.log").read_text()
+    positions = [log.index(f"Running stage '{stage}'") for stage in STAGES]
+    assert positions == sorted(positions)
     assert (repo / "data" / "prepared" / "digits.pt").is_file()
     metrics = json.loads((repo / "results" / "profile_dataloader" / "metrics.json").read_text())
     assert metrics["throughput"]["resident_speedup"] > 1
     check_training_results(repo)
     check_adaptive_results(repo)
+    check_evaluation(repo)
+    check_report(repo)
 
-    again = dvc("repro", cwd=repo)
-    assert again.returncode == 0
-    assert "Running stage" not in again.stdout  # everything up to date
     # DVC's own ignore entries are already in the tree: a run leaves git clean but for results.
     status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
-    assert {line[3:].split("/")[0] for line in status.splitlines()} <= {"dvc.lock", "results"}
+    assert {line[3:].split("/")[0] for line in status.splitlines()} <= {"dvc.lock", "results", "repro.log"}
 
     shown = dvc("metrics", "show", cwd=repo)
     assert shown.returncode == 0
     assert "resident_speedup" in shown.stdout and "data_wait_fraction.standard.bs16" in shown.stdout
+    assert "results/evaluate/metrics.json" in shown.stdout and "checks.agree_with_training" in shown.stdout
 
     plots = dvc("plots", "show", "--json", cwd=repo)
     assert plots.returncode == 0, plots.stderr
-    assert "throughput.csv" in plots.stdout and "probes.csv" in plots.stdout
+    for name in ("throughput.csv", "probes.csv", "C1_C3_adaptive_classification.png", "C4: test PSNR vs training time"):
+        assert name in plots.stdout
 
-    # Changing a param only profile_dataloader reads re-runs it alone.
-    params = (repo / "params.yaml").read_text().replace("  seed: 0 ", "  seed: 1 ", 1)
-    (repo / "params.yaml").write_text(params)
+
+def test_rerun_param_change_and_experiment(quick_run, tmp_path):
+    """A second `dvc repro` does nothing; a param change re-runs only the stages that read it;
+    `dvc exp run -S` runs an override that `dvc exp show` lists."""
+    repo = tmp_path / "repo"
+    shutil.copytree(quick_run, repo, symlinks=True)
+    again = dvc("repro", cwd=repo)
+    assert again.returncode == 0, again.stderr
+    assert "Running stage" not in again.stdout  # everything up to date
+
+    # profile_dataloader alone reads this value: only it is out of date.
+    params = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params.replace("  seed: 0 ", "  seed: 1 ", 1))
     status = dvc("status", cwd=repo)
-    assert "profile_dataloader" in status.stdout
-    assert not {"download:", "train_dp:", "train_ddp:", "train_adaptive:"} & set(status.stdout.split())
+    assert "profile_dataloader:" in status.stdout
+    assert not {f"{s}:" for s in STAGES if s != "profile_dataloader"} & set(status.stdout.split())
+    (repo / "params.yaml").write_text(params)
+
+    # plot alone reads its rules: an override re-runs plot and nothing else.
+    exp = dvc("exp", "run", "-n", "strict-a3", "-S", "plot.rules.a3_min_gain=5", cwd=repo)
+    assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
+    assert [line for line in exp.stdout.splitlines() if line.startswith("Running stage")] == ["Running stage 'plot':"]
+    report = (repo / "results" / "REPORT.md").read_text()
+    assert "### A3: not supported" in report and "at least 6.00x the images/s" in report
+    listed = dvc("exp", "show", "--no-pager", "--md", cwd=repo)
+    assert listed.returncode == 0, listed.stderr
+    assert "strict-a3" in listed.stdout
+
+
+def check_evaluation(repo: Path) -> None:
+    """evaluate: every checkpoint scored on its test split, agreeing with training; the figure
+    added to each configuration's MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    from dpstudy.tracking import STUDIES
+
+    out = repo / "results" / "evaluate"
+    with open(out / "evaluations.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    checkpoints = sorted((repo / "results").glob("train_*/checkpoints/*.pt"))
+    assert sorted(repo / r["checkpoint"] for r in rows) == checkpoints
+    assert all(r["agrees"] == "True" for r in rows)
+    assert {int(r["test_images"]) for r in rows} == {359}  # digits' held-out 20%
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["checks"]["checkpoints"] == metrics["checks"]["agree_with_training"] == len(rows)
+    assert set(metrics) == {"A", "B", "C", "checks"}
+    assert metrics["C"]["train_adaptive.restoration"]["fixed_small-ddp2-resident-b16-none"]["test_psnr"] > 15
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(STUDIES["C"])
+    runs = client.search_runs([exp.experiment_id], "tags.dvc_stage = 'train_adaptive'", max_results=100)
+    children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    for row in (r for r in rows if r["stage"] == "train_adaptive"):
+        logged = children[row["name"]].data.metrics[f"eval_test_{row['metric']}"]
+        assert logged == pytest.approx(float(row["test_metric"]))
+    parents = client.search_runs([exp.experiment_id], "attributes.run_name = 'evaluate'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+
+
+def check_report(repo: Path) -> None:
+    """REPORT.md: a complete verdict table (13 claims, each a known verdict), a reason for every
+    'not testable here', the figures it links exist, and the run logged in MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    from dpstudy.figures import FIGURES
+    from dpstudy.report import CLAIMS, NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED
+
+    report = (repo / "results" / "REPORT.md").read_text()
+    table = {cells[0].strip("| "): cells[2].strip("* ") for cells in
+             (line.split(" | ") for line in report.splitlines() if line.startswith("| ") and " | **" in line)}
+    assert set(table) == set(CLAIMS) and len(CLAIMS) == 13
+    assert set(table.values()) <= {SUPPORTED, NOT_SUPPORTED, NOT_TESTABLE}
+    # on a CPU-only machine: GPU utilization and DataParallel over several GPUs cannot be tested
+    assert {c for c, v in table.items() if v == NOT_TESTABLE} == {"A1", "B1", "B2", "B3", "B4"}
+    assert report.count("- Not testable because:") == 5
+    for claim in CLAIMS:
+        assert f"### {claim}: {table[claim]}" in report
+    for name in FIGURES:
+        png = repo / "results" / "figures" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"](figures/{name})" in report
+    assert "`plot.rules`" in report and "| digits | seeded(seed=0,test_fraction=0.2) |" in report
+    assert "torch 2." in report and "(uncommitted changes)" not in report
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("dpstudy-claims-report")
+    [run] = client.search_runs([exp.experiment_id], "attributes.run_name = 'plot'")
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"REPORT.md", "figures"}
+    assert {f"verdict.{c}" for c in CLAIMS} <= set(run.data.tags)
+    assert run.data.tags["verdict.C1"] == table["C1"]
 
 
 def check_training_results(repo: Path) -> None:

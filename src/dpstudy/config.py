@@ -147,10 +147,22 @@ class TrainDPConfig:
 
 
 @dataclass(frozen=True)
+class LaunchConfig:
+    """Where a torchrun stage runs (`launch`): nodes, rendezvous, restarts; not what it computes."""
+
+    nnodes: int = field(metadata=_range(ge=1))
+    rdzv_endpoint: str  # "" = standalone on this machine; else host:port of the c10d rendezvous
+    rdzv_id: str
+    max_restarts: int = field(metadata=_range(ge=0))
+
+
+@dataclass(frozen=True)
 class TorchrunStageConfig:
-    """What a stage launched by torchrun has before its grids: processes, device, seeds, timing."""
+    """What a stage launched by torchrun has before its grids: processes and nodes, device, seeds,
+    timing."""
 
     nproc_per_node: int | Literal["gpu"] = field(metadata=_range(ge=1))
+    launch: LaunchConfig
     device: Device
     seeds: list[int] = field(metadata={**_range(ge=0), "nonempty": True, "unique": True})
     sync_timing: bool
@@ -224,6 +236,32 @@ class TrainAdaptiveConfig(TorchrunStageConfig):
     restoration: AdaptiveTaskConfig
 
 
+@dataclass(frozen=True)
+class EvaluateConfig:
+    device: Device
+
+
+@dataclass(frozen=True)
+class ReportRules:
+    """Thresholds the claims report decides each verdict by (see params.yaml's plot section)."""
+
+    a1_min_drop_pts: float = field(metadata=_range(ge=0))
+    a2_min_wait_fraction: float = field(metadata=_range(ge=0, le=1))
+    a2_resident_factor: float = field(metadata=_range(ge=1))
+    a3_min_gain: float = field(metadata=_range(ge=0))
+    a4_accuracy_tolerance: float = field(metadata=_range(ge=0, le=1))
+    b1_max_speedup: float = field(metadata=_range(gt=0))
+    b2_min_imbalance: float = field(metadata=_range(ge=1))
+    b4_min_speedup: float = field(metadata=_range(gt=0))
+    b5_accuracy_drop: float = field(metadata=_range(ge=0, le=1))
+    c3_min_throughput_gain: float = field(metadata=_range(gt=0))
+
+
+@dataclass(frozen=True)
+class PlotConfig:
+    rules: ReportRules
+
+
 # Every top-level key params.yaml may hold, and the dataclass that reads it.
 SECTIONS: dict[str, type] = {
     "telemetry": TelemetryConfig,
@@ -232,6 +270,8 @@ SECTIONS: dict[str, type] = {
     "train_dp": TrainDPConfig,
     "train_ddp": TrainDDPConfig,
     "train_adaptive": TrainAdaptiveConfig,
+    "evaluate": EvaluateConfig,
+    "plot": PlotConfig,
 }
 
 

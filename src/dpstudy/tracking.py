@@ -30,6 +30,7 @@ STUDIES = {
     "A": "A-cao-shen-2023-lenet-dataloading",
     "B": "B-xue-2023-dp-vs-ddp-vgg16",
     "C": "C-lee-2019-adaptive-batch",
+    "report": "dpstudy-claims-report",  # the plot stage: figures and REPORT.md for all three
 }
 _MAX_METRICS_PER_CALL = 1000  # MLflow's log_batch limit
 _MAX_PARAMS_PER_CALL = 100
@@ -84,7 +85,7 @@ class Run:
 
     @property
     def active(self) -> bool:
-        return self._client is not None
+        return self._client is not None and self.run_id is not None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         if not self.active:
@@ -199,6 +200,17 @@ class Tracker:
         """A handle on a run of this stage, e.g. a child that has ended, to add figures known only
         after the whole grid (an inactive handle on ranks other than 0)."""
         return Run(self._client, run_id if self._client else None)
+
+    def find(self, name: str, stage: str) -> Run:
+        """The latest run called ``name`` that ``stage`` logged in this study (e.g. a configuration's
+        child run, to add figures a later stage computed); an inactive handle when there is none."""
+        if self._client is None:
+            return Run(None, None)
+        quoted = name.replace("'", "\\'")
+        runs = self._client.search_runs(
+            [self.experiment_id], f"tags.mlflow.runName = '{quoted}' and tags.dvc_stage = '{stage}'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        return Run(self._client, runs[0].info.run_id if runs else None)
 
     # -- helpers ----------------------------------------------------------------------------
     def _terminate(self, run_id: str, status: str) -> None:

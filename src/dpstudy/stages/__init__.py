@@ -1,7 +1,7 @@
 """One module per DVC stage. Each is a thin entry point: ``add_arguments(parser)`` declares the
 paths dvc.yaml passes, ``run(args)`` reads its params section and calls library functions."""
 
-from . import download, profile_dataloader, train_adaptive, train_ddp, train_dp
+from . import download, evaluate, plot, profile_dataloader, train_adaptive, train_ddp, train_dp
 
 STAGES = {
     "download": download,
@@ -9,4 +9,6 @@ STAGES = {
     "train_dp": train_dp,
     "train_ddp": train_ddp,
     "train_adaptive": train_adaptive,
+    "evaluate": evaluate,
+    "plot": plot,
 }

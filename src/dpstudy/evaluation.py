@@ -1,0 +1,158 @@
+"""Re-evaluate every trained checkpoint on its dataset's held-out test split (the evaluate stage).
+
+A checkpoint carries what evaluation needs (unwrapped weights, the model's build arguments, input
+shape and normalisation, and the checksum of the prepared data it was trained on), so a model is
+rebuilt and scored here without any training code path: the test split only, never training data.
+Each figure is set beside the one the training stage reported at its last epoch; the two must
+agree (same images, same weights), which checks the whole train → checkpoint → reload chain.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .datasets import file_sha256, load_prepared
+from .engine import CHECKPOINT_FORMAT, EVAL_BATCH, evaluate
+from .errors import UserError
+from .loaders import ResidentLoader
+from .models import build_model, input_spec
+from .tasks import TASKS
+
+TRAINING_STAGES = ("train_dp", "train_ddp", "train_adaptive")
+# Study of each grid (the `sweep` in a checkpoint's config); one MLflow experiment per study.
+STUDY_OF_SWEEP = {"lenet_utilization": "A", "lenet_lr_scaling": "A", "vgg": "B",
+                  "classification": "C", "restoration": "C"}
+# How far a re-evaluated figure may sit from the training stage's own (summation order on
+# another device or world size; cuDNN kernels): accuracy in [0, 1], PSNR in dB.
+AGREEMENT = {"accuracy": 1e-3, "psnr": 1e-2}
+
+
+@dataclass
+class Evaluation:
+    """One trained configuration scored on its test split."""
+
+    stage: str
+    study: str
+    sweep: str
+    name: str
+    configuration: str  # the name without grid and seed: seeds of one configuration share it
+    seed: int
+    task: str
+    model: str
+    dataset: str
+    outcome: str
+    epochs: int
+    metric: str  # accuracy | psnr
+    test_metric: float
+    test_loss: float
+    test_baseline: float  # bicubic PSNR for restoration; nan for classification
+    test_images: int
+    trained_metric: float  # what the training stage reported after its last epoch
+    checkpoint: str
+
+    @property
+    def agrees(self) -> bool:
+        if math.isnan(self.trained_metric) and math.isnan(self.test_metric):
+            return True  # a diverged run scores nan both times
+        return abs(self.test_metric - self.trained_metric) <= AGREEMENT[self.metric]
+
+    def row(self) -> dict:
+        return {**asdict(self), "agrees": self.agrees}
+
+
+def find_checkpoints(results: Path, stages: tuple[str, ...] = TRAINING_STAGES) -> list[tuple[str, Path]]:
+    """(stage, checkpoint) for every stage's checkpoints/*.pt, in a stable order."""
+    found, missing = [], []
+    for stage in stages:
+        folder = results / stage / "checkpoints"
+        files = sorted(folder.glob("*.pt")) if folder.is_dir() else []
+        if not files:
+            missing.append(str(folder))
+        found += [(stage, f) for f in files]
+    if missing:
+        raise UserError(f"no checkpoints in {', '.join(missing)}: run the training stages first "
+                        f"(dvc repro {' '.join(TRAINING_STAGES)})")
+    return found
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint, checked to be a finished one this code can rebuild."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: checkpoint format {ckpt.get('format') if isinstance(ckpt, dict) else '?'} "
+                        f"is not {CHECKPOINT_FORMAT}: retrain it (dvc repro -f <its stage>)")
+    if not ckpt["complete"]:
+        raise UserError(f"{path}: training stopped after epoch {ckpt['epoch'] + 1}; finish it first "
+                        f"(dvc repro resumes it)")
+    return ckpt
+
+
+class Evaluator:
+    """Scores checkpoints; each prepared dataset is read and checksummed once."""
+
+    def __init__(self, data_dir: Path, device: torch.device):
+        self.data_dir, self.device = data_dir, device
+        self._data: dict[str, tuple] = {}
+
+    def _dataset(self, name: str):
+        if name not in self._data:
+            path = self.data_dir / f"{name}.pt"
+            if not path.is_file():
+                raise UserError(f"{path} not found: run `dvc repro download` (or pass --data)")
+            self._data[name] = (load_prepared(path), file_sha256(path))
+        return self._data[name]
+
+    def __call__(self, stage: str, path: Path) -> Evaluation:
+        ckpt = read_checkpoint(path)
+        meta, config = ckpt["model_meta"], ckpt["config"]
+        data, sha = self._dataset(meta["dataset"])
+        if sha != ckpt["data_sha256"]:
+            raise UserError(f"{path} was trained on another {meta['dataset']}.pt than {self.data_dir}'s "
+                            f"(checksums differ): rerun the training stages on this data")
+        task = TASKS[meta["task"]]
+        net = build_model(meta["model"], meta["channels"], meta["num_classes"], width=meta["width"],
+                          size=meta["size"])
+        net.load_state_dict(ckpt["model"])
+        net.to(self.device)
+        loader = ResidentLoader(data.test_images, data.test_labels,
+                                spec=input_spec(meta["model"], meta["channels"], meta["size"]),
+                                batch_size=EVAL_BATCH, mean=meta["mean"], std=meta["std"], shuffle=False,
+                                device=self.device)
+        loss, score, n, baseline = evaluate(net, loader, task.loss_fn(), task).tolist()
+        last = ckpt["history"][-1] if ckpt["history"] else {}
+        sweep, seed = config["sweep"], config["seed"]
+        name = path.stem
+        return Evaluation(
+            stage=stage, study=STUDY_OF_SWEEP[sweep], sweep=sweep, name=name,
+            configuration=name.removeprefix(f"{sweep}-").removesuffix(f"-s{seed}"), seed=seed,
+            task=meta["task"], model=meta["model"], dataset=meta["dataset"], outcome=ckpt["outcome"],
+            epochs=ckpt["epoch"] + 1, metric=task.metric, test_metric=score / n, test_loss=loss / n,
+            test_baseline=baseline / n if task.metric == "psnr" else math.nan, test_images=int(n),
+            trained_metric=float(last.get(f"test_{task.metric}", math.nan)), checkpoint=str(path))
+
+
+def headline(evaluations: list[Evaluation]) -> dict:
+    """metrics.json: study -> grid -> configuration -> test figure, mean (and std) over seeds."""
+    groups: dict[tuple, list[Evaluation]] = {}
+    for e in evaluations:
+        groups.setdefault((e.study, e.stage, e.sweep, e.configuration, e.metric), []).append(e)
+    out: dict = {}
+    for (study, stage, sweep, configuration, metric), group in groups.items():
+        values = [e.test_metric for e in group]
+        mean = sum(values) / len(values)
+        entry = {f"test_{metric}": round(mean, 6), "seeds": len(values)}
+        if len(values) > 1:
+            entry["std"] = round(math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)), 6)
+        out.setdefault(study, {}).setdefault(f"{stage}.{sweep}", {})[configuration] = entry
+    worst = max((abs(e.test_metric - e.trained_metric) for e in evaluations
+                 if not math.isnan(e.test_metric - e.trained_metric)), default=0.0)
+    out["checks"] = {"checkpoints": len(evaluations), "agree_with_training": sum(e.agrees for e in evaluations),
+                     "max_abs_difference": round(worst, 8)}
+    return out

@@ -1,0 +1,69 @@
+"""Score every trained model on its held-out test split (all studies).
+
+Loads each checkpoint train_dp, train_ddp and train_adaptive wrote, rebuilds the model from what
+the checkpoint records and computes test accuracy (classification) or PSNR (restoration, with the
+bicubic baseline beside it) on the dataset's test split, never on training data. Each figure is
+checked against the one the training stage reported after its last epoch.
+
+Reads params: preset, evaluate. Reads <results>/<training stage>/checkpoints/*.pt and
+<data>/<dataset>.pt. Writes into <out>: metrics.json (study -> grid -> configuration -> test
+figure, mean and std over seeds, plus the agreement check; what `dvc metrics show` prints) and
+evaluations.csv (one row per checkpoint). MLflow: an `evaluate` parent run in each study, and
+eval_test_<metric> / eval_test_loss added to every configuration's run of its training stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import as_dict, load_section
+from ..console import format_table, progress, say
+from ..devices import device_names, resolve_device
+from ..evaluation import Evaluator, find_checkpoints, headline
+from ..fsutil import write_csv_atomic, write_json_atomic
+from ..tracking import Tracker
+from .args import data_stage_arguments
+
+STAGE = "evaluate"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    data_stage_arguments(p, STAGE)
+    p.add_argument("--results", default="results", help="folder of the training stages' results (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    preset, cfg = load_section(STAGE, args.params)
+    device = resolve_device(cfg.device)
+    checkpoints = find_checkpoints(Path(args.results))  # all found before any work
+    score = Evaluator(Path(args.data), device)
+    evaluations = [score(stage, path) for stage, path in progress(checkpoints, desc=STAGE)]
+    out = Path(args.out)
+    metrics = headline(evaluations)
+    write_csv_atomic(out / "evaluations.csv", [e.row() for e in evaluations])
+    write_json_atomic(out / "metrics.json", metrics)
+
+    params = {"preset": preset, STAGE: as_dict(cfg)}
+    for study in dict.fromkeys(e.study for e in evaluations):
+        with Tracker(study, STAGE, preset=preset, params=params, devices=device_names(device)) as tracker:
+            for e in (e for e in evaluations if e.study == study):
+                tracker.find(e.name, e.stage).log_metrics(
+                    {f"eval_test_{e.metric}": e.test_metric, "eval_test_loss": e.test_loss}, step=e.epochs)
+            tracker.parent.log_metrics({"checkpoints": sum(e.study == study for e in evaluations)}, step=0)
+            tracker.parent.log_artifact(out / "evaluations.csv")
+
+    checks = metrics["checks"]
+    print(f"\n{STAGE} ({preset} preset, {device}): {checks['checkpoints']} checkpoints on their test splits")
+    print(format_table(["stage", "configuration", "seed", "test", "at training", "agrees"],
+                       [(e.stage, f"{e.sweep}-{e.configuration}", e.seed, _figure(e.metric, e.test_metric),
+                         _figure(e.metric, e.trained_metric), "yes" if e.agrees else "NO") for e in evaluations]))
+    if checks["agree_with_training"] != checks["checkpoints"]:
+        say(f"warning: {checks['checkpoints'] - checks['agree_with_training']} checkpoint(s) score differently "
+            f"from what training reported (max difference {checks['max_abs_difference']})")
+    print(f"\nfiles: {out}/metrics.json, evaluations.csv; figures in each configuration's MLflow run")
+    return 0
+
+
+def _figure(metric: str, value: float) -> str:
+    return f"{value:.4f}" if metric == "accuracy" else f"{value:.2f} dB"
