@@ -1,0 +1,304 @@
+"""The MLflow UI on the store of a real quick run, driven in headless Chromium through Playwright.
+
+`mlflow server` is started on a loopback port against the run's ``mlflow.db``; a browser then does
+what a person would: finds each study's experiment, expands a stage's parent run to its child runs,
+opens a child's metric chart and a parent's artifacts, and reads the claims report.
+
+Artifacts need no proxy: each experiment of this store has an absolute ``file://`` artifact
+location (tracking.py), and the server's artifact endpoints read those folders themselves, so the
+server only has to run on the machine (or in the container) that holds ``mlartifacts/``.
+
+Browser: Debian's ``chromium`` package, never a Playwright download. Without it the tests skip,
+or fail where ``DPSTUDY_REQUIRE_BROWSER=1`` (CI, see .ci/run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1400, "height": 1000}
+PARENT_STAGE = {"A": "train_dp", "B": "train_ddp", "C": "train_adaptive"}  # a stage with children
+METRIC = "test_accuracy"
+REPORT_EXPERIMENT, REPORT_RUN = "dpstudy-claims-report", "plot"
+
+
+# -- what the store holds (read with MLflow's client, then looked for in the UI) -------------------
+@dataclass
+class Study:
+    name: str
+    experiment_id: str
+    runs: int                  # every run of the experiment, parents and children
+    parent: str
+    parent_id: str
+    child: str                 # the newest child logging METRIC: near the top of the expanded table
+    points: int                # its METRIC history length
+    artifact: str              # a CSV the parent run logged ...
+    artifact_cell: str         # ... and the first cell of its first data row
+
+
+def _client(repo: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+
+
+def _first(items, what: str):
+    item = next(iter(items), None)
+    assert item is not None, f"the store of the quick run has no {what}"
+    return item
+
+
+def _study(client, name: str, stage: str, dst: Path) -> Study:
+    exp = client.get_experiment_by_name(name)
+    assert exp is not None, f"the store of the quick run has no experiment {name!r}"
+    runs = client.search_runs([exp.experiment_id], max_results=5000, order_by=["attributes.start_time DESC"])
+    parent = _first((r for r in runs if r.info.run_name == stage and "mlflow.parentRunId" not in r.data.tags),
+                    f"parent run {stage!r} in {name!r}")
+    child = _first((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+                    and METRIC in r.data.metrics), f"child run of {stage!r} logging {METRIC!r}")
+    table = _first(sorted(a.path for a in client.list_artifacts(parent.info.run_id) if a.path.endswith(".csv")),
+                   f"CSV artifact of {stage!r} in {name!r}")
+    dst.mkdir(parents=True, exist_ok=True)
+    with open(client.download_artifacts(parent.info.run_id, table, str(dst)), newline="") as fh:
+        first_cell = list(csv.reader(fh))[1][0]
+    return Study(name, exp.experiment_id, len(runs), stage, parent.info.run_id, child.info.run_name,
+                 len(client.get_metric_history(child.info.run_id, METRIC)), table, first_cell)
+
+
+@pytest.fixture(scope="module")
+def studies(quick_run, tmp_path_factory) -> dict[str, Study]:
+    from dpstudy.tracking import STUDIES
+
+    client, dst = _client(quick_run), tmp_path_factory.mktemp("artifacts")
+    return {key: _study(client, STUDIES[key], stage, dst / key) for key, stage in PARENT_STAGE.items()}
+
+
+# -- the server and the browser -------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    log: Path
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The log's last lines, without the flood of successful requests."""
+        text = self.log.read_text(errors="replace").splitlines()
+        return "\n".join([line for line in text if '" 200 OK' not in line][-lines:])
+
+
+@pytest.fixture(scope="module")
+def server(quick_run, tmp_path_factory):
+    """`mlflow server` (the venv's) on a free loopback port, ready once /health answers."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job runner processes
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{quick_run / 'mlflow.db'}",
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with open(log, "wb") as out:  # its own session: uvicorn is a child, stopped with the group
+        proc = subprocess.Popen(cmd, cwd=quick_run, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    srv = Server(f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{srv.log_tail()}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{srv.url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server not healthy after 120 s:\n{srv.log_tail()}")
+            time.sleep(0.5)
+        yield srv
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium under Playwright; a skip (a failure in CI) when it is not installed."""
+    missing = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing = "the playwright package is missing: run `make env`"
+    if missing is None and not CHROMIUM.exists():
+        missing = f"{CHROMIUM} not found: install it with `apt-get install chromium` (Debian)"
+    if missing:
+        if os.environ.get("DPSTUDY_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"DPSTUDY_REQUIRE_BROWSER=1 but {missing}")
+        pytest.skip(missing)
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page in its own browser context (no cookies or local storage carried over)."""
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+@contextlib.contextmanager
+def explained(page, server: Server, tmp_path: Path):
+    """Re-raise a failure with what a person would need to see: the URL, a screenshot, the server log."""
+    try:
+        yield
+    except Exception as exc:
+        shot = tmp_path / "failure.png"
+        with contextlib.suppress(Exception):
+            page.screenshot(path=str(shot), full_page=True)
+        raise AssertionError(f"{exc}\n--- page: {page.url} (screenshot {shot})\n"
+                             f"--- mlflow server log, last lines:\n{server.log_tail()}") from exc
+
+
+def expect(locator):
+    from playwright.sync_api import expect as playwright_expect  # imported late: see `browser`
+
+    return playwright_expect(locator)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return struct.unpack(">II", data[16:24])  # width, height from the IHDR chunk
+
+
+def screenshot(page, path: Path) -> Path:
+    """A full-page PNG, checked to be one of the viewport's width and a real, non-blank size."""
+    page.screenshot(path=str(path), full_page=True)
+    data = path.read_bytes()
+    width, height = png_size(data)
+    assert width == VIEWPORT["width"] and height >= VIEWPORT["height"], f"{path}: {width}x{height}"
+    assert len(data) > 30_000, f"{path} is only {len(data)} bytes: a blank page?"
+    return path
+
+
+def open_experiments(page, server: Server) -> None:
+    """The experiments list, in the UI's "Model training" view (it opens on GenAI traces), with the
+    assistant side panel closed to leave the tables their width."""
+    page.goto(f"{server.url}/#/experiments")
+    page.get_by_text("Model training", exact=True).click()
+    page.get_by_role("button", name="Close", exact=True).click()
+
+
+# -- the tests ------------------------------------------------------------------------------------
+def test_experiments_page_lists_every_study(page, server, studies, tmp_path):
+    with explained(page, server, tmp_path):
+        open_experiments(page, server)
+        for study in studies.values():
+            link = page.get_by_role("link", name=study.name, exact=True)
+            expect(link).to_be_visible()
+            assert link.get_attribute("href").endswith(f"/experiments/{study.experiment_id}")
+        screenshot(page, tmp_path / "experiments.png")
+
+
+@pytest.mark.parametrize("key", sorted(PARENT_STAGE))
+def test_study_runs_metric_chart_and_artifacts(page, server, studies, tmp_path, key):
+    study = studies[key]
+    with explained(page, server, tmp_path):
+        open_experiments(page, server)
+        page.get_by_role("link", name=study.name, exact=True).click()
+
+        # The runs table: every run counted, the parent listed, its children folded under it.
+        expect(page.get_by_text(f"{study.runs} matching runs")).to_be_visible()
+        parent = page.get_by_role("link", name=study.parent, exact=True)
+        expect(parent).to_be_visible()
+        child = page.get_by_role("link", name=study.child, exact=True)
+        expect(child).to_have_count(0)
+        page.get_by_role("gridcell").filter(has=parent).get_by_role("button").click()  # expand
+        expect(child).to_be_visible()
+        screenshot(page, tmp_path / "runs.png")
+
+        # The child's metric chart: a plotly line with one marker per logged step.
+        child.click()
+        expect(page.get_by_role("heading", name=study.child, exact=True)).to_be_visible()
+        page.get_by_role("tab", name="Model metrics").click()
+        page.get_by_placeholder("Search metric charts").fill(METRIC)
+        card = page.get_by_test_id("experiment-view-compare-runs-card").filter(
+            has=page.get_by_role("heading", name=METRIC, exact=True))
+        expect(card).to_have_count(1)
+        expect(card.locator("svg.main-svg .scatterlayer .js-line").first).to_be_visible()
+        if study.points < 60:  # MLflow draws markers below 60 points
+            expect(card.locator("svg.main-svg .scatterlayer .point")).to_have_count(study.points)
+        screenshot(page, tmp_path / "metric.png")
+
+        # The parent's artifacts, served from the store's file:// location, previewed as a table.
+        page.goto(f"{server.url}/#/experiments/{study.experiment_id}/runs/{study.parent_id}")
+        page.get_by_role("tab", name="Artifacts").click()
+        page.get_by_text(study.artifact, exact=True).first.click()
+        expect(page.get_by_text(study.artifact_cell, exact=True).first).to_be_visible()
+        screenshot(page, tmp_path / "artifacts.png")
+
+
+def test_claims_report_is_browsable(page, server, quick_run, tmp_path):
+    stages = yaml.safe_load((quick_run / "dvc.yaml").read_text())["stages"]
+    client = _client(quick_run)
+    exp = client.get_experiment_by_name(REPORT_EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id], f"attributes.run_name = '{REPORT_RUN}'") if exp else []
+    if "plot" not in stages and not runs:
+        pytest.skip("no plot stage in dvc.yaml yet, so no claims report in the store")
+    assert runs, f"the plot stage ran but logged no run {REPORT_RUN!r} in {REPORT_EXPERIMENT!r}"
+    run_id = runs[0].info.run_id
+    report = Path(client.download_artifacts(run_id, "REPORT.md", str(tmp_path))).read_text()
+    title = _first((line.lstrip("#").strip() for line in report.splitlines() if line.startswith("#")),
+                   "Markdown title in REPORT.md")
+    figure = _first(sorted(a.path for a in client.list_artifacts(run_id, "figures") if a.path.endswith(".png")),
+                    "figures/*.png logged by the plot run")
+    width = png_size(Path(client.download_artifacts(run_id, figure, str(tmp_path))).read_bytes())[0]
+
+    with explained(page, server, tmp_path):
+        open_experiments(page, server)
+        page.get_by_role("link", name=REPORT_EXPERIMENT, exact=True).click()
+        page.get_by_role("link", name=REPORT_RUN, exact=True).first.click()
+        page.get_by_role("tab", name="Artifacts").click()
+        page.get_by_text("REPORT.md", exact=True).first.click()
+        # Rendered Markdown: the report's first title is a heading, not a line starting with '#'.
+        expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible()
+        screenshot(page, tmp_path / "report.png")
+
+        # A figure: the PNG served and decoded at its own size.
+        page.get_by_text("figures", exact=True).first.click()
+        page.get_by_text(Path(figure).name, exact=True).first.click()
+        image = page.get_by_alt_text(figure, exact=True)
+        expect(image).to_be_visible()
+        assert image.evaluate("img => img.complete && img.naturalWidth") == width, "the figure did not load"
