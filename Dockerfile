@@ -1,34 +1,71 @@
 # syntax=docker/dockerfile:1
-# dpstudy in a CUDA image: `dvc repro` inside, `docker run --gpus all` on any GPU host.
+# dpstudy on any NVIDIA GPU host: the pipeline, DVC and MLflow in one image (README, "Docker").
+#   docker build --build-arg VCS_REF="$(git rev-parse HEAD)" -t dpstudy .
+#   docker run --gpus all --rm --shm-size=8g dpstudy        # dvc exp run -S preset=paper
 #
-# The base matches the pinned torch build: requirements.lock has torch 2.14.1 (+cu130), so
-# CUDA 13.0 runtime on Ubuntu 24.04 (Python 3.12; the lock is universal for Python >= 3.11).
-# For bit-for-bit rebuilds pin the digest as well:
-#   docker buildx imagetools inspect nvidia/cuda:13.0.1-runtime-ubuntu24.04   # prints the digest
-#   docker build --build-arg CUDA_IMAGE=nvidia/cuda:13.0.1-runtime-ubuntu24.04@sha256:<digest> .
-ARG CUDA_IMAGE=nvidia/cuda:13.0.1-runtime-ubuntu24.04
+# Base: requirements.lock pins torch 2.14.1, the CUDA 13.0 build (nvidia-cuda-runtime 13.0.*), so
+# NVIDIA's CUDA 13.0.2 runtime image on Ubuntu 24.04 (Python 3.12; host driver >= 580).
+# For bit-for-bit rebuilds pin the base by digest too:
+#   docker buildx imagetools inspect nvidia/cuda:13.0.2-runtime-ubuntu24.04   # prints the digest
+#   docker build --build-arg CUDA_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04@sha256:<digest> ...
+ARG CUDA_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04
 FROM ${CUDA_IMAGE}
 
-ENV DEBIAN_FRONTEND=noninteractive \
-    PYTHONUNBUFFERED=1 \
+ARG CUDA_IMAGE
+# The user the image runs as; match your own (--build-arg USER_UID="$(id -u)") to share a
+# mounted checkout without `docker run --user`.
+ARG USER_UID=1000
+ARG USER_GID=1000
+
+LABEL org.opencontainers.image.title="dpstudy" \
+      org.opencontainers.image.description="Data-parallel CNN training studies (DP, DDP, adaptive batch) reproduced with DVC and MLflow" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.base.name="${CUDA_IMAGE}"
+
+ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     VENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
+# Python for the venv, git and make for DVC and the Makefile, tini as PID 1 (forwards signals
+# to dvc/torchrun, reaps DataLoader workers).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv git make ca-certificates \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        python3 python3-venv git make ca-certificates tini \
     && rm -rf /var/lib/apt/lists/*
+
+# Ubuntu 24.04 images ship a user `ubuntu` with uid 1000: make room for ours. /mlflow is where
+# docker/compose.yaml's MLflow server keeps its store (a new named volume takes this ownership).
+RUN (userdel --remove ubuntu 2>/dev/null || true) \
+    && groupadd --gid "${USER_GID}" dpstudy \
+    && useradd --no-log-init --create-home --shell /bin/bash --uid "${USER_UID}" --gid "${USER_GID}" dpstudy \
+    && install -d -o dpstudy -g dpstudy /workspace/dpstudy /mlflow
 
 WORKDIR /workspace/dpstudy
 
 # Dependencies first (a cached layer until requirements.lock changes), through the same Makefile
-# target `make test` and CI use; the venv lives outside the work tree so a mounted repo keeps it.
+# targets that `make test` and CI run; the venv lives outside the work tree, so a checkout
+# mounted over /workspace/dpstudy uses it too (the editable install points into its src/).
 COPY Makefile requirements.lock ./
 RUN make deps VENV=/opt/venv
 
-COPY . .
-RUN make env VENV=/opt/venv
+COPY --chown=${USER_UID}:${USER_GID} . .
+RUN make env VENV=/opt/venv \
+    && install -m 755 docker/entrypoint.sh /usr/local/bin/dpstudy-entrypoint
 
-ENTRYPOINT ["/workspace/dpstudy/docker/entrypoint.sh"]
-CMD ["dvc", "repro"]
+# Numeric, so Kubernetes can check runAsNonRoot; HOME resolves to /home/dpstudy through /etc/passwd.
+USER ${USER_UID}:${USER_GID}
+
+# The commit the build context came from. Declared this late because a new value re-runs every
+# RUN after the declaration, and the dependency layers must not follow each commit.
+ARG VCS_REF=unknown
+LABEL org.opencontainers.image.revision="${VCS_REF}"
+# .git stays out of the build context (.dockerignore); DVC needs a repository with a commit, so
+# the entry point snapshots the work tree once, here, and every container shares that commit.
+RUN DPSTUDY_SOURCE_REVISION="${VCS_REF}" dpstudy-entrypoint true
+
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/dpstudy-entrypoint"]
+# The whole pipeline at paper scale; DVC records the preset change as an experiment. Any
+# `dpstudy ...`, `dvc ...` or `mlflow ...` command can be given instead.
+CMD ["dvc", "exp", "run", "-S", "preset=paper"]
