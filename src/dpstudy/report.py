@@ -170,8 +170,7 @@ def _a3(tables: Tables, rules: ReportRules) -> Verdict:
 
 
 def _a4(evaluations: Rows, rules: ReportRules) -> Verdict:
-    rows = _evals(evaluations, "train_dp", "lenet_lr_scaling")
-    acc = _by(rows, lambda r: (_batch(r["configuration"]), _rule(r["configuration"])), lambda r: num(r["test_metric"]))
+    acc = _by_rule(evaluations, "train_dp", "lenet_lr_scaling", _batch)
     batches = sorted({b for b, _ in acc})
     rule = (f"supported if every larger batch trained with the linear rule (and warmup) ends within "
             f"{rules.a4_accuracy_tolerance:g} of the smallest batch's test accuracy")
@@ -181,8 +180,7 @@ def _a4(evaluations: Rows, rules: ReportRules) -> Verdict:
     small = _mean(v for (b, _), v in acc.items() if b == batches[0])
     worst = min(acc.get((b, "linear"), math.nan) for b in batches[1:])
     evidence = (f"test accuracy at batch {batches[0]}: {_acc(small)}; at larger batches: "
-                + "; ".join(f"batch {b}: " + ", ".join(f"{lr} {_acc(acc[(b, lr)])}" for bb, lr in sorted(acc) if bb == b)
-                            for b in batches[1:]))
+                + "; ".join(f"batch {b}: {_rules_text(acc, b)}" for b in batches[1:]))
     ok = math.isfinite(worst) and worst >= small - rules.a4_accuracy_tolerance
     return Verdict("A4", SUPPORTED if ok else NOT_SUPPORTED, evidence, rule)
 
@@ -249,13 +247,11 @@ def _b4_context(tables: Tables) -> str:
 
 
 def _b5(evaluations: Rows, rules: ReportRules) -> Verdict:
-    rows = _evals(evaluations, "train_ddp", "vgg")
-    acc = _by(rows, lambda r: (_world(r["configuration"]), _rule(r["configuration"])), lambda r: num(r["test_metric"]))
+    acc = _by_rule(evaluations, "train_ddp", "vgg", _world)
     worlds = sorted({w for w, _ in acc})
     rule = (f"supported if, without lr scaling, test accuracy at the largest world size falls more than "
             f"{rules.b5_accuracy_drop:g} below world size 1 (the per-process batch is fixed, so the global batch grows)")
-    evidence = "; ".join(f"{w} process(es): " + ", ".join(f"{lr} {_acc(acc[(ww, lr)])}" for ww, lr in sorted(acc) if ww == w)
-                         for w in worlds)
+    evidence = "; ".join(f"{w} process(es): {_rules_text(acc, w)}" for w in worlds)
     if len(worlds) < 2:
         return Verdict("B5", NOT_TESTABLE, evidence or "no DDP runs", rule,
                        f"only world size {worlds[0] if worlds else 0} ran: needs 2+ GPUs (or CPU processes)")
@@ -312,6 +308,17 @@ def _c(tables: Tables, evaluations: Rows, rules: ReportRules) -> list[Verdict]:
     else:
         verdicts.append(Verdict("C4", NOT_TESTABLE, "no restoration runs", "", missing))
     return verdicts
+
+
+def _by_rule(evaluations: Rows, stage: str, sweep: str, key) -> dict[tuple, float]:
+    """Mean test figure per (key(configuration), lr rule), over seeds."""
+    return _by(_evals(evaluations, stage, sweep), lambda r: (key(r["configuration"]), _rule(r["configuration"])),
+               lambda r: num(r["test_metric"]))
+
+
+def _rules_text(acc: dict[tuple, float], key) -> str:
+    """``linear 0.975, none 0.972``: the figure of each lr rule at one key."""
+    return ", ".join(f"{lr} {_acc(acc[(k, lr)])}" for k, lr in sorted(acc) if k == key)
 
 
 def _batch(configuration: str) -> int:
