@@ -147,8 +147,8 @@ def headline(evaluations: list[Evaluation]) -> dict:
     for (study, stage, sweep, configuration, metric), group in groups.items():
         values = [e.test_metric for e in group]
         mean = sum(values) / len(values)
-        entry = {f"test_{metric}": round(mean, 6), "seeds": len(values)}
-        if len(values) > 1:
+        entry = {f"test_{metric}": round(mean, 6)}
+        if len(values) > 1:  # the std over seeds (evaluations.csv has each seed's figure)
             entry["std"] = round(math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)), 6)
         out.setdefault(study, {}).setdefault(f"{stage}.{sweep}", {})[configuration] = entry
     worst = max((abs(e.test_metric - e.trained_metric) for e in evaluations
