@@ -73,6 +73,22 @@ def study_b_runs(uri: str) -> tuple[list, list]:
     return parents, children
 
 
+def kill_rank1_after_checkpoint(proc: subprocess.Popen, checkpoints: Path, log: Path,
+                                pattern: str = "*.pt") -> tuple[int, list[int], float]:
+    """SIGKILL the rank-1 worker (a child of the torchrun agent) once a checkpoint matching ``pattern``
+    exists in ``checkpoints`` (an epoch has ended); returns its pid, every worker's pid and the time."""
+    deadline = time.monotonic() + 90
+    while not list(checkpoints.glob(pattern)):
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "no epoch finished within 90 s"
+        time.sleep(0.01)
+    workers = [p for p in descendants(proc.pid) if "RANK" in environ(p)]
+    rank1 = [p for p in workers if environ(p)["RANK"] == "1"]
+    assert len(workers) == 2 and len(rank1) == 1, f"workers {workers}, rank 1 {rank1}"
+    os.kill(rank1[0], signal.SIGKILL)
+    return rank1[0], workers, time.monotonic()
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below ``pid`` (children, grandchildren, ...), read from /proc."""
     parent_of = {}
@@ -239,16 +255,7 @@ def test_crashed_rank_fails_the_launch_quickly_and_marks_runs_failed(tmp_path, d
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         # Training is under way once the first epoch's checkpoint is written (of 100 epochs).
-        deadline = time.monotonic() + 90
-        while not list((out / "checkpoints").glob("*.pt")):
-            assert proc.poll() is None, (tmp_path / "torchrun.log").read_text()
-            assert time.monotonic() < deadline, "no epoch finished within 90 s"
-            time.sleep(0.2)
-        workers = [p for p in descendants(proc.pid) if "RANK" in environ(p)]
-        rank1 = [p for p in workers if environ(p)["RANK"] == "1"]
-        assert len(workers) == 2 and len(rank1) == 1, f"workers {workers}, rank 1 {rank1}"
-        os.kill(rank1[0], signal.SIGKILL)
-        killed = time.monotonic()
+        rank1, workers, killed = kill_rank1_after_checkpoint(proc, out / "checkpoints", tmp_path / "torchrun.log")
         code = proc.wait(timeout=60)
         took = time.monotonic() - killed
     finally:
@@ -264,7 +271,7 @@ def test_crashed_rank_fails_the_launch_quickly_and_marks_runs_failed(tmp_path, d
     # torchrun polls its workers every 0.1 s and gives the survivors 30 s after SIGTERM before it
     # SIGKILLs them; under 25 s means rank 0 stopped on its own (observed: 0.6-3.3 s).
     assert took < 25, f"torchrun took {took:.1f} s to give up after rank 1 died"
-    assert f"Signal 9 (SIGKILL) received by PID {rank1[0]}" in text  # the root cause torchrun reports
+    assert f"Signal 9 (SIGKILL) received by PID {rank1}" in text  # the root cause torchrun reports
     assert not [p for p in workers if alive(p)], "a worker outlived torchrun"
     assert not (out / "runs.csv").exists()  # a failed launch writes no results
     (checkpoint,) = (out / "checkpoints").glob("*.pt")

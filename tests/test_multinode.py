@@ -21,7 +21,7 @@ from conftest import run_cli, write_params
 from dpstudy.errors import UserError
 from dpstudy.launch import ENV, Launch, settings, torchrun_command, torchrun_env
 from dpstudy.tracking import STUDIES
-from test_ddp import SMALL_DDP, alive, descendants, environ, read_csv
+from test_ddp import SMALL_DDP, alive, descendants, kill_rank1_after_checkpoint, read_csv
 
 # One world-2 configuration of LeNet on digits (resident loader: batches depend only on seed,
 # epoch and rank, so a resumed epoch sees the very same samples). 8 epochs of ~0.15 s leave a
@@ -225,18 +225,8 @@ def test_two_single_process_nodes_equal_one_two_process_node(tmp_path, digits_di
 
 
 def kill_rank1_after_first_checkpoint(proc: subprocess.Popen, out: Path, log: Path) -> tuple[int, list[int], float]:
-    """SIGKILL the rank-1 worker (a child of the torchrun agent) once epoch 0's checkpoint exists;
-    returns its pid, every worker's pid and the time of the kill."""
-    deadline = time.monotonic() + 90
-    while not (out / "checkpoints" / f"{NAME}.pt").exists():
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "no epoch finished within 90 s"
-        time.sleep(0.01)
-    workers = [p for p in descendants(proc.pid) if "RANK" in environ(p)]
-    rank1 = [p for p in workers if environ(p)["RANK"] == "1"]
-    assert len(workers) == 2 and len(rank1) == 1, f"workers {workers}, rank 1 {rank1}"
-    os.kill(rank1[0], signal.SIGKILL)
-    return rank1[0], workers, time.monotonic()
+    """SIGKILL the rank-1 worker once epoch 0's checkpoint of this test's configuration exists."""
+    return kill_rank1_after_checkpoint(proc, out / "checkpoints", log, pattern=f"{NAME}.pt")
 
 
 def test_killed_worker_with_a_restart_resumes_to_the_uninterrupted_result(tmp_path, digits_dir, reference):

@@ -617,7 +617,11 @@ def draw(name: str, tables: Tables) -> Figure:
 
 def make_figures(results: Path, out_dir: Path) -> list[Path]:
     """Write every figure into out_dir (created), return the paths written, in FIGURES order."""
-    tables = load_inputs(Path(results))
+    return write_figures(load_inputs(Path(results)), out_dir)
+
+
+def write_figures(tables: Tables, out_dir: Path) -> list[Path]:
+    """`make_figures` for tables already read with `load_inputs`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -23,7 +23,7 @@ from ..console import format_table
 from ..datasets import file_sha256, load_prepared
 from ..devices import cpu_name
 from ..errors import UserError
-from ..figures import load_inputs, make_figures
+from ..figures import load_inputs, write_figures
 from ..fsutil import write_text_atomic
 from ..report import judge, render
 from ..tracking import Tracker, git_commit
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     datasets = _datasets(Path(args.data))
     verdicts = judge(tables, evaluations, cfg.rules)
 
-    figures = make_figures(results, out / "figures")
+    figures = write_figures(tables, out / "figures")
     commit, dirty = git_commit()
     report = out / "REPORT.md"
     write_text_atomic(report, render(verdicts, preset=preset, commit=commit, dirty=dirty, hardware=_hardware(),
