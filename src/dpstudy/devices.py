@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 
 import torch
@@ -24,6 +25,11 @@ def device_names(device: torch.device) -> list[str]:
     if device.type == "cuda":
         return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return [f"{cpu_name()} ({torch.get_num_threads()} threads)"]
+
+
+def cpu_count() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def cpu_name() -> str:

@@ -21,11 +21,9 @@ from .errors import UserError
 from .loaders import ResidentLoader
 from .models import build_model, input_spec
 from .tasks import TASKS
+from .tracking import SWEEP_STUDY
 
 TRAINING_STAGES = ("train_dp", "train_ddp", "train_adaptive")
-# Study of each grid (the `sweep` in a checkpoint's config); one MLflow experiment per study.
-STUDY_OF_SWEEP = {"lenet_utilization": "A", "lenet_lr_scaling": "A", "vgg": "B",
-                  "classification": "C", "restoration": "C"}
 # How far a re-evaluated figure may sit from the training stage's own (summation order on
 # another device or world size; cuDNN kernels): accuracy in [0, 1], PSNR in dB.
 AGREEMENT = {"accuracy": 1e-3, "psnr": 1e-2}
@@ -130,7 +128,7 @@ class Evaluator:
         sweep, seed = config["sweep"], config["seed"]
         name = path.stem
         return Evaluation(
-            stage=stage, study=STUDY_OF_SWEEP[sweep], sweep=sweep, name=name,
+            stage=stage, study=SWEEP_STUDY[sweep], sweep=sweep, name=name,
             configuration=name.removeprefix(f"{sweep}-").removesuffix(f"-s{seed}"), seed=seed,
             task=meta["task"], model=meta["model"], dataset=meta["dataset"], outcome=ckpt["outcome"],
             epochs=ckpt["epoch"] + 1, metric=task.metric, test_metric=score / n, test_loss=loss / n,

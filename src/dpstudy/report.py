@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 import platform
 import re
-import statistics
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Iterable
 
 from .config import ReportRules
-from .figures import FIGURES, Rows, Tables, device_mean, groups, num, per_device
+from .devices import cpu_count
+from .figures import FIGURES, Rows, Tables, device_mean, groups, mean_std, num, per_device, summarize
 
 SUPPORTED, NOT_SUPPORTED, NOT_TESTABLE = "supported", "not supported", "not testable here"
 
@@ -64,13 +64,12 @@ class Verdict:
 
 
 def _mean(values: Iterable[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return statistics.fmean(finite) if finite else math.nan
+    return mean_std(values).mean  # of the finite values: nan ones are not measurements
 
 
 def _by(rows: Rows, key, value) -> dict:
     """Mean of ``value(row)`` per ``key(row)`` (over seeds and repeats), keys sorted."""
-    return {k: _mean(value(r) for r in group) for k, group in sorted(groups(rows, key).items())}
+    return {k: stat.mean for k, stat in summarize(rows, key, value).items()}
 
 
 def _pct(x: float) -> str:
@@ -161,7 +160,7 @@ def _a3(tables: Tables, rules: ReportRules) -> Verdict:
     base = ips.get(0, math.nan)
     best_w = max((w for w in ips if w > 0), key=lambda w: ips[w], default=None)
     gain = ips[best_w] / base if best_w is not None and base > 0 else math.nan
-    cores = _cpu_count()
+    cores = cpu_count()
     evidence = (f"batch {big}: " + ", ".join(f"{v:,.0f} images/s with {w} worker(s)" for w, v in ips.items())
                 + (f" (best: {best_w} workers, {gain:.2f}x); {cores} CPU cores on this machine" if best_w else ""))
     if best_w is None:
@@ -331,12 +330,6 @@ def _rule(configuration: str) -> str:
 
 def _world(configuration: str) -> int:
     return int(re.search(r"ddp(\d+)", configuration).group(1))
-
-
-def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 # --------------------------------------------------------------------------------------------

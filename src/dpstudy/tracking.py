@@ -32,6 +32,9 @@ STUDIES = {
     "C": "C-lee-2019-adaptive-batch",
     "report": "dpstudy-claims-report",  # the plot stage: figures and REPORT.md for all three
 }
+# The study each training grid (a configuration's `sweep`) belongs to.
+SWEEP_STUDY = {"lenet_utilization": "A", "lenet_lr_scaling": "A", "vgg": "B",
+               "classification": "C", "restoration": "C"}
 _MAX_METRICS_PER_CALL = 1000  # MLflow's log_batch limit
 _MAX_PARAMS_PER_CALL = 100
 _MAX_PARAM_CHARS = 6000

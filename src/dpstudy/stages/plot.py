@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 from pathlib import Path
 
 from ..config import as_dict, load_section
 from ..console import format_table
 from ..datasets import file_sha256, load_prepared
-from ..devices import cpu_name
+from ..devices import cpu_count, cpu_name
 from ..errors import UserError
 from ..figures import load_inputs, write_figures
 from ..fsutil import write_text_atomic
@@ -93,7 +92,6 @@ def _hardware() -> list[str]:
     import torch
 
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return [f"Machine that wrote this report: {cpu_name()}, {cores} CPU cores; GPUs: "
+    return [f"Machine that wrote this report: {cpu_name()}, {cpu_count()} CPU cores; GPUs: "
             + (", ".join(gpus) if gpus else "none visible")
             + (f" (CUDA {torch.version.cuda})" if gpus else "")]

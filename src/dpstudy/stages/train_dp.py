@@ -21,11 +21,11 @@ from pathlib import Path
 from ..config import as_dict, load_section
 from ..devices import device_names, resolve_device
 from ..sweep import dp_grid, load_data, print_table, prune_checkpoints, run_grid, write_results
-from ..tracking import Tracker
+from ..tracking import SWEEP_STUDY, Tracker
 from .args import data_stage_arguments
 
 STAGE = "train_dp"
-STUDY = {"lenet_utilization": "A", "lenet_lr_scaling": "A", "vgg": "B"}  # grid -> study
+STUDY = {grid: SWEEP_STUDY[grid] for grid in ("lenet_utilization", "lenet_lr_scaling", "vgg")}  # its grids
 # What `dvc metrics show` prints per configuration: the figure each grid's claims are about.
 HEADLINE = {"lenet_utilization": ["data_wait_fraction"], "lenet_lr_scaling": ["test_accuracy"],
             "vgg": ["epoch_time_s"]}
