@@ -84,3 +84,123 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         read_params(bad)
     with pytest.raises(UserError, match="no such file"):
         read_params(tmp_path / "nope.yaml")
+
+
+# --------------------------------------------------------------------------------------------
+# Non-finite floats, duplicate keys, YAML 1.2 exponents, and a torch-free import (issue 12)
+
+
+def repo_text_with(tmp_path, old: str, new: str, after: str, name: str = "params.yaml") -> tuple[Path, int]:
+    """The repository's params.yaml text with the first line ``old`` after the line starting with
+    ``after`` replaced by ``new`` (one or more lines); returns the file and that line's number."""
+    lines = (REPO / "params.yaml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(after))
+    at = next(i for i in range(start, len(lines)) if lines[i] == old)
+    lines[at:at + 1] = new.split("\n")
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path, at + 1
+
+
+RECIPE_LR = "train_dp.lenet_lr_scaling.recipe.lr"
+
+
+@pytest.mark.parametrize("value, shown", [
+    (float("inf"), "inf"), (float("-inf"), "-inf"), (float("nan"), "nan"), (10**400, "inf"),
+])
+def test_float_settings_must_be_finite(tmp_path, value, shown):
+    path = write_params(tmp_path / "params.yaml", {RECIPE_LR: value})
+    with pytest.raises(UserError) as err:
+        load_section("train_dp", path)
+    assert str(err.value) == f"params.yaml: {RECIPE_LR}: must be a finite number, got {shown}"
+    # A per-preset column and a list item are checked the same way.
+    path = write_params(tmp_path / "p.yaml", {"train_dp.vgg.recipe.lr": {"quick": 0.02, "paper": value},
+                                              "preset": "paper"})
+    with pytest.raises(UserError, match=f"p.yaml: train_dp.vgg.recipe.lr: must be a finite number, got {shown}"):
+        load_section("train_dp", path)
+    path = write_params(tmp_path / "m.yaml", {"train_dp.vgg.recipe.milestones": [1.0, value]})
+    with pytest.raises(UserError, match=r"train_dp\.vgg\.recipe\.milestones\[1\]: must be a finite number"):
+        load_section("train_dp", path)
+
+
+def test_exponent_without_dot_overflowing_to_infinity_is_refused(tmp_path):
+    path, _ = repo_text_with(tmp_path, "      lr: 0.01", "      lr: 1e999", after="  lenet_lr_scaling:")
+    with pytest.raises(UserError, match=f"params.yaml: {RECIPE_LR}: must be a finite number, got inf"):
+        load_section("train_dp", path)
+
+
+def test_duplicate_key_names_file_line_and_key(tmp_path):
+    path, line = repo_text_with(tmp_path, "      lr: 0.01", "      lr: 0.01\n      lr: 0.5",
+                                after="  lenet_lr_scaling:")
+    for section in ("train_dp", "telemetry"):  # any section: the whole file is refused
+        with pytest.raises(UserError) as err:
+            load_section(section, path)
+        assert str(err.value) == f"{path} line {line + 1}: duplicate key 'lr' (each key may appear once in a mapping)"
+
+    # A repeated section at the top level, too.
+    text = (REPO / "params.yaml").read_text()
+    path = tmp_path / "top.yaml"
+    path.write_text(text + "preset: paper\n")
+    with pytest.raises(UserError, match=rf"top\.yaml line {len(text.splitlines()) + 1}: duplicate key 'preset'"):
+        read_params(path)
+
+
+def test_merge_keys_may_be_overridden_without_being_duplicates():
+    from dpstudy.config import load_yaml
+
+    data = load_yaml("base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  x: 3\n")
+    assert data["other"] == {"x": 3, "y": 2}
+
+
+def test_exponent_without_dot_is_a_number(tmp_path):
+    path, _ = repo_text_with(tmp_path, "      lr: 0.01", "      lr: 1e-2", after="  lenet_lr_scaling:")
+    _, cfg = load_section("train_dp", path)
+    assert cfg.lenet_lr_scaling.recipe.lr == 0.01
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("1e-2", 0.01), ("1E5", 100000.0), ("-3e+4", -30000.0), ("+2.5e-3", 0.0025), ("7.e1", 70.0),
+    (".5e1", 5.0), ("-.5", -0.5), ("0.01", 0.01), ("1.0e+5", 100000.0),
+    ("12", 12), ("0", 0),  # integers stay integers
+    ("'1e-2'", "1e-2"), ('"1E5"', "1E5"),  # quoted: a string, as written
+    ("1e", "1e"), ("e5", "e5"), ("1e-2x", "1e-2x"), ("1e2.5", "1e2.5"), ("1.2.3e4", "1.2.3e4"),
+    ("-e3", "-e3"), ("1e-", "1e-"), ("host-1e3", "host-1e3"), ("1 e3", "1 e3"),
+])
+def test_yaml_numbers_follow_yaml_1_2_and_other_text_stays_a_string(text, expected):
+    from dpstudy.config import load_yaml
+
+    value = load_yaml(f"v: {text}\n")["v"]
+    assert value == expected and type(value) is type(expected)
+
+
+def test_importing_config_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import dpstudy.config, sys; "
+            "print([m for m in ('torch', 'torchvision', 'mlflow', 'matplotlib', 'numpy') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_config_names_are_the_names_the_owning_modules_implement():
+    from dpstudy import config, datasets, loaders, models, names
+
+    assert tuple(models.MODELS) == names.MODEL_NAMES == typing_args(config.Model)
+    assert datasets.DATASETS == names.DATASET_NAMES == typing_args(config.Dataset)
+    assert loaders.LOADERS == names.LOADER_NAMES == typing_args(config.Loader)
+    # ... and each name params.yaml may give is one make_loader builds.
+    import torch
+
+    images, labels = torch.zeros(8, 1, 8, 8, dtype=torch.uint8), torch.arange(8)
+    for kind in names.LOADER_NAMES:
+        loader = loaders.make_loader(kind, images, labels, spec=loaders.InputSpec(1, 8), batch_size=4,
+                                     mean=[0.0], std=[1.0], seed=0)
+        assert len(list(loader)) == 2
+
+
+def typing_args(hint) -> tuple:
+    import typing
+
+    return typing.get_args(hint)

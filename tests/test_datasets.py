@@ -346,3 +346,55 @@ def test_file_sha256(tmp_path):
     f = tmp_path / "f.bin"
     f.write_bytes(b"x" * 3_000_000)
     assert datasets.file_sha256(f) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Corrupt prepared files: one line that says to prepare the data again (issue 12)
+
+
+def truncated_prepared(digits_dir: Path, folder: Path) -> Path:
+    """A real digits.pt written by `prepare`, cut to its first half."""
+    data = (digits_dir / "digits.pt").read_bytes()
+    folder.mkdir()
+    path = folder / "digits.pt"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def random_prepared(folder: Path) -> Path:
+    folder.mkdir()
+    path = folder / "digits.pt"
+    path.write_bytes(np.random.default_rng(12).integers(0, 256, 64_000, dtype=np.uint8).tobytes())
+    return path
+
+
+CORRUPT = {"truncated": truncated_prepared, "random": lambda digits_dir, folder: random_prepared(folder)}
+
+
+def check_corrupt_message(msg: str, path: Path) -> None:
+    assert msg.startswith(f"{path}: not a prepared dataset file; re-run the download stage"), msg
+    assert "\n" not in msg
+    assert "weights_only" not in msg and "Invalid argument" not in msg and "Errno" not in msg, msg
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPT))
+def test_corrupt_prepared_file_says_to_prepare_again(tmp_path, digits_dir, kind):
+    path = CORRUPT[kind](digits_dir, tmp_path / "prepared")
+    with pytest.raises(UserError) as err:
+        load_prepared(path)
+    check_corrupt_message(str(err.value), path)
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPT))
+def test_corrupt_prepared_file_through_the_cli_is_one_error_line(tmp_path, digits_dir, kind):
+    from conftest import run_cli, write_params
+
+    path = CORRUPT[kind](digits_dir, tmp_path / "prepared")
+    params = write_params(tmp_path / "params.yaml", {"preset": "quick", "profile_dataloader.dataset": "digits"})
+    done = run_cli("profile_dataloader", "--params", str(params), "--data", str(path.parent),
+                   "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    check_corrupt_message(lines[0].removeprefix("error: "), path)
+    assert not (tmp_path / "out").exists()

@@ -13,6 +13,8 @@ work with one line naming the key and what is allowed (`UserError`).
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,19 +23,18 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
-from .datasets import DATASETS
 from .errors import UserError
-from .loaders import LOADERS
-from .models import MODELS
+from .names import DATASET_NAMES, LOADER_NAMES, MODEL_NAMES
 from .schedules import DECAYS, LR_RULES
 
 PRESETS = ("quick", "paper")
 
-# Allowed names come from the modules that own them, so adding a model or dataset there is enough.
-Dataset = Literal[DATASETS]
-Model = Literal[tuple(MODELS)]
+# Allowed names come from `names` (the modules that implement them check against it), not from
+# those modules: they import torch, and params must be checked before that 10-30 s import.
+Dataset = Literal[DATASET_NAMES]
+Model = Literal[MODEL_NAMES]
 Device = Literal["auto", "cpu", "cuda"]
-Loader = Literal[LOADERS]
+Loader = Literal[LOADER_NAMES]
 LRRule = Literal[LR_RULES]
 
 
@@ -141,6 +142,7 @@ class TrainDPConfig:
     device: Device
     seeds: list[int] = field(metadata={**_range(ge=0), "nonempty": True, "unique": True})
     sync_timing: bool
+    cpu_processes: int = field(metadata=_range(ge=1))
     lenet_utilization: DPSweepConfig
     lenet_lr_scaling: DPSweepConfig
     vgg: DPSweepConfig
@@ -279,13 +281,59 @@ SECTIONS: dict[str, type] = {
 # Loading
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key written twice in one mapping (PyYAML would silently keep the last)."""
+
+    def __init__(self, key: Any, mark: yaml.Mark):
+        self.key, self.line = key, mark.line + 1
+        super().__init__(problem=f"duplicate key {key!r}", problem_mark=mark)
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """yaml.SafeLoader, stricter and closer to YAML 1.2 (what DVC's own parser reads):
+
+    - a key repeated in one mapping is an error (`DuplicateKeyError`), not "the last one wins";
+    - ``1e-2``, ``1E5``, ``-3e+4``, ``-.5`` are floats (YAML 1.1 wants a dot and a signed exponent,
+      so PyYAML reads ``1e-2`` as the string '1e-2'). Quoted scalars stay strings.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    if key in seen:
+                        raise DuplicateKeyError(key, key_node.start_mark)
+                    seen.add(key)
+                except TypeError:  # unhashable: the base constructor reports it
+                    pass
+        return super().construct_mapping(node, deep=deep)
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+|[-+]\.[0-9]+)$"),
+    list("-+.0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with `ParamsLoader` (the one parser of params files)."""
+    return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_params(path: str | Path = "params.yaml") -> tuple[str, dict[str, Any]]:
     """Parse params.yaml; return (preset, raw mapping). Checks the top-level shape only."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: no such file (run from the repository root or pass --params)")
+    except DuplicateKeyError as exc:
+        raise UserError(f"{path} line {exc.line}: duplicate key {exc.key!r} (each key may appear once in a mapping)")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -397,7 +445,12 @@ def _check_scalar(value: Any, hint: Any, meta: typing.Mapping, key: str) -> Any:
     elif hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{key}: expected a number, got {_describe(value)}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond float range
+            value = math.inf if value > 0 else -math.inf
+        if not math.isfinite(value):  # .inf, -.inf, .nan, 1e999: no setting means that
+            raise UserError(f"{key}: must be a finite number, got {value!r}")
     elif hint is str:
         if value is None:
             value = ""

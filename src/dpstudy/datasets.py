@@ -27,6 +27,7 @@ import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,9 @@ import torch
 
 from .errors import UserError
 from .fsutil import atomic_path
+from .names import DATASET_NAMES
 
-DATASETS = ("digits", "mnist", "cifar10")
+DATASETS = DATASET_NAMES  # `prepare` below handles each; names.py lets config.py check them torch-free
 UPSTREAM_SPLITS = ("full", "test_only")
 
 # Version of the prepared-file layout; bump when the dict written by `prepare` changes.
@@ -146,7 +148,10 @@ def load_prepared(path: Path) -> Prepared:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip, pickle or allow-list errors all mean "not our file"
-        raise UserError(f"{path}: not a prepared dataset file ({type(exc).__name__}: {exc})")
+        # torch's own text (OSError "Invalid argument", advice on weights_only=False) would mislead:
+        # the fix is never to load it unsafely but to prepare it again.
+        raise UserError(f"{path}: not a prepared dataset file; re-run the download stage "
+                        f"({_unreadable_reason(path, exc)})") from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise UserError(
@@ -162,6 +167,20 @@ def load_prepared(path: Path) -> Prepared:
                 or labels.shape != images.shape[:1]:
             raise UserError(f"{path}: {part} tensors have unexpected dtype or shape; re-run the download stage")
     return prepared
+
+
+def _unreadable_reason(path: Path, exc: Exception) -> str:
+    """A few words on why torch.load refused a file, in place of torch's message."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        return "not the zip archive torch.save writes"
+    if isinstance(exc, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+        return "holds objects other than tensors and plain data"
+    return "damaged or truncated"
 
 
 def file_digest(path, algorithm: str) -> str:

@@ -1,17 +1,24 @@
-"""Which device a stage runs on, and how it is named in logs and MLflow tags."""
+"""Which device a stage runs on, and how it is named in logs and MLflow tags.
+
+torch is imported where a device is asked for, not at import: the stages name their device in
+`--help` and in params errors, which must answer before that slow import."""
 
 from __future__ import annotations
 
 import os
 import platform
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resolve_device(choice: str) -> torch.device:
     """``auto`` -> the first visible CUDA GPU, else the CPU; ``cuda`` insists on a GPU."""
+    import torch
+
     if choice == "cuda" and not torch.cuda.is_available():
         raise UserError("device: cuda was asked for but no CUDA GPU is visible to PyTorch "
                         "(use device: auto or cpu, or run the image with --gpus all)")
@@ -22,6 +29,8 @@ def resolve_device(choice: str) -> torch.device:
 
 def device_names(device: torch.device) -> list[str]:
     """Names of every device the run can use: all visible GPUs on CUDA, else the CPU."""
+    import torch
+
     if device.type == "cuda":
         return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return [f"{cpu_name()} ({torch.get_num_threads()} threads)"]

@@ -30,6 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
+from .names import LOADER_NAMES
+
 MIN_PER_RANK = 2
 # ITU-R 601-2 luma weights, the ones PIL's convert("L") uses, so both loaders agree.
 _LUMA = (0.299, 0.587, 0.114)
@@ -319,7 +321,7 @@ class ResidentLoader:
         return torch.addcmul(self._shift, x.float(), self._scale)
 
 
-LOADERS = ("standard", "resident")
+LOADERS = LOADER_NAMES  # make_loader below builds each; names.py lets config.py check them torch-free
 
 
 def make_loader(kind: str, images: torch.Tensor, labels: torch.Tensor, *, num_workers: int = 0,

@@ -8,6 +8,7 @@ from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 from .loaders import InputSpec
+from .names import MODEL_NAMES
 
 
 class LeNet5(nn.Module):
@@ -189,6 +190,9 @@ class SRNet(nn.Module):
 # name -> network class. Each class knows the task it serves and the input size it is built for
 # (None: the data's own size).
 MODELS = {"lenet": LeNet5, "vgg16": VGG16, "resnet20": ResNet20, "srnet": SRNet}
+# config.py checks params.yaml against names.MODEL_NAMES without importing torch: keep them equal.
+if tuple(MODELS) != MODEL_NAMES:  # pragma: no cover - a programming error, caught at import
+    raise ImportError(f"models.MODELS {tuple(MODELS)} differs from names.MODEL_NAMES {MODEL_NAMES}")
 
 
 def model_task(model: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import datasets
 from ..config import load_section
 from ..console import format_table, progress, say
 
@@ -22,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     preset, cfg = load_section("download", args.params)
+    from .. import datasets  # torch: only once the params are known to be good
+
     datasets.check_mirror(cfg.mirror)  # before any dataset is fetched
     rows = []
     for name in progress(cfg.datasets, desc="download"):

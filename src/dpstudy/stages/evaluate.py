@@ -20,8 +20,7 @@ from pathlib import Path
 from ..config import as_dict, load_section
 from ..console import format_table, progress, say
 from ..devices import device_names, resolve_device
-from ..evaluation import Evaluator, find_checkpoints, headline
-from ..fsutil import write_csv_atomic, write_json_atomic
+from ..fsutil import csv_text, json_text, write_files_atomic
 from ..tracking import Tracker
 from .args import data_stage_arguments
 
@@ -35,14 +34,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     preset, cfg = load_section(STAGE, args.params)
+    from ..evaluation import Evaluator, find_checkpoints, headline  # torch: once the params are good
+
     device = resolve_device(cfg.device)
     checkpoints = find_checkpoints(Path(args.results))  # all found before any work
     score = Evaluator(Path(args.data), device)
     evaluations = [score(stage, path) for stage, path in progress(checkpoints, desc=STAGE)]
     out = Path(args.out)
     metrics = headline(evaluations)
-    write_csv_atomic(out / "evaluations.csv", [e.row() for e in evaluations])
-    write_json_atomic(out / "metrics.json", metrics)
+    write_files_atomic({out / "evaluations.csv": csv_text([e.row() for e in evaluations]),
+                        out / "metrics.json": json_text(metrics)})
 
     params = {"preset": preset, STAGE: as_dict(cfg)}
     for study in dict.fromkeys(e.study for e in evaluations):

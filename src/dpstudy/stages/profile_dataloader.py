@@ -11,16 +11,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from ..config import as_dict, flatten, load_section
 from ..console import format_table, progress, say
-from ..datasets import load_prepared
 from ..devices import device_names, resolve_device
-from ..fsutil import write_csv_atomic, write_json_atomic
-from ..loaders import Augment, channel_stats, make_loader
-from ..models import build_model, input_spec
-from ..profiling import measure_throughput, run_probe
+from ..fsutil import csv_text, json_text, write_files_atomic
 from ..telemetry import utilization_keys
 from ..tracking import Tracker
 from .args import data_stage_arguments
@@ -35,6 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     preset, cfg = load_section(STAGE, args.params)
     _, telemetry = load_section("telemetry", args.params)
+    # torch and the loaders: only once the params are known to be good
+    from ..datasets import load_prepared
+    from ..loaders import Augment, channel_stats
+    from ..models import input_spec
+
     device = resolve_device(cfg.device)
     data = load_prepared(Path(args.data) / f"{cfg.dataset}.pt")
     out = Path(args.out)
@@ -53,11 +52,9 @@ def run(args: argparse.Namespace) -> int:
         throughput = _throughput_grid(cfg, images, labels, common, device, tracker)
         probes = _probes(cfg, telemetry, data, images, labels, common, device, tracker)
         metrics = summarize(throughput, probes)
-        out.mkdir(parents=True, exist_ok=True)
-        write_csv_atomic(out / "throughput.csv", _throughput_by_batch(throughput))
-        write_csv_atomic(out / "workers.csv", _throughput_by_workers(throughput))
-        write_csv_atomic(out / "probes.csv", probes)
-        write_json_atomic(out / "metrics.json", metrics)
+        write_files_atomic({out / "throughput.csv": csv_text(_throughput_by_batch(throughput)),
+                            out / "workers.csv": csv_text(_throughput_by_workers(throughput)),
+                            out / "probes.csv": csv_text(probes), out / "metrics.json": json_text(metrics)})
         tracker.parent.log_metrics({k: float(v) for k, v in flatten(metrics).items()}, step=0)
         for name in ("metrics.json", "throughput.csv", "workers.csv", "probes.csv"):
             tracker.parent.log_artifact(out / name)
@@ -71,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _throughput_grid(cfg, images, labels, common, device, tracker) -> list[dict]:
+    from ..loaders import make_loader
+    from ..profiling import measure_throughput
+
     configs = [("standard", bs, nw) for bs in cfg.batch_sizes for nw in cfg.num_workers]
     configs += [("resident", bs, 0) for bs in cfg.batch_sizes]
     rows = []
@@ -90,6 +90,12 @@ def _throughput_grid(cfg, images, labels, common, device, tracker) -> list[dict]
 
 
 def _probes(cfg, telemetry, data, images, labels, common, device, tracker) -> list[dict]:
+    import torch
+
+    from ..loaders import make_loader
+    from ..models import build_model
+    from ..profiling import run_probe
+
     configs = [(kind, bs) for kind in ("standard", "resident") for bs in cfg.batch_sizes]
     rows = []
     for kind, bs in progress(configs, desc="probes"):

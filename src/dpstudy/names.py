@@ -1,0 +1,18 @@
+"""The names params.yaml may give each registry, without importing what implements them.
+
+`dpstudy.config` validates params.yaml against these before any stage imports torch (which takes
+10-30 s on a busy machine), so a typo is reported at once. Each owning module builds its registry
+from, or checks it against, the tuple here, so the two cannot drift: add a name here and implement
+it there. (The lr rules and decays live in `dpstudy.schedules`, which is torch-free itself.)
+"""
+
+from __future__ import annotations
+
+# datasets.py: `prepare` writes <name>.pt for each (DATASETS).
+DATASET_NAMES = ("digits", "mnist", "cifar10")
+
+# loaders.py: `make_loader` builds each (LOADERS).
+LOADER_NAMES = ("standard", "resident")
+
+# models.py: the keys of MODELS, in this order (the order error messages list them in).
+MODEL_NAMES = ("lenet", "vgg16", "resnet20", "srnet")
