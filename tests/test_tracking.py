@@ -108,6 +108,7 @@ def test_a_sigterm_during_the_failure_write_still_leaves_every_run_failed(tmp_pa
         return real(self, run_id, status, end_time)
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")  # as in a torchrun worker
     with pytest.raises(Terminated):
         with distributed("cpu"):  # installs the SIGTERM -> Terminated handler torchrun workers use
             with Tracker("B", "train_ddp", preset="quick", params={}, uri=uri, root=tmp_path) as tracker:

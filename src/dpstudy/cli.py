@@ -2,16 +2,94 @@
 launch <stage>`` starts a torchrun stage (`dpstudy.launch`).
 
 Errors a user can fix are printed as one line (``error: ...``) with exit status 2; anything else
-is a bug and keeps its traceback.
+is a bug and keeps its traceback. Before a stage that logs to MLflow starts (and before `launch`
+starts torchrun), the tracking store is checked, so an unreachable server is one line within
+seconds, not minutes of silent retries.
+
+SIGTERM (what ``timeout``, Slurm and Kubernetes send) and SIGINT (Ctrl-C) end a stage the same
+way: an `Interrupted` exception unwinds it, its MLflow runs end KILLED, one line
+``interrupted (SIGTERM)`` is printed and the exit status is 128 + the signal (143, 130). Inside
+`parallel.distributed` (train_ddp, train_adaptive) SIGTERM is that module's `Terminated` instead:
+under torchrun it mostly means a peer died, and those runs end FAILED (exit status 143 too).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 
 from . import __version__, launch
 from .errors import UserError
+
+NO_TRACKING = {"download"}  # stages that never talk to MLflow
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT as an exception: ``with`` blocks unwind and MLflow runs end KILLED."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _Signals:
+    """SIGTERM and SIGINT -> `Interrupted`, for the duration of one command.
+
+    An exception raised by a signal handler can land where Python swallows it ("Exception
+    ignored in ...": an at-fork hook while a DataLoader worker starts, a ``__del__``); the stage
+    would then run on as if nothing happened. So after the first signal the main thread gets it
+    again every second until the interruption has reached `main`. While one is unwinding the stage
+    (it is the exception being handled, e.g. in ``__exit__`` or ``finally`` where the runs are
+    ended), a repeated signal does nothing: it must not cut that cleanup short.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame) -> None:
+        if self._done.is_set() or isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            return
+        if self.signum is None:
+            self.signum = signum
+            self._thread = threading.Thread(target=self._redeliver, name="dpstudy-interrupt", daemon=True)
+            self._thread.start()
+        raise Interrupted(self.signum)
+
+    def _redeliver(self) -> None:
+        main_thread = threading.main_thread().ident
+        while not self._done.wait(1.0):
+            signal.pthread_kill(main_thread, self.signum)
+
+    def done(self) -> None:
+        """The interruption arrived (or the command ended): no more re-deliveries."""
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def uninstall(self) -> None:
+        self.done()
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _talks_to_mlflow(args: argparse.Namespace) -> bool:
+    """Whether this command is about to use the tracking store: every stage but download, on rank 0
+    only (torchrun workers of other ranks never log), and `launch` unless it only prints."""
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return False
+    if args.run is launch.run:  # `launch <stage>`: args.stage is the launched stage
+        return not args.dry_run
+    return args.stage not in NO_TRACKING
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,14 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signals = _Signals()
+    signals.install()
     try:
+        if _talks_to_mlflow(args):
+            from .tracking import check_reachable
+
+            check_reachable()
         return args.run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signals.done()
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
+        return 128 + signum
+    finally:
+        signals.uninstall()
 
 
 if __name__ == "__main__":

@@ -101,7 +101,10 @@ def distributed(device_choice: str, timeout_s: float = 1800) -> Iterator[Dist]:
                                 device_id=device if device.type == "cuda" else None)
     else:  # a plain process: a group of one, so DDP code paths work unchanged
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    # Under torchrun a worker's SIGTERM means a peer died (or the job is stopping): the runs end
+    # FAILED. A plain process keeps the command line's handler: SIGTERM ends its runs KILLED.
+    torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if torchrun else signal.getsignal(signal.SIGTERM)
     try:
         yield Dist(rank, world, local_rank, device, backend)
     finally:

@@ -8,6 +8,17 @@ callers never need an ``if rank == 0`` of their own.
 
 Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<root>/mlflow.db`` with artifacts
 in ``<root>/mlartifacts`` beside it (``mlflow ui --backend-store-uri sqlite:///mlflow.db`` shows it).
+
+Faults, each handled where a stage starts rather than left to MLflow's defaults:
+- an unreachable server: `check_reachable` (called by the command line before a stage) says so in
+  one line within seconds, and every HTTP call retries a bounded number of times (`HTTP_LIMITS`,
+  set before mlflow is imported), instead of MLflow's minutes of silent back-off;
+- a stage killed with no chance to clean up (kill -9, OOM killer, a lost node) leaves its runs
+  RUNNING: the next execution of that stage marks them KILLED (`Tracker._end_stale_runs`), knowing
+  a run is stale from its ``host`` and ``pid`` tags;
+- a copied checkout: the store holds absolute artifact paths, so a copy of ``mlflow.db`` would keep
+  writing into the original's ``mlartifacts``; the first Tracker in the copy points them at the
+  copy's own folder (`Tracker._relocate_artifacts`).
 """
 
 from __future__ import annotations
@@ -17,14 +28,32 @@ import logging
 import os
 import platform
 import signal
+import socket
+import sqlite3
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from . import __version__
 from .config import flatten
+from .errors import UserError
+
+# MLflow's HTTP client retries a failed call 7 times with exponential back-off and waits 120 s per
+# try: minutes of silence per call when the server is down. These bounds apply to every call of
+# every stage (set before mlflow is imported; a value already in the environment is kept). The
+# container recipes (docker/compose.yaml, docker/kubernetes.yaml) set the same values.
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",     # 3 tries in all
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # about 1 s, then 2 s between them
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",        # seconds per try
+}
+for _name, _value in HTTP_LIMITS.items():
+    os.environ.setdefault(_name, _value)
 
 STUDIES = {
     "A": "A-cao-shen-2023-lenet-dataloading",
@@ -47,11 +76,136 @@ def tracking_uri(root: str | os.PathLike | None = None) -> str:
     return f"sqlite:///{Path(root or Path.cwd()).resolve() / 'mlflow.db'}"
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative or absolute); None for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def _artifact_root(uri: str, experiment: str) -> str | None:
     """Artifacts beside a local sqlite store, a folder per experiment; a server decides itself."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / experiment).as_uri()
+    db = _sqlite_path(uri)
+    if db is not None:
+        return (db.parent.resolve() / "mlartifacts" / experiment).as_uri()
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# Is the store there? (before a stage starts)
+
+
+def check_reachable(uri: str | None = None, timeout_s: float = 5) -> None:
+    """Raise `UserError` (one line: the store, why, the fix) unless the tracking store can be used.
+
+    http(s): one GET of ``<uri>/health``, no retries, ``timeout_s`` at most; any answer below 500
+    but 404 counts as reachable (a login required is MLflow's to report). sqlite: the database's
+    folder must exist and be writable (nothing is created). Other stores are not checked.
+    """
+    uri = uri or tracking_uri()
+    parts = urllib.parse.urlsplit(uri)
+    unset = "unset MLFLOW_TRACKING_URI to log to the local sqlite store mlflow.db"
+    if parts.scheme in ("http", "https"):
+        shown = _without_credentials(parts)
+        problem = _http_problem(shown, timeout_s)
+        if problem:
+            raise UserError(f"MLflow tracking server {shown} is not reachable ({problem}): start it, or {unset}")
+        return
+    db = _sqlite_path(uri)
+    if db is None:
+        return
+    folder = db.parent.resolve()
+    if not folder.is_dir():
+        problem, fix = f"folder {folder} does not exist", "create it"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        problem, fix = f"folder {folder} is not writable", "fix its permissions"
+    elif db.exists() and not os.access(db, os.W_OK):
+        problem, fix = f"{db.resolve()} is not writable", "fix its permissions"
+    else:
+        return
+    other = unset if os.environ.get("MLFLOW_TRACKING_URI") else "set MLFLOW_TRACKING_URI to another store"
+    raise UserError(f"MLflow store {uri} cannot be written ({problem}): {fix}, or {other}")
+
+
+def _without_credentials(parts: urllib.parse.SplitResult) -> str:
+    """The URI with any user:password@ removed (it is printed, and urllib would choke on it)."""
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def _http_problem(base: str, timeout_s: float) -> str | None:
+    """Why ``<base>/health`` got no usable answer within ``timeout_s``; None if it did."""
+    request = urllib.request.Request(f"{base}/health", headers={"User-Agent": f"dpstudy/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            response.read(256)
+        return None
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:  # every MLflow server answers /health: something else is there
+            return "HTTP 404 for /health: not an MLflow server?"
+        return None if exc.code < 500 else f"HTTP {exc.code} {exc.reason}".strip()
+    except urllib.error.URLError as exc:
+        return _reason(exc.reason, base, timeout_s)
+    except (OSError, ValueError) as exc:  # a timeout while reading, a reset, a malformed URI
+        return _reason(exc, base, timeout_s)
+
+
+def _reason(reason, base: str, timeout_s: float) -> str:
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return f"no answer within {timeout_s:g} s"
+    if isinstance(reason, socket.gaierror):
+        return f"unknown host {urllib.parse.urlsplit(base).hostname}"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror[:1].lower() + reason.strerror[1:]
+    return str(reason) or type(reason).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Is a RUNNING run still alive?
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    except OSError:
+        return False
+    try:  # a killed child not yet reaped by its parent still answers kill(0)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+_OPEN_RUNS: set[str] = set()  # runs this process has started and not yet ended
+
+
+def _stale(run_id: str, tags: Mapping[str, str], host: str) -> bool:
+    """A RUNNING run nobody will end: started on this host by a process that no longer exists (or
+    by a version of dpstudy that did not record its process id)."""
+    if tags.get("host") != host:
+        return False  # another machine's run: its state cannot be known from here
+    pid = tags.get("pid")
+    if pid is None:
+        return True
+    try:
+        pid = int(pid)
+    except ValueError:
+        return True
+    if pid <= 0:
+        return True
+    if pid == os.getpid():
+        # Not one of this process's own open runs: the pid is a reused one (a container's
+        # processes get the same small pids on every start).
+        return run_id not in _OPEN_RUNS
+    return not _pid_alive(pid)
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> tuple[str, bool]:
@@ -168,9 +322,12 @@ class Tracker:
         quiet_mlflow_logs()  # after the import: importing mlflow resets its loggers' levels
 
         self._client = MlflowClient(tracking_uri=self.uri)
+        self._relocate_artifacts()
         self.experiment_id = self._experiment_id()
+        self._end_stale_runs()
         self._tags = self._base_tags()  # once per stage: git is asked here, not per child run
         run = self._client.create_run(self.experiment_id, run_name=self.stage, tags=self._tags)
+        _OPEN_RUNS.add(run.info.run_id)
         self.parent = Run(self._client, run.info.run_id)
         self.parent.log_params(self.params)
         return self
@@ -190,6 +347,7 @@ class Tracker:
         run_tags = {**self._tags, "mlflow.parentRunId": self.parent.run_id, **(tags or {})}
         info = self._client.create_run(self.experiment_id, run_name=name,
                                        tags={k: str(v) for k, v in run_tags.items()}).info
+        _OPEN_RUNS.add(info.run_id)
         run = Run(self._client, info.run_id)
         run.log_params(params)
         try:
@@ -220,6 +378,7 @@ class Tracker:
         """Record a run's final status without being cut short by SIGTERM/SIGINT: when a DDP
         peer dies, torchrun's SIGTERM often lands while the failure is being recorded. A signal
         that arrives during the write is held and handed to the usual handler right after it."""
+        _OPEN_RUNS.discard(run_id)
         if threading.current_thread() is not threading.main_thread():
             self._client.set_terminated(run_id, status=status)
             return
@@ -233,6 +392,74 @@ class Tracker:
                 signal.signal(s, handler)
             for s in held[:1]:
                 signal.raise_signal(s)  # now the usual handler (or the default action) applies
+
+    def _end_stale_runs(self) -> None:
+        """Mark KILLED the RUNNING runs of this stage that a process killed without warning (kill -9,
+        the OOM killer) left behind on this host, and say so once. A live run, here or elsewhere,
+        is left alone."""
+        host = platform.node()
+        quoted = self.stage.replace("'", "\\'")
+        running = self._client.search_runs(
+            [self.experiment_id], f"attributes.status = 'RUNNING' and tags.dvc_stage = '{quoted}'",
+            max_results=10000)
+        stale = [r for r in running if _stale(r.info.run_id, r.data.tags, host)]
+        for r in stale:
+            self._terminate(r.info.run_id, "KILLED")
+        if stale:
+            n = len(stale)
+            _say(f"[mlflow] {n} run{'s' if n != 1 else ''} of {self.stage} left RUNNING by an interrupted "
+                 f"execution (kill -9?) marked KILLED")
+
+    def _relocate_artifacts(self) -> None:
+        """Point a copied store's artifact paths at the ``mlartifacts`` beside it.
+
+        The store records absolute artifact locations (``file:///orig/mlartifacts/<experiment>``
+        and each run's ``.../<run id>/artifacts``); a copied checkout (``cp -a``) would go on
+        logging into the original's folder. If an experiment lives under some other
+        ``.../mlartifacts`` than the one beside this database, that prefix is rewritten in the
+        store, for the old runs too (their files came along with the copy)."""
+        db = _sqlite_path(self.uri)
+        if db is None or not db.is_file():
+            return
+        here = (db.parent / "mlartifacts").resolve()
+        con = sqlite3.connect(db, timeout=30, isolation_level=None)
+        try:
+            if not self._foreign_artifact_prefixes(con, here):
+                return  # the usual case: nothing to rewrite, no write lock taken
+            con.execute("BEGIN IMMEDIATE")  # one process rewrites; the next finds nothing to do
+            moved = self._foreign_artifact_prefixes(con, here)
+            tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            new = here.as_uri()
+            for old in moved:
+                for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                                      ("logged_models", "artifact_location")):
+                    if table in tables:
+                        con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                                    f"WHERE substr({column}, 1, ?) = ?", (new, len(old) + 1, len(old) + 1, old + "/"))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+        for folder in dict.fromkeys(moved.values()):
+            _say(f"[mlflow] {db.name} was copied from {folder.parent}: artifact paths now point to {here}")
+
+    @staticmethod
+    def _foreign_artifact_prefixes(con: sqlite3.Connection, here: Path) -> dict[str, Path]:
+        """``file:///.../mlartifacts`` prefix -> its folder, for the experiments stored under an
+        ``mlartifacts`` folder other than ``here``."""
+        try:
+            locations = [loc for (loc,) in con.execute("SELECT artifact_location FROM experiments")]
+        except sqlite3.OperationalError:  # no tables yet: MLflow creates them on first use
+            return {}
+        prefixes = {}
+        for location in locations:
+            folder = _local_artifacts_folder(location)
+            if folder is not None and folder.resolve() != here:
+                prefixes[location.rsplit("/", 1)[0]] = folder  # file:///orig/mlartifacts
+        return prefixes
 
     def _experiment_id(self) -> str:
         exp = self._client.get_experiment_by_name(self.study)
@@ -256,5 +483,24 @@ class Tracker:
             "devices": ", ".join(self.devices) or "none",
             "world_size": str(self.world_size),
             "host": platform.node(),
+            "pid": str(os.getpid()),  # with host: tells a later execution whether this run is alive
             "dpstudy_version": __version__,
         }
+
+
+def _local_artifacts_folder(location: str | None) -> Path | None:
+    """The ``mlartifacts`` folder of a ``file:`` artifact location ``.../mlartifacts/<experiment>``;
+    None for any other location (a server's, a cloud bucket, MLflow's default ``mlruns``)."""
+    if not location:
+        return None
+    parts = urllib.parse.urlsplit(location)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+        return None
+    folder = Path(urllib.request.url2pathname(parts.path)).parent
+    return folder if folder.name == "mlartifacts" else None
+
+
+def _say(line: str) -> None:
+    from .console import say
+
+    say(line)
