@@ -14,7 +14,7 @@ the same SGD optimizer and constant learning rate, for the same epochs:
   checkpoint every epoch (run_grid also prints its one line per configuration);
 - bare: ``for x, y in loader: loss = ...; zero_grad; backward; step``, then per epoch the same
   evaluation (`engine.evaluate`) and an atomic checkpoint of weights + optimizer
-  (`engine.save_checkpoint`), because the stage must evaluate and checkpoint too: those are not
+  (`checkpoints.save`), because the stage must evaluate and checkpoint too: those are not
   telemetry, so they are on both sides rather than on neither.
 
 Two figures, both per training image on equal work (A, B, A, B, ... interleaved, after one untimed
@@ -49,7 +49,8 @@ from torch import nn
 from dpstudy.config import AugmentConfig, RecipeConfig
 from dpstudy.datasets import file_sha256, load_prepared, prepare
 from dpstudy.devices import cpu_name, device_names
-from dpstudy.engine import EVAL_BATCH, RunSpec, TrainData, evaluate, make_optimizer, save_checkpoint
+from dpstudy import checkpoints
+from dpstudy.engine import EVAL_BATCH, RunSpec, TrainData, evaluate, make_optimizer
 from dpstudy.loaders import Augment, ResidentLoader
 from dpstudy.models import MODELS, build_model
 from dpstudy.sweep import run_grid
@@ -92,7 +93,7 @@ def bare_run(spec: RunSpec, data: TrainData, out: Path):
             optimizer.step()
         train_s += time.perf_counter() - t
         evaluate(model, test_loader, loss_fn)
-        save_checkpoint(out / "bare.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+        checkpoints.save(out / "bare.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict()})
     return train_s, time.perf_counter() - t0
 
 

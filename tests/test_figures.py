@@ -12,16 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from dpstudy.adaptive import run_figures, schedule_summary, target
+from dpstudy.adaptive import run_figures, schedule_summary, summary_files, target
 from dpstudy.config import AugmentConfig, RecipeConfig
 from dpstudy.engine import Result, RunSpec
 from dpstudy.errors import UserError
 from dpstudy.figures import (FIGURES, INPUTS, Stat, draw, load_inputs, make_figures, mean_std, per_device,
                              summarize)
-from dpstudy.fsutil import write_csv_atomic
+from dpstudy.fsutil import write_csv_atomic, write_files_atomic
 from dpstudy.stages import profile_dataloader, train_ddp, train_dp
-from dpstudy.stages.train_adaptive import _write_summary
-from dpstudy.sweep import write_results, write_tables
+from dpstudy.sweep import results_files, tables
 from dpstudy.tasks import TASKS
 
 RECIPE = RecipeConfig(epochs=4, optimizer="sgd", lr=0.01, ref_batch=16, momentum=0.9, weight_decay=0.0,
@@ -146,15 +145,16 @@ def write_results_tree(root: Path) -> Path:
          "compute_s": 0.1, "data_wait_fraction": wait_of(loader, b, 0), "images_per_s": 5000.0,
          "utilization_pct": 80.0, "utilization_source": "gpu_util_pct"}
         for loader in ("standard", "resident") for b in (16, 64, 256)])
-    write_results(dp_results(), root / "train_dp", train_dp.HEADLINE)
-    write_results(ddp_results(), root / "train_ddp", train_ddp.HEADLINE)
+    write_files_atomic(results_files(dp_results(), root / "train_dp", train_dp.HEADLINE))
+    write_files_atomic(results_files(ddp_results(), root / "train_ddp", train_ddp.HEADLINE))
     summaries = {}
     for task in TASKS:
         runs = adaptive_results(task)
         goal = target(runs, 0.01 if task == "classification" else 0.1)
-        rows = write_tables(runs, root / "train_adaptive" / task, extra=lambda r, goal=goal: run_figures(r, goal))
+        rows, files = tables(runs, root / "train_adaptive" / task, extra=lambda r, goal=goal: run_figures(r, goal))
+        write_files_atomic(files)
         summaries[task] = schedule_summary(rows, TASKS[task].metric)
-    _write_summary(summaries, root / "train_adaptive")
+    write_files_atomic(summary_files(summaries, root / "train_adaptive"))
     return root
 
 

@@ -20,14 +20,17 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import replace
+from pathlib import Path
 from typing import Iterable
 
 from .config import AdaptiveTaskConfig
+from .console import format_table
 from .engine import Result, RunSpec
 from .errors import UserError
+from .fsutil import csv_text, json_text
 from .loaders import MIN_PER_RANK
 from .models import model_task
-from .sweep import check_model
+from .sweep import check_model, numeric, rounded, tables
 from .tasks import TASKS
 
 SCHEDULES = ("fixed_small", "fixed_large", "step_growth", "noise_scale")
@@ -137,6 +140,51 @@ def schedule_summary(rows: list[dict], metric: str) -> dict[str, dict[str, float
     for entry in out.values():
         entry["speedup"] = base / entry["time_to_target_s"] if entry["time_to_target_s"] > 0 else math.nan
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# The stage's result files
+
+
+def finish_task(task: str, results: list[Result], tolerance: float, out: Path, tracker, files: dict) -> dict:
+    """Time-to-target for every run of ``task``: into its MLflow run and its tables (added to
+    ``files``, written with the rest at the end); returns the task's `schedule_summary`."""
+    goal = target(results, tolerance)
+    rows, task_files = tables(results, out / task, extra=lambda result: run_figures(result, goal))
+    files.update(task_files)
+    for row, result in zip(rows, results):
+        figures = {k: row[k] for k in ("target", "time_to_target_s", "steps_to_target", "wall_time_s")}
+        tracker.run(result.run_id).log_metrics(numeric(figures), step=len(result.history) - 1)
+    return schedule_summary(rows, TASKS[task].metric)
+
+
+def summary_files(summaries: dict[str, dict], out: Path) -> dict[Path, str]:
+    """metrics.json (means over seeds) and summary.csv (with stds) of every task and schedule."""
+    metrics = {task: {name: {k: round(v, 4) for k, v in entry.items() if not k.endswith("_std")}
+                      for name, entry in per_schedule.items()}
+               for task, per_schedule in summaries.items()}
+    rows = []
+    for task, per_schedule in summaries.items():
+        metric = TASKS[task].metric
+        for name, entry in per_schedule.items():  # one column name for either task's figure
+            generic = {k.replace(f"test_{metric}", "test_metric"): v for k, v in entry.items()}
+            rows.append({"task": task, "schedule": name, "metric": metric, **rounded(generic)})
+    return {out / "metrics.json": json_text(metrics), out / "summary.csv": csv_text(rows)}
+
+
+def print_summary(title: str, summaries: dict[str, dict], out: Path) -> None:
+    print(f"\n{title}; mean ± std over seeds")
+    for task, per_schedule in summaries.items():
+        metric = TASKS[task].metric
+        key = f"test_{metric}"
+        print(format_table(
+            ["schedule", metric, "steps", "all-reduces", "train s", "images/s", "to target s", "speedup"],
+            [(name, f"{e[key]:.3f} ± {e[key + '_std']:.3f}", f"{e['steps']:.0f}", f"{e['allreduces']:.0f}",
+              f"{e['train_time_s']:.1f}", f"{e['run_images_per_s']:,.0f}",
+              f"{e['time_to_target_s']:.1f} ± {e['time_to_target_s_std']:.1f}", f"{e['speedup']:.2f}x")
+             for name, e in per_schedule.items()]))
+    print(f"\nfiles: {out}/metrics.json, summary.csv, <task>/runs.csv, <task>/epochs.csv, checkpoints/; "
+          "runs in MLflow (study C)")
 
 
 def _metric(results: list[Result]) -> str:

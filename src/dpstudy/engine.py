@@ -44,10 +44,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from . import checkpoints
 from .batching import BatchSchedule, NoiseScaleEstimator
 from .config import RecipeConfig, as_dict
 from .datasets import Prepared
-from .fsutil import atomic_path
 from .loaders import Augment, ResidentLoader, channel_stats, make_loader
 from .models import build_model, input_spec, model_task
 from .parallel import GradSync, wrap
@@ -370,25 +370,6 @@ def set_rng_state(state: dict) -> None:
             torch.cuda.set_rng_state(cuda_state, torch.device(d))
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path: Path, spec: RunSpec, data_sha256: str) -> dict | None:
-    """The checkpoint at ``path`` if this very configuration made it, on this data, with this code."""
-    if not path.is_file():
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # a torn or foreign file: start over rather than fail the sweep
-        return None
-    if (ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("spec") != spec.identity()
-            or ckpt.get("data_sha256") != data_sha256 or ckpt.get("code_sha256") != code_fingerprint()):
-        return None
-    return ckpt
-
-
 # --------------------------------------------------------------------------------------------
 # The loop
 
@@ -425,7 +406,9 @@ def train(spec: RunSpec, data: TrainData, ctx: Context, checkpoint: Path, on_epo
     result = Result(spec, "finished", [], [], devices)
     start_epoch = 0
     # Rank 0 decides and shares: ranks on other machines may not see its files (no shared disk).
-    ckpt = _from_rank0(load_checkpoint(checkpoint, spec, data.sha256) if ctx.rank == 0 else None, spec, group)
+    mine = (checkpoints.open_for(checkpoint, spec.identity(), data.sha256, code_fingerprint(), CHECKPOINT_FORMAT)
+            if ctx.rank == 0 else None)
+    ckpt = _from_rank0(mine, spec, group)
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -538,8 +521,8 @@ def train(spec: RunSpec, data: TrainData, ctx: Context, checkpoint: Path, on_epo
         done = bad or epoch == recipe.epochs - 1
         rngs = _gather_rng(devices, group)  # a collective: every rank takes part
         if ctx.rank == 0:
-            save_checkpoint(checkpoint, _payload(spec, data, net, optimizer, schedule, batches, noise, epoch,
-                                                 result, bool(done), shape, mean, std, rngs))
+            checkpoints.save(checkpoint, _payload(spec, data, net, optimizer, schedule, batches, noise, epoch,
+                                                  result, bool(done), shape, mean, std, rngs))
         if on_epoch:
             on_epoch(row)
         if done:

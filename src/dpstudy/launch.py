@@ -14,7 +14,9 @@ Every node runs the same command with the same settings; the c10d rendezvous at 
 With max_restarts R > 0, torchrun restarts all workers up to R times after one dies, and each
 configuration resumes from its last epoch checkpoint (the launch then also sets
 TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, see `torchrun_env`). The stage arguments are checked with the
-stage's own parser, and every setting before anything starts (one line, exit status 2).
+stage's own parser, and the whole stage (params, grids against the total process count, data,
+batches against the training split) by the stage's own `plan`, before torchrun starts: a bad
+setting is one line and exit status 2 here, not one traceback per worker a minute later.
 """
 
 from __future__ import annotations
@@ -90,6 +92,19 @@ def _check_endpoint(endpoint: str, where: str) -> None:
         raise UserError(f"{where}: expected host:port of the rendezvous (e.g. node01:29400), got {endpoint!r}")
 
 
+def world_size(launch: Launch) -> int:
+    """How many processes the launch starts in all (``gpu``: one per GPU visible here)."""
+    per_node = launch.nproc_per_node
+    if per_node == "gpu":
+        import torch
+
+        per_node = torch.cuda.device_count()
+        if per_node == 0:
+            raise UserError(f"nproc_per_node is gpu but no GPU is visible here: set {ENV['nproc_per_node']} "
+                            "to a number of CPU processes (e.g. 2)")
+    return int(per_node) * launch.nnodes
+
+
 def torchrun_env(launch: Launch, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """Variables torchrun needs beyond the caller's environment (a value already set is kept).
 
@@ -134,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
     MODULES[args.stage].add_arguments(stage_parser)
     stage_args = stage_parser.parse_args(args.stage_args)
     launch = settings(args.stage, stage_args.params)
+    if not args.dry_run:  # every check the workers would make (a dry run only prints)
+        MODULES[args.stage].plan(stage_args, world_size(launch))
     cmd, env = torchrun_command(args.stage, launch, args.stage_args), torchrun_env(launch)
     print(f"[launch] {shlex.join([*(f'{k}={v}' for k, v in env.items()), *cmd])}", flush=True)
     if args.dry_run:

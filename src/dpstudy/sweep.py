@@ -9,6 +9,10 @@ change touches is trained again. Rank 0 writes the result files:
 - ``runs.csv``: one row per configuration (final figures, outcome, per-device memory);
 - ``epochs.csv``: one row per configuration and epoch (the curves `dvc plots` draws);
 - ``metrics.json``: per configuration, the figures its grid's claims are about (`dvc metrics show`).
+
+The tables are written together once the whole stage has run (`fsutil.write_files_atomic`): an
+interrupted stage leaves its previous complete tables, and its rerun reuses every finished
+configuration from its checkpoint to write complete new ones.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from typing import Iterable
 from .config import DDPSweepConfig, DPSweepConfig, GridConfig
 from .console import format_table, progress, say
 from .datasets import file_sha256, load_prepared
-from .engine import Context, Result, RunSpec, TrainData, train
+from .engine import CHECKPOINT_FORMAT, Context, Result, RunSpec, TrainData, code_fingerprint, train
 from .errors import UserError
-from .fsutil import write_csv_atomic, write_json_atomic
+from . import checkpoints
+from .fsutil import csv_text, json_text
 from .models import MODELS, build_model
 from .parallel import Dist
 from .tasks import TASKS
@@ -70,12 +75,29 @@ def ddp_grid(name: str, cfg: DDPSweepConfig, seeds: Iterable[int], launched: int
 
 def run_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Tracker, out: Path, *,
              dist: Dist | None = None, device=None, sync_timing: bool = False,
-             sample_interval_s: float = 0.5) -> list[Result]:
+             sample_interval_s: float = 0.5, cpu_processes: int = 1) -> list[Result]:
     """Train every configuration (rank 0 logs and reports); ranks a configuration does not use
-    wait for it at a barrier. Returns the results rank 0 holds (empty on other ranks)."""
+    wait for it at a barrier. Returns the results rank 0 holds (empty on other ranks).
+
+    Without DDP on the CPU, ``cpu_processes`` > 1 trains that many configurations at once, one
+    single-thread process each (`cpupool`)."""
     rank = dist.rank if dist else 0
     device = dist.device if dist else device
     checkpoints = out / "checkpoints"
+    if dist is None and device.type == "cpu" and cpu_processes > 1 and len(specs) > 1:
+        from .cpupool import train_all
+
+        bar = progress(specs, desc=tracker.stage)
+
+        def done(result: Result) -> None:
+            _log_finished(result, tracker)
+            say(_one_line(result))
+            bar.update()
+
+        try:
+            return train_all(specs, data, checkpoints, cpu_processes, sample_interval_s, done)
+        finally:
+            bar.close()
     results = []
     for spec in progress(specs, desc=tracker.stage) if rank == 0 else specs:
         if rank < spec.world:
@@ -91,18 +113,31 @@ def run_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Tracker,
 
 
 def _run_one(spec: RunSpec, data: TrainData, ctx: Context, tracker: Tracker, checkpoint: Path) -> Result:
-    tags = {"sweep": spec.sweep, "mode": spec.mode, "model": spec.model, "world_size": spec.world}
-    if spec.schedule != "fixed":
-        tags["schedule"] = spec.schedule
-    with tracker.child(spec.name, spec.params(), tags={"task": spec.task, **tags}) as run:
+    with tracker.child(spec.name, spec.params(), tags=_tags(spec)) as run:
         result = train(spec, data, ctx, checkpoint,
                        on_epoch=lambda row: run.log_metrics(numeric(row), step=row["epoch"]))
         result.run_id = run.run_id
-        _log_result(run, result)
+        _log_result(run, result, logged=len(result.history) - result.restored_epochs)
     return result
 
 
-def _log_result(run: Run, result: Result) -> None:
+def _log_finished(result: Result, tracker: Tracker) -> None:
+    """The MLflow run of a configuration trained elsewhere (a `cpupool` worker): all at once."""
+    with tracker.child(result.spec.name, result.spec.params(), tags=_tags(result.spec)) as run:
+        result.run_id = run.run_id
+        _log_result(run, result, logged=0)
+
+
+def _tags(spec: RunSpec) -> dict:
+    tags = {"task": spec.task, "sweep": spec.sweep, "mode": spec.mode, "model": spec.model, "world_size": spec.world}
+    if spec.schedule != "fixed":
+        tags["schedule"] = spec.schedule
+    return tags
+
+
+def _log_result(run: Run, result: Result, logged: int) -> None:
+    """Everything about a finished configuration; ``logged``: its last epochs already logged
+    while it trained (the others come from a checkpoint, or from a worker process)."""
     run.set_tags({
         "outcome": result.outcome,
         "devices": ", ".join(result.devices),
@@ -111,7 +146,7 @@ def _log_result(run: Run, result: Result) -> None:
         **({"dp_note": "fewer than 2 GPUs visible: DataParallel ran on one device"}
            if result.spec.mode == "dp" and len(result.devices) < 2 else {}),
     })
-    for row in result.history[:result.restored_epochs]:  # epochs a previous execution trained
+    for row in result.history[:len(result.history) - logged]:
         run.log_metrics(numeric(row), step=row["epoch"])
     run.log_series("step_loss", result.step_loss)
     for key, values in result.step_series.items():
@@ -187,22 +222,40 @@ def epoch_rows(results: list[Result]) -> list[dict]:
     return rows
 
 
-def prune_checkpoints(out: Path, specs: Iterable[RunSpec]) -> None:
-    """Remove checkpoints of configurations no longer in the grid: the folder matches params.yaml."""
-    keep = {f"{spec.name}.pt" for spec in specs}
-    for path in (out / "checkpoints").glob("*.pt"):
-        if path.name not in keep:
-            path.unlink()
+def set_aside_checkpoints(out: Path, specs: Iterable[RunSpec]) -> None:
+    """Move checkpoints of configurations no longer in the grid to ``checkpoints/kept/`` (never
+    deleted: they come back if their settings do), so ``checkpoints/*.pt`` is the grid."""
+    checkpoints.set_aside(out / "checkpoints", [spec.name for spec in specs], code_fingerprint(), CHECKPOINT_FORMAT)
 
 
-def write_results(results: list[Result], out: Path, headline: dict[str, list[str]]) -> dict:
-    """runs.csv, epochs.csv and metrics.json for ``results``; returns the metrics.
+def check_batches(stage: str, specs: Iterable[RunSpec], data: dict[str, TrainData]) -> None:
+    """Refuse, before any work, a batch the training split cannot fill: every global batch (and
+    the largest a schedule grows to) must fit in one epoch, with at least 2 samples per process."""
+    for spec in specs:
+        n = len(data[spec.dataset].data.train_labels)
+        growth_cap = getattr(spec.growth, "max_batch", None)
+        for name, batch in (("batch", spec.global_batch), ("max_batch", growth_cap)):
+            if batch is None:
+                continue
+            key = (f"{stage}.{spec.sweep}.batch_sizes" if spec.schedule == "fixed"
+                   else f"{stage}.{spec.sweep}.schedules.{spec.schedule}.{name}")
+            per = " global" if spec.world > 1 else ""
+            if batch > n:
+                raise UserError(f"{key}: a{per} batch of {batch:,} is larger than the training split of "
+                                f"{spec.dataset} ({n:,} images); use at most {n}")
+            if batch // spec.world < 2:
+                raise UserError(f"{key}: a{per} batch of {batch} leaves fewer than 2 samples for each of "
+                                f"{spec.world} processes; use at least {2 * spec.world}")
+
+
+def results_files(results: list[Result], out: Path, headline: dict[str, list[str]]) -> dict[Path, str]:
+    """runs.csv, epochs.csv and metrics.json for ``results``, as ``path: text`` to write together.
 
     metrics.json keeps `dvc metrics show` readable: per grid only the figures its claims are
     about (``headline``: grid -> runs.csv columns), per configuration without the grid name and
     seed, averaged over seeds. runs.csv holds everything.
     """
-    rows = write_tables(results, out)
+    rows, files = tables(results, out)
     values: dict = {}
     for row, result in zip(rows, results):
         spec = result.spec
@@ -212,18 +265,15 @@ def write_results(results: list[Result], out: Path, headline: dict[str, list[str
     metrics = {grid: {config: {column: round(statistics.fmean(v), 4) for column, v in figures.items()}
                       for config, figures in configs.items()}
                for grid, configs in values.items()}
-    write_json_atomic(out / "metrics.json", metrics)
-    return metrics
+    return {**files, out / "metrics.json": json_text(metrics)}
 
 
-def write_tables(results: list[Result], out: Path, extra=None) -> list[dict]:
-    """runs.csv and epochs.csv for ``results`` (one task: the columns are its), with the columns
-    ``extra(result)`` adds to each run; returns runs.csv's rows."""
-    out.mkdir(parents=True, exist_ok=True)
+def tables(results: list[Result], out: Path, extra=None) -> tuple[list[dict], dict[Path, str]]:
+    """runs.csv's rows for ``results`` (one task: the columns are its, plus those ``extra(result)``
+    adds to each run), and runs.csv and epochs.csv as ``path: text``."""
     rows = [{**summary_row(r), **(extra(r) if extra else {})} for r in results]
-    write_csv_atomic(out / "runs.csv", [rounded(r) for r in rows])
-    write_csv_atomic(out / "epochs.csv", [rounded(r) for r in epoch_rows(results)])
-    return rows
+    return rows, {out / "runs.csv": csv_text([rounded(r) for r in rows]),
+                  out / "epochs.csv": csv_text([rounded(r) for r in epoch_rows(results)])}
 
 
 def rounded(row: dict) -> dict:

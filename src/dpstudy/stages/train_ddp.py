@@ -17,13 +17,14 @@ If any process dies, torchrun stops the others and exits non-zero; the runs end 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+from types import SimpleNamespace
 
 from ..config import as_dict, load_section
 from ..console import say
 from ..devices import device_names
-from ..parallel import distributed
-from ..sweep import check_model, ddp_grid, load_data, print_table, prune_checkpoints, run_grid, write_results
+from ..fsutil import write_files_atomic
 from ..tracking import Tracker
 from .args import data_stage_arguments
 
@@ -35,17 +36,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     data_stage_arguments(p, STAGE)
 
 
-def run(args: argparse.Namespace) -> int:
+def plan(args: argparse.Namespace, world: int) -> SimpleNamespace:
+    """Everything the stage will do on ``world`` processes, checked before any work: its params,
+    grid and data (`dpstudy launch` calls this before torchrun starts, each worker again)."""
     preset, cfg = load_section(STAGE, args.params)
     _, telemetry = load_section("telemetry", args.params)
+    from ..sweep import check_batches, check_model, ddp_grid, load_data  # torch: once the params are good
+
+    check_model(f"{STAGE}.vgg", cfg.vgg)
+    grid, skipped = ddp_grid("vgg", cfg.vgg, cfg.seeds, launched=world)
+    data = load_data(Path(args.data), [cfg.vgg.dataset])
+    check_batches(STAGE, grid, data)
+    return SimpleNamespace(preset=preset, cfg=cfg, telemetry=telemetry, grid=grid, skipped=skipped, data=data)
+
+
+def run(args: argparse.Namespace) -> int:
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # known before any process group: check first
+    p = plan(args, world)
+    preset, cfg, telemetry, grid, skipped, data = p.preset, p.cfg, p.telemetry, p.grid, p.skipped, p.data
     out = Path(args.out)
-    check_model(f"{STAGE}.vgg", cfg.vgg)  # before any process group exists
+    from ..parallel import distributed
+    from ..sweep import print_table, results_files, run_grid, set_aside_checkpoints
+
     with distributed(cfg.device, cfg.timeout_s) as dist:
-        grid, skipped = ddp_grid("vgg", cfg.vgg, cfg.seeds, launched=dist.world)
         dist.make_groups([spec.world for spec in grid])
-        data = load_data(Path(args.data), [cfg.vgg.dataset])
         if dist.is_main:
-            prune_checkpoints(out, grid)
+            set_aside_checkpoints(out, grid)
             say(f"[{STAGE}] {dist.world} process(es), backend {dist.backend}, {dist.device.type}"
                 + (f"; world sizes {skipped} skipped: only {dist.world} launched" if skipped else ""))
         params = {"preset": preset, "telemetry": as_dict(telemetry), STAGE: as_dict(cfg)}
@@ -56,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             results = run_grid(grid, data, tracker, out, dist=dist, sync_timing=cfg.sync_timing,
                                sample_interval_s=telemetry.interval_s)
             if dist.is_main:
-                write_results(results, out, HEADLINE)
+                write_files_atomic(results_files(results, out, HEADLINE))
                 tracker.parent.log_artifact(out / "runs.csv")
     if dist.is_main:
         print_table(f"{STAGE} ({preset} preset, {dist.world} × {dist.device.type}, {dist.backend})", results, out)

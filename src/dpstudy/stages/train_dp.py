@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..config import as_dict, load_section
 from ..devices import device_names, resolve_device
-from ..sweep import dp_grid, load_data, print_table, prune_checkpoints, run_grid, write_results
+from ..fsutil import write_files_atomic
 from ..tracking import SWEEP_STUDY, Tracker
 from .args import data_stage_arguments
 
@@ -38,20 +38,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     preset, cfg = load_section(STAGE, args.params)
     _, telemetry = load_section("telemetry", args.params)
+    # torch and the engine: only once the params are known to be good
+    from ..sweep import (check_batches, dp_grid, load_data, print_table, results_files, run_grid,
+                         set_aside_checkpoints)
+
     device = resolve_device(cfg.device)
     grids = {name: dp_grid(name, getattr(cfg, name), cfg.seeds) for name in STUDY}
     data = load_data(Path(args.data), [getattr(cfg, name).dataset for name in STUDY])
+    check_batches(STAGE, [spec for grid in grids.values() for spec in grid], data)
     out = Path(args.out)
     params = {"preset": preset, "telemetry": as_dict(telemetry), STAGE: as_dict(cfg)}
-    prune_checkpoints(out, [spec for grid in grids.values() for spec in grid])
-    results = []
+    set_aside_checkpoints(out, [spec for grid in grids.values() for spec in grid])
+    results, parents = [], []
     for study in dict.fromkeys(STUDY.values()):  # one parent run per study's experiment
         names = [name for name in grids if STUDY[name] == study]
         with Tracker(study, STAGE, preset=preset, params=params, devices=device_names(device)) as tracker:
             tracker.parent.set_tags({"sweep": ",".join(names), "device": str(device)})
             results += run_grid([spec for name in names for spec in grids[name]], data, tracker, out,
-                                device=device, sync_timing=cfg.sync_timing, sample_interval_s=telemetry.interval_s)
-            write_results(results, out, HEADLINE)
-            tracker.parent.log_artifact(out / "runs.csv")
+                                device=device, sync_timing=cfg.sync_timing, sample_interval_s=telemetry.interval_s,
+                                cpu_processes=cfg.cpu_processes)
+            parents.append(tracker.parent)
+    # Only now, with every grid done: the tables change together, never to a partial set.
+    write_files_atomic(results_files(results, out, HEADLINE))
+    for parent in parents:
+        parent.log_artifact(out / "runs.csv")
     print_table(f"{STAGE} ({preset} preset, {device})", results, out)
     return 0

@@ -1,0 +1,95 @@
+"""Checkpoints a params change or a bad file leaves: nothing finished is lost, nothing is silent."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import run_cli, write_params
+from dpstudy.datasets import file_sha256, load_prepared
+from dpstudy.engine import Context, TrainData, train
+from test_engine import RECIPE, learned, spec
+
+CPU = Context(torch.device("cpu"), sample_interval_s=0.05)
+ONE_EPOCH = dataclasses.replace(RECIPE, epochs=1)
+
+
+@pytest.fixture(scope="module")
+def digits(digits_dir) -> TrainData:
+    path = digits_dir / "digits.pt"
+    return TrainData(load_prepared(path), file_sha256(path))
+
+
+def test_a_corrupt_checkpoint_is_kept_as_corrupt_with_one_warning_and_retrained(digits, tmp_path, capsys):
+    path = tmp_path / "run.pt"
+    train(spec(recipe=ONE_EPOCH), digits, CPU, path)
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])  # a torn write
+    capsys.readouterr()
+    again = train(spec(recipe=ONE_EPOCH), digits, CPU, path)
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert len(warnings) == 1
+    assert f"checkpoint {path} not used" in warnings[0] and "run.pt.corrupt" in warnings[0]
+    assert again.restored_epochs == 0 and again.outcome == "finished"  # trained afresh
+    assert (tmp_path / "run.pt.corrupt").read_bytes() == good[: len(good) // 2]  # kept for inspection
+    assert torch.load(path, weights_only=False)["complete"]  # the new one beside it
+
+
+def test_a_checkpoint_of_other_settings_at_the_same_name_is_kept_and_comes_back(digits, tmp_path):
+    path = tmp_path / "run.pt"
+    base = spec(recipe=ONE_EPOCH)
+    other_lr = spec(recipe=dataclasses.replace(ONE_EPOCH, lr=0.01))  # same file name, other settings
+    first = train(base, digits, CPU, path)
+    second = train(other_lr, digits, CPU, path)
+    assert second.restored_epochs == 0
+    kept = list((tmp_path / "kept").glob("run.*.pt"))
+    assert len(kept) == 1 and torch.load(kept[0], weights_only=False)["spec"] == base.identity()
+    back = train(base, digits, CPU, path)  # switching back costs nothing
+    assert back.restored_epochs == 1 and learned(back.history) == learned(first.history)
+    assert torch.load(path, weights_only=False)["spec"] == base.identity()
+    assert len(list((tmp_path / "kept").glob("run.*.pt"))) == 1  # other_lr's now waits there
+
+
+def test_a_diverged_run_never_overwrites_another_configurations_finished_checkpoint(digits, tmp_path):
+    path = tmp_path / "run.pt"
+    good = train(spec(recipe=ONE_EPOCH), digits, CPU, path)
+    blowup = spec(recipe=dataclasses.replace(ONE_EPOCH, lr=1e4, warmup_epochs=0))
+    assert train(blowup, digits, CPU, path).outcome == "diverged"
+    (kept,) = (tmp_path / "kept").glob("run.*.pt")
+    saved = torch.load(kept, weights_only=False)
+    assert saved["complete"] and saved["outcome"] == "finished"
+    assert learned(saved["history"]) == learned(good.history)
+
+
+def _tiny_train_dp(path, batch_sizes):
+    overrides = {"train_dp.seeds": [0], "train_dp.device": "cpu"}
+    for grid in ("lenet_utilization", "lenet_lr_scaling", "vgg"):
+        overrides |= {f"train_dp.{grid}.modes": ["single"], f"train_dp.{grid}.loaders": ["resident"],
+                      f"train_dp.{grid}.lr_rules": ["linear"], f"train_dp.{grid}.batch_sizes": batch_sizes,
+                      f"train_dp.{grid}.recipe.epochs": 1}
+    overrides |= {"train_dp.vgg.width": 0.125}
+    return write_params(path, overrides)
+
+
+@pytest.mark.slow
+def test_changing_a_grid_keeps_the_finished_checkpoints_and_switching_back_reuses_them(digits_dir, tmp_path):
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    args = ("train_dp", "--data", str(digits_dir), "--out", "out")
+    first = run_cli(*args, "--params", str(_tiny_train_dp(tmp_path / "a.yaml", [64])), cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    folder = tmp_path / "out" / "checkpoints"
+    before = {p.name: p.read_bytes() for p in folder.glob("*.pt")}
+    assert len(before) == 3
+
+    other = run_cli(*args, "--params", str(_tiny_train_dp(tmp_path / "b.yaml", [32])), cwd=tmp_path, env=env)
+    assert other.returncode == 0, other.stderr
+    assert "3 checkpoint(s) of configurations not in the grid now moved to" in other.stdout
+    assert sorted(p.name for p in folder.glob("*.pt")) == sorted(n.replace("b64", "b32") for n in before)
+    assert len(list((folder / "kept").glob("*.pt"))) == 3  # nothing finished was deleted
+
+    back = run_cli(*args, "--params", str(tmp_path / "a.yaml"), cwd=tmp_path, env=env)
+    assert back.returncode == 0, back.stderr
+    assert back.stdout.count("1 epochs from checkpoint") == 3  # all reused, none retrained
+    assert {p.name: p.read_bytes() for p in folder.glob("*.pt")} == before
