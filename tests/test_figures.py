@@ -16,8 +16,8 @@ from dpstudy.adaptive import run_figures, schedule_summary, summary_files, targe
 from dpstudy.config import AugmentConfig, RecipeConfig
 from dpstudy.engine import Result, RunSpec
 from dpstudy.errors import UserError
-from dpstudy.figures import (FIGURES, INPUTS, Stat, draw, load_inputs, make_figures, mean_std, per_device,
-                             summarize)
+from dpstudy.figures import (FIGURES, INPUTS, Stat, draw, load_inputs, make_figures, mean_std, over_seeds,
+                             per_device, summarize)
 from dpstudy.fsutil import write_csv_atomic, write_files_atomic
 from dpstudy.stages import profile_dataloader, train_ddp, train_dp
 from dpstudy.sweep import results_files, tables
@@ -350,3 +350,16 @@ def test_adaptive_figure_marks_target_and_misses(results):
 def statistics_mean(values) -> float:
     values = list(values)
     return sum(values) / len(values)
+
+
+def test_footnotes_count_the_seeds_they_average(results):
+    """"mean over seeds" must be true: each footnote says how many seeds its lines average."""
+    tables = load_inputs(results)
+    for name in ("A1_A2_data_wait_utilization.png", "A4_lr_scaling.png", "B1_B3_B4_epoch_time.png",
+                 "B2_device_balance.png", "B5_ddp_accuracy.png", "C1_C3_adaptive_classification.png"):
+        note = draw(name, tables)._supxlabel.get_text()
+        assert "mean over 2 seeds (0, 1), ± one std" in note, (name, note)
+    assert "optimizer steps per run: 252 at batch 16, 64 at batch 64, 16 at batch 256" in \
+        draw("A4_lr_scaling.png", tables)._supxlabel.get_text()
+    assert "one measurement per point: no error bars" in draw("A3_workers.png", tables)._supxlabel.get_text()
+    assert over_seeds([{"seed": "3"}, {"seed": "3"}]) == "one seed (3): no error bars"

@@ -113,13 +113,14 @@ def check_report(repo: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     from dpstudy.figures import FIGURES
-    from dpstudy.report import CLAIMS, NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED
+    from dpstudy.report import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED
 
     report = (repo / "results" / "REPORT.md").read_text()
     table = {cells[0].strip("| "): cells[2].strip("* ") for cells in
              (line.split(" | ") for line in report.splitlines() if line.startswith("| ") and " | **" in line)}
     assert set(table) == set(CLAIMS) and len(CLAIMS) == 13
-    assert set(table.values()) <= {SUPPORTED, NOT_SUPPORTED, NOT_TESTABLE}
+    assert set(table.values()) <= {SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_TESTABLE}
+    assert report.count("- Seeds:") == len(CLAIMS)  # every claim states what it rests on
     # on a CPU-only machine: GPU utilization and DataParallel over several GPUs cannot be tested
     assert {c for c, v in table.items() if v == NOT_TESTABLE} == {"A1", "B1", "B2", "B3", "B4"}
     assert report.count("- Not testable because:") == 5
@@ -153,7 +154,9 @@ def check_training_results(repo: Path) -> None:
         assert rows and all(r["outcome"] == "finished" for r in rows)
         assert {f"{r['name']}.pt" for r in rows} == {p.name for p in (out / "checkpoints").glob("*.pt")}
         metrics = json.loads((out / "metrics.json").read_text())
-        assert sum(len(grid) for grid in metrics.values()) == len(rows)  # one seed: a key per row
+        seeds = {r["seed"] for r in rows}
+        assert len(seeds) >= 3  # the claims that compare these configurations rest on 3 seeds
+        assert sum(len(grid) for grid in metrics.values()) * len(seeds) == len(rows)  # means over seeds
         expected[stage] = rows
     assert set(json.loads((repo / "results" / "train_dp" / "metrics.json").read_text())["vgg"]
                ["single-standard0w-b32-linear"]) == {"epoch_time_s"}

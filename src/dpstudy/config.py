@@ -88,6 +88,7 @@ class ProfileConfig:
     pin_memory: bool
     warmup_batches: int = field(metadata=_range(ge=0))
     measure_batches: int = field(metadata=_range(ge=1))
+    repeats: int = field(metadata=_range(ge=1))
     augment: AugmentConfig
     probe: ProbeConfig
 
@@ -245,9 +246,11 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class ReportRules:
-    """Thresholds the claims report decides each verdict by (see params.yaml's plot section)."""
+    """Thresholds the claims report decides each verdict by, and the confidence of the interval over
+    seeds each threshold is set against (see params.yaml's plot section)."""
 
-    a1_min_drop_pts: float = field(metadata=_range(ge=0))
+    confidence: float = field(metadata=_range(gt=0, lt=1))
+    a1_min_relative_drop: float = field(metadata=_range(ge=0, lt=1))
     a2_min_wait_fraction: float = field(metadata=_range(ge=0, le=1))
     a2_resident_factor: float = field(metadata=_range(ge=1))
     a3_min_gain: float = field(metadata=_range(ge=0))

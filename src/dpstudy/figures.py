@@ -4,7 +4,8 @@
 before anything is drawn: a missing file or column is a one-line `UserError` naming the stage
 that writes it), then writes one PNG per entry of `FIGURES`, each atomically. Lines are means
 over seeds; error bars and shaded bands are ± one sample standard deviation and appear only where
-there are at least two finite values (one seed, or a nan on a CPU-only run, draws none).
+there are at least two finite values (one seed, or a nan on a CPU-only run, draws none). Each
+footnote says how many seeds the lines average (`over_seeds`).
 
 Matplotlib is used through `Figure` objects (the Agg canvas, no pyplot state), so drawing is
 headless, thread-safe and byte-for-byte reproducible.
@@ -32,7 +33,8 @@ ADAPTIVE = "train_adaptive"
 ADAPTIVE_TASKS = ("classification", "restoration")  # its result folders
 
 _RUN = ("name", "sweep", "model", "dataset", "mode", "world", "devices", "loader", "batch", "global_batch",
-        "lr_rule", "seed", "epoch_time_s", "data_wait_fraction", "device_mem_mib", "utilization_pct")
+        "lr_rule", "seed", "epochs", "steps", "train_loss", "epoch_time_s", "data_wait_fraction", "device_mem_mib",
+        "utilization_pct")
 _EPOCH = ("series", "epoch", "cum_steps", "cum_time_s", "global_batch", "lr", "train_loss")
 # Every input: relative path -> (the stage that writes it, the columns the figures read).
 INPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -45,7 +47,8 @@ INPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "train_ddp/runs.csv": ("train_ddp", _RUN + ("test_accuracy",)),
     "train_ddp/epochs.csv": ("train_ddp", _EPOCH + ("test_accuracy",)),
     **{f"{ADAPTIVE}/{task}/{kind}.csv": (ADAPTIVE, columns) for task in ADAPTIVE_TASKS
-       for kind, columns in (("runs", ("name", "schedule", "seed", "target")), ("epochs", _EPOCH))},
+       for kind, columns in (("runs", ("name", "schedule", "seed", "target", "steps", "allreduces",
+                                       "run_images_per_s")), ("epochs", _EPOCH))},
     f"{ADAPTIVE}/summary.csv": (ADAPTIVE, ("task", "schedule", "metric", "time_to_target_s", "time_to_target_s_std",
                                            "speedup", "run_images_per_s", "run_images_per_s_std", "allreduces")),
 }
@@ -135,6 +138,17 @@ def summarize(rows: Rows, key: Callable[[dict], Hashable], value: Callable[[dict
 
 def col(name: str) -> Callable[[dict], float]:
     return lambda row: num(row[name])
+
+
+def over_seeds(rows: Rows) -> str:
+    """What a figure's lines are, for its footnote: ``mean over 3 seeds, ± one std`` (or, with one
+    seed, ``one seed (0): no error bars``), counting the seeds the rows hold."""
+    seeds = sorted({str(r["seed"]) for r in rows if str(r.get("seed", "")) != ""}, key=lambda s: (num(s), s))
+    if not seeds:
+        return "no runs"
+    if len(seeds) == 1:
+        return f"one seed ({seeds[0]}): no error bars"
+    return f"mean over {len(seeds)} seeds ({', '.join(seeds)}), ± one std"
 
 
 def with_runs(epochs: Rows, runs: Rows) -> list[tuple[dict, dict]]:
@@ -287,8 +301,8 @@ def _a1_a2(t: Tables) -> Figure:
     if not runs and not probes:
         _empty(wait, "train_dp lenet_utilization runs")
     _legend(util, loc="best")
-    _footnote(fig, "train_dp runs: mean over seeds (± std where there are several), ×N: devices DataParallel "
-                   "used; dotted: profile_dataloader's short training probes")
+    _footnote(fig, f"train_dp runs: {over_seeds(runs)}; ×N: devices DataParallel used; dotted: "
+                   f"profile_dataloader's short training probes (one run per batch size and loader)")
     return fig
 
 
@@ -325,8 +339,12 @@ def _a3(t: Tables) -> Figure:
     rel.set(ylabel="images/s relative to num_workers=0 (×)", title="standard loader: gain from workers")
     _legend(ax, loc="center left", bbox_to_anchor=(1.01, 0.5))
     _legend(rel)
+    cells = groups(workers, lambda r: (r["series"], r["num_workers"]))
+    repeats = max(map(len, cells.values()), default=0)
     _footnote(fig, "standard DataLoader: per-image PIL transforms in worker processes; resident tensors: the "
-                   "dataset in device memory, augmented per batch on the device")
+                   "dataset in device memory, augmented per batch on the device",
+              "one measurement per point: no error bars" if repeats == 1 else
+              f"mean over {repeats} repeated measurements per point, ± one std" if repeats else "")
     return fig
 
 
@@ -364,8 +382,11 @@ def _a4(t: Tables) -> Figure:
     _legend(acc)
     if not runs:
         _empty(acc, "train_dp lenet_lr_scaling runs")
+    steps = summarize(runs, col("global_batch"), col("steps"))
     _footnote(fig, "same epochs for every batch size; lr rules scale the base rate to the batch "
-                   "(none | linear | sqrt, with warmup); mean over seeds, band/bars ± std")
+                   f"(none | linear | sqrt, with warmup); {over_seeds(runs)} (band/bars)",
+              "optimizer steps per run: " + ", ".join(f"{s.mean:,.0f} at batch {b:g}" for b, s in steps.items()
+                                                      if math.isfinite(s.mean)) if steps else "")
     return fig
 
 
@@ -416,7 +437,7 @@ def _b1_b4(t: Tables) -> Figure:
         _empty(time_ax, "vgg runs of train_dp or train_ddp")
     one_device_dp = any(r["mode"] == "dp" for r in dp) and all(num(r["devices"]) <= 1 for r in dp if r["mode"] == "dp")
     _footnote(fig, "DataParallel splits one global batch over the GPUs; DDP keeps the per-process batch (the "
-                   "global batch grows with the processes); mean over seeds (DDP: and lr rules), ± std",
+                   f"global batch grows with the processes); {over_seeds(dp + ddp)} (DDP: and over lr rules)",
               "DataParallel saw fewer than 2 GPUs here: it ran on 1 device, beside the single-device run"
               if one_device_dp else "")
     return fig
@@ -463,7 +484,7 @@ def _b2(t: Tables) -> Figure:
     if configs:
         fig.legend(loc="outside right center", fontsize=9)
     _footnote(fig, MEMORY_NOTE, "the r× over device 0: device 0 / mean of the other devices; DDP at its largest world "
-                                "size; bars: mean over seeds (DDP: and lr rules), ± std")
+                                f"size; bars: {over_seeds(dp + ddp)} (DDP: and over lr rules)")
     return fig
 
 
@@ -493,7 +514,7 @@ def _b5(t: Tables) -> Figure:
     if not runs:
         _empty(final, "train_ddp vgg runs")
     _footnote(fig, "per-process batch fixed, so the global batch grows with the world size; lr rule none keeps "
-                   "the base rate, linear scales it with the global batch; mean over seeds, ± std")
+                   f"the base rate, linear scales it with the global batch; {over_seeds(runs)}")
     return fig
 
 
@@ -552,8 +573,8 @@ def _adaptive(t: Tables, task: str, title: str) -> Figure:
         fig.legend(handles, labels, loc="outside right upper", fontsize=9.5)
     else:
         _empty(by_steps, f"{task} runs")
-    _footnote(fig, "mean over seeds, band/bars ± std; batch and lr: one line per seed (line style); target: fixed "
-                   "small's final figure (mean over seeds) minus the tolerance; a growing batch takes fewer, "
+    _footnote(fig, f"{over_seeds(runs)} (band/bars); batch and lr: one line per seed (line style); target: "
+                   "fixed small's final figure (mean over seeds) minus the tolerance; a growing batch takes fewer, "
                    "larger steps")
     return fig
 

@@ -1,11 +1,24 @@
 """The claims report: each claim of the three studies, the evidence this run measured, a verdict.
 
 `judge(tables, evaluations, rules)` applies one stated rule per claim (thresholds in params.yaml's
-``plot.rules``) to the result tables and returns a `Verdict` per claim: supported, not supported,
-or not testable here (with why: no GPU, one GPU, one process). `render(...)` writes REPORT.md: the
-verdict table, the evidence per claim with its figure, then what the run was (preset, hardware,
-versions, commit, dataset checksums) and every assumption params.yaml marks. Accuracy and PSNR come
-from the evaluate stage (checkpoints scored again on the test split); times from the training
+``plot.rules``) to the result tables and returns a `Verdict` per claim. Every rule works the same
+way (`decide`): the claim's effect is computed once per seed, pairing configurations that share a
+seed (e.g. the large batch's accuracy minus the small batch's, seed by seed), and a t-interval over
+the seeds (``rules.confidence``, 95%) is set against the rule's threshold:
+
+- **supported**: the whole interval lies on the claim's side of the threshold;
+- **not supported**: the whole interval lies on the other side;
+- **inconclusive**: the interval touches or straddles the threshold, or one seed gave no interval;
+- **not testable here**: the run lacks what the claim needs (no GPU, one GPU, one process).
+
+Thresholds are relative (ratios of times, throughputs and utilizations; shares of a step; or
+differences of test accuracy and PSNR, which do not depend on the hardware), so a rule means the
+same on a laptop CPU and on an H100. Effects are averaged as they are, ratios too.
+
+`render(...)` writes REPORT.md: when the pipeline ran and its MLflow runs, the verdict table, the
+evidence per claim with its effect, seeds and figure, then what the run was (preset, hardware,
+versions, commit, dataset checksums) and every assumption params.yaml marks. Accuracy and PSNR
+come from the evaluate stage (checkpoints scored again on the test split); times from the training
 stages' own tables.
 """
 
@@ -14,15 +27,17 @@ from __future__ import annotations
 import math
 import platform
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from importlib import metadata
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 from .config import ReportRules
 from .devices import cpu_count
-from .figures import FIGURES, Rows, Tables, device_mean, groups, mean_std, num, per_device, summarize
+from .figures import FIGURES, Rows, Stat, Tables, device_mean, groups, mean_std, num, per_device, summarize
 
-SUPPORTED, NOT_SUPPORTED, NOT_TESTABLE = "supported", "not supported", "not testable here"
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_TESTABLE = "supported", "not supported", "inconclusive", "not testable here"
+VERDICTS = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_TESTABLE)
 
 CLAIMS = {
     "A1": "GPU utilization falls as batch size grows, with and without nn.DataParallel.",
@@ -50,9 +65,11 @@ STUDY_TITLES = {"A": "Cao & Shen 2023: LeNet, GPU utilization, data loading, lar
 class Verdict:
     claim: str
     verdict: str
-    evidence: str  # the numbers, one or two sentences
+    evidence: str  # the numbers measured, per configuration
     rule: str      # how the verdict follows from them
-    why: str = ""  # for not testable: what the run lacks
+    why: str = ""  # not testable: what the run lacks; inconclusive: which interval reaches its threshold
+    effect: str = ""  # the effect(s) judged: mean ± std over seeds, the interval, each part's verdict
+    seeds: str = ""   # how many seeds (or repeated measurements) the verdict rests on
 
     @property
     def figure(self) -> str:
@@ -60,24 +77,147 @@ class Verdict:
 
 
 # --------------------------------------------------------------------------------------------
+# The verdict of one effect: per-seed values, a threshold, the claim's side
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An effect measured once per seed, its t-interval, and what it says about a threshold."""
+
+    verdict: str      # supported | not supported | inconclusive
+    mean: float
+    std: float        # sample standard deviation over seeds (nan with fewer than two)
+    n: int            # finite per-seed values
+    low: float        # the interval (nan with fewer than two values)
+    high: float
+    threshold: float
+    above: bool       # the claim's side of the threshold: above it (True) or below it
+    confidence: float = 0.95
+    per: str = "seed"  # what one value is: a seed, or a repeated measurement
+
+    def text(self, fmt: Callable[[float], str]) -> str:
+        """``+0.012 ± 0.004 over 3 seeds, 95% interval +0.002 to +0.022``."""
+        if self.n == 0:
+            return "no finite measurement"
+        if self.n == 1:
+            return f"{fmt(self.mean)} from one {self.per} (no interval)"
+        return (f"{fmt(self.mean)} ± {fmt(self.std).lstrip('+')} over {self.n} {self.per}s, "
+                f"{self.confidence:.0%} interval {fmt(self.low)} to {fmt(self.high)}")
+
+    def reason(self, fmt: Callable[[float], str]) -> str:
+        """Why the decision is inconclusive (empty when it is not)."""
+        if self.verdict != INCONCLUSIVE:
+            return ""
+        if self.n == 0:
+            return "no finite measurement"
+        if self.n == 1:
+            return f"one {self.per}: no interval"
+        return (f"the {self.confidence:.0%} interval {fmt(self.low)} to {fmt(self.high)} reaches the "
+                f"threshold {fmt(self.threshold)}")
+
+
+def decide(values: Iterable[float], threshold: float, *, above: bool, confidence: float = 0.95,
+           per: str = "seed") -> Decision:
+    """The verdict of one effect given once per seed (nan values are not measurements).
+
+    A two-sided t-interval of the mean at ``confidence``: entirely on the claim's side of the
+    threshold (above it when ``above``, else below) is supported, entirely on the other side not
+    supported; touching or straddling it, or fewer than two values (no interval), inconclusive."""
+    stat = mean_std(values)
+    if stat.n < 2:
+        return Decision(INCONCLUSIVE, stat.mean, stat.std, stat.n, math.nan, math.nan, threshold, above,
+                        confidence, per)
+    from scipy import stats  # scipy comes with scikit-learn; imported here, where it is needed
+
+    half = float(stats.t.ppf((1 + confidence) / 2, stat.n - 1)) * stat.std / math.sqrt(stat.n)
+    low, high = stat.mean - half, stat.mean + half
+    claim_side = low > threshold if above else high < threshold
+    other_side = high < threshold if above else low > threshold
+    verdict = SUPPORTED if claim_side else NOT_SUPPORTED if other_side else INCONCLUSIVE
+    return Decision(verdict, stat.mean, stat.std, stat.n, low, high, threshold, above, confidence, per)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One judged effect of a claim (a claim can need several: one per mode, per batch size)."""
+
+    label: str
+    decision: Decision
+    fmt: Callable[[float], str]
+    note: str = ""  # what overrode the interval (e.g. a diverged seed)
+
+    def text(self) -> str:
+        d = self.decision
+        side = "above" if d.above else "below"
+        return (f"{self.label}: {d.text(self.fmt)} (claim side: {side} {self.fmt(d.threshold)}; "
+                f"{self.note + ': ' if self.note else ''}{d.verdict})")
+
+
+def combine(parts: Sequence[Part], every: bool = True) -> tuple[str, str]:
+    """(verdict, why) of a claim that needs ``every`` part to hold (else: some part).
+
+    every: one part not supported decides against, all supported for; any: one supported decides
+    for, all not supported against. Anything else is inconclusive, with the undecided parts' reasons."""
+    verdicts = [p.decision.verdict for p in parts]
+    if not parts:
+        return INCONCLUSIVE, "nothing to judge"
+    decisive, other = (NOT_SUPPORTED, SUPPORTED) if every else (SUPPORTED, NOT_SUPPORTED)
+    if decisive in verdicts:
+        return decisive, ""
+    if all(v == other for v in verdicts):
+        return other, ""
+    return INCONCLUSIVE, "; ".join(f"{p.label}: {p.decision.reason(p.fmt)}" for p in parts
+                                   if p.decision.verdict == INCONCLUSIVE)
+
+
+def _from_parts(claim: str, parts: Sequence[Part], evidence: str, rule: str, seeds: str,
+                every: bool = True) -> Verdict:
+    verdict, why = combine(parts, every)
+    return Verdict(claim, verdict, evidence, rule, why, "; ".join(p.text() for p in parts), seeds)
+
+
+# --------------------------------------------------------------------------------------------
 # Reading the tables
-
-
-def _mean(values: Iterable[float]) -> float:
-    return mean_std(values).mean  # of the finite values: nan ones are not measurements
-
-
-def _by(rows: Rows, key, value) -> dict:
-    """Mean of ``value(row)`` per ``key(row)`` (over seeds and repeats), keys sorted."""
-    return {k: stat.mean for k, stat in summarize(rows, key, value).items()}
 
 
 def _pct(x: float) -> str:
     return f"{x:.0%}" if math.isfinite(x) else "n/a"
 
 
+def _util_pct(x: float) -> str:
+    """A utilization in percent (0-100): ``2.5%``."""
+    return f"{x:.1f}%" if math.isfinite(x) else "n/a"
+
+
+def _pct1(x: float) -> str:
+    return f"{x:.1%}" if math.isfinite(x) else "n/a"
+
+
 def _acc(x: float) -> str:
     return f"{x:.3f}" if math.isfinite(x) else "n/a"
+
+
+def _signed(x: float) -> str:
+    """An accuracy difference: ``+0.012``."""
+    return f"{x:+.3f}" if math.isfinite(x) else "n/a"
+
+
+def _db(x: float) -> str:
+    return f"{x:.2f} dB" if math.isfinite(x) else "n/a"
+
+
+def _signed_db(x: float) -> str:
+    return f"{x:+.2f} dB" if math.isfinite(x) else "n/a"
+
+
+def _x(x: float) -> str:
+    """A ratio: ``1.52x``."""
+    return f"{x:.2f}x" if math.isfinite(x) else "n/a"
+
+
+def _ms(stat: Stat, fmt: Callable[[float], str]) -> str:
+    """``0.975 ± 0.004`` (the std only where there are two or more values)."""
+    return fmt(stat.mean) + (f" ± {fmt(stat.std).lstrip('+')}" if math.isfinite(stat.std) else "")
 
 
 def _runs(tables: Tables, stage: str, sweep: str) -> Rows:
@@ -86,6 +226,43 @@ def _runs(tables: Tables, stage: str, sweep: str) -> Rows:
 
 def _evals(evaluations: Rows, stage: str, sweep: str) -> Rows:
     return [r for r in evaluations if r["stage"] == stage and r["sweep"] == sweep]
+
+
+def _per_seed(rows: Rows, value: Callable[[dict], float]) -> dict[str, float]:
+    """``value(row)`` per seed, the mean where a seed has several rows (e.g. lr rules, modes)."""
+    return {seed: mean_std(value(r) for r in group).mean for seed, group in groups(rows, _seed).items()}
+
+
+def _paired(a: dict[str, float], b: dict[str, float], f: Callable[[float, float], float]) -> list[float]:
+    """``f(a[s], b[s])`` for every seed s both have: the per-seed effect of a paired comparison."""
+    return [f(a[s], b[s]) for s in sorted(a.keys() & b.keys(), key=_seed_order)]
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else math.nan
+
+
+def _seed(row: dict) -> str:
+    return str(row.get("seed", ""))
+
+
+def _seed_order(seed: str):
+    value = num(seed)
+    return (0, value, "") if math.isfinite(value) else (1, 0.0, seed)
+
+
+def _seeds(rows: Rows) -> str:
+    """``3 seeds (0, 1, 2) per configuration``: the seeds behind a claim's verdict."""
+    seeds = sorted({_seed(r) for r in rows if _seed(r)}, key=_seed_order)
+    if not seeds:
+        return "none"
+    return f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(seeds)}) per configuration"
+
+
+def _test_images(rows: Rows) -> str:
+    """`` (test set: 359 images)``: the size of the test split behind an accuracy or PSNR."""
+    sizes = sorted({int(num(r["test_images"])) for r in rows if math.isfinite(num(r.get("test_images", "")))})
+    return f" (test set: {'/'.join(map(str, sizes))} images)" if sizes else ""
 
 
 def _gpu_sampled(tables: Tables) -> bool:
@@ -98,226 +275,412 @@ def _dp_devices(tables: Tables) -> int:
     return max((int(num(r["devices"])) for r in _runs(tables, "train_dp", "vgg") if r["mode"] == "dp"), default=0)
 
 
+def _batch_of(row: dict) -> int:
+    return int(num(row["global_batch"]))
+
+
+def _util(row: dict) -> float:
+    return device_mean(row["utilization_pct"])
+
+
+def _wait(row: dict) -> float:
+    return num(row["data_wait_fraction"])
+
+
+def _interval(rules: ReportRules) -> str:
+    return f"{rules.confidence:.0%} interval over seeds"
+
+
 # --------------------------------------------------------------------------------------------
 # One rule per claim
 
 
 def judge(tables: Tables, evaluations: Rows, rules: ReportRules) -> list[Verdict]:
     gpu, dp_n = _gpu_sampled(tables), _dp_devices(tables)
-    out = [_a1(tables, rules, gpu), _a2(tables, rules, gpu), _a3(tables, rules), _a4(evaluations, rules)]
+    out = [_a1(tables, rules, gpu), _a2(tables, rules, gpu), _a3(tables, rules), _a4(tables, evaluations, rules)]
     out += _b(tables, evaluations, rules, dp_n)
     out += _c(tables, evaluations, rules)
     return out
 
 
+def _series_text(rows: Rows, value: Callable[[dict], float], fmt: Callable[[float], str]) -> str:
+    """``80% ± 2% at batch 16, 60% at batch 256``: mean (± std over seeds) per global batch."""
+    return ", ".join(f"{_ms(s, fmt)} at batch {b}" for b, s in summarize(rows, _batch_of, value).items())
+
+
 def _a1(tables: Tables, rules: ReportRules, gpu: bool) -> Verdict:
     rows = [r for r in _runs(tables, "train_dp", "lenet_utilization") if r["loader"] == "standard"]
-    rule = (f"supported if, with the standard DataLoader, utilization at the largest batch is at least "
-            f"{rules.a1_min_drop_pts:g} points below the smallest batch's, in every mode (single, DP)")
-    by_mode = {mode: _by(group, lambda r: int(num(r["global_batch"])), lambda r: device_mean(r["utilization_pct"]))
-               for mode, group in groups(rows, lambda r: r["mode"]).items()}
-    evidence = "; ".join(f"{mode}: " + ", ".join(f"{u:.0f}% at batch {b}" for b, u in util.items())
-                         for mode, util in by_mode.items())
+    rule = (f"with the standard DataLoader, the relative fall of utilization from the smallest to the largest "
+            f"batch (1 - largest/smallest, per seed) is computed in every mode (single, DP); supported if its "
+            f"{_interval(rules)} lies entirely above {rules.a1_min_relative_drop:.0%} in every mode, not supported "
+            f"if entirely below it in some mode. A ratio of utilizations means the same on any GPU")
+    by_mode = groups(rows, lambda r: r["mode"])
+    evidence = "; ".join(f"{mode}: {_series_text(group, _util, _util_pct)}" for mode, group in by_mode.items())
     if not gpu:
-        return Verdict("A1", NOT_TESTABLE, f"CPU utilization as a proxy: {evidence}", rule,
-                       "no GPU: the claim is about a GPU's utilization, and here the CPU both loads and computes")
-    drops = {mode: list(util.values())[0] - list(util.values())[-1] for mode, util in by_mode.items() if len(util) > 1}
-    ok = bool(drops) and all(d >= rules.a1_min_drop_pts for d in drops.values())
-    note = "; ".join(f"{mode} drop {d:.1f} points" for mode, d in drops.items())
-    return Verdict("A1", SUPPORTED if ok else NOT_SUPPORTED, f"GPU utilization (NVML): {evidence} ({note})", rule)
+        return Verdict("A1", NOT_TESTABLE, f"system CPU utilization, shown for context only: {evidence}", rule,
+                       "no GPU: the claim is about an accelerator's utilization, and here the CPU both loads and "
+                       "computes, so its utilization cannot show a device idling while it waits for data. What a "
+                       "CPU run can show is A2's data-wait share, timed the same way on any device",
+                       seeds=_seeds(rows))
+    parts = []
+    for mode, group in by_mode.items():
+        batches = sorted({_batch_of(r) for r in group})
+        if len(batches) < 2:
+            continue
+        small, big = (_per_seed([r for r in group if _batch_of(r) == b], _util) for b in (batches[0], batches[-1]))
+        drops = _paired(small, big, lambda s, l: 1 - l / s if s > 0 else math.nan)
+        parts.append(Part(f"{mode}, relative fall from batch {batches[0]} to {batches[-1]}",
+                          decide(drops, rules.a1_min_relative_drop, above=True, confidence=rules.confidence), _pct1))
+    if not parts:
+        return Verdict("A1", NOT_TESTABLE, evidence or "no runs", rule, "lenet_utilization needs two batch sizes",
+                       seeds=_seeds(rows))
+    return _from_parts("A1", parts, f"GPU utilization (NVML): {evidence}", rule, _seeds(rows))
 
 
 def _a2(tables: Tables, rules: ReportRules, gpu: bool) -> Verdict:
     rows = _runs(tables, "train_dp", "lenet_utilization")
-    wait = {loader: _by(group, lambda r: int(num(r["global_batch"])), lambda r: num(r["data_wait_fraction"]))
-            for loader, group in groups(rows, lambda r: r["loader"]).items()}
-    rule = (f"supported if the standard loader waits for data for at least {rules.a2_min_wait_fraction:.0%} of "
-            f"each step at the largest batch, and the resident loader (data already on the device, augmented "
-            f"there) waits at least {rules.a2_resident_factor:g}x less")
-    std, res = wait.get("standard", {}), wait.get("resident", {})
-    if not std or not res:
+    factor = 1 / rules.a2_resident_factor
+    rule = (f"at the largest batch, in every mode: the standard loader's data-wait share of each step (time blocked "
+            f"on the next batch / step time), per seed, has its {_interval(rules)} entirely above "
+            f"{rules.a2_min_wait_fraction:.0%}; and the resident loader (data already on the device, augmented there) "
+            f"waits at most 1/{rules.a2_resident_factor:g} as long: the ratio resident/standard, paired by seed, has "
+            f"its interval entirely below {factor:.2f}. Supported if both hold in every mode; not supported if either "
+            f"interval lies entirely on the wrong side in some mode. Shares and ratios of time mean the same on any "
+            f"hardware")
+    by_mode_loader = groups(rows, lambda r: (r["mode"], r["loader"]))
+    evidence = ("data-wait share of a step: "
+                + "; ".join(f"{mode}, {loader} loader: {_series_text(group, _wait, _pct)}"
+                            for (mode, loader), group in by_mode_loader.items()))
+    if not gpu:
+        evidence += (". No GPU: here the CPU computes and the loop waits for the loader as a GPU's would; the share "
+                     "is timed the same way as on a GPU, so A2 is tested on this run while A1 (device utilization) "
+                     "is not")
+    parts = []
+    for mode in dict.fromkeys(m for m, _ in by_mode_loader):
+        std, res = by_mode_loader.get((mode, "standard"), []), by_mode_loader.get((mode, "resident"), [])
+        if not std or not res:
+            continue
+        big = max(_batch_of(r) for r in std)
+        standard = _per_seed([row for row in std if _batch_of(row) == big], _wait)
+        resident = _per_seed([row for row in res if _batch_of(row) == big], _wait)
+        parts += [Part(f"{mode}, standard loader's wait share at batch {big}",
+                       decide(standard.values(), rules.a2_min_wait_fraction, above=True, confidence=rules.confidence),
+                       _pct),
+                  Part(f"{mode}, resident/standard wait at batch {big}",
+                       decide(_paired(resident, standard, _ratio), factor, above=False, confidence=rules.confidence),
+                       _x)]
+    if not parts:
         return Verdict("A2", NOT_TESTABLE, "train_dp ran without both loaders", rule,
-                       "lenet_utilization.loaders must hold standard and resident")
-    big = max(std)
-    s, r = std[big], res.get(big, math.nan)
-    ok = s >= rules.a2_min_wait_fraction and r * rules.a2_resident_factor <= s
-    evidence = ("data-wait share of a step, standard loader: "
-                + ", ".join(f"{_pct(v)} at batch {b}" for b, v in std.items())
-                + "; resident loader: " + ", ".join(f"{_pct(v)} at batch {b}" for b, v in res.items())
-                + ("" if gpu else " (no GPU: the CPU computes, and the loop waits for the loader as a GPU would)"))
-    return Verdict("A2", SUPPORTED if ok else NOT_SUPPORTED, evidence, rule)
+                       "lenet_utilization.loaders must hold standard and resident", seeds=_seeds(rows))
+    return _from_parts("A2", parts, evidence, rule, _seeds(rows))
 
 
 def _a3(tables: Tables, rules: ReportRules) -> Verdict:
     rows = tables["profile_dataloader/workers.csv"]
-    by_batch = groups(rows, lambda r: int(r["series"].split()[-1]))
-    rule = (f"supported if, at the largest batch, some num_workers > 0 delivers at least "
-            f"{1 + rules.a3_min_gain:.2f}x the images/s of num_workers = 0 (the loader is what starves the device)")
+    by_batch = dict(sorted(groups(rows, lambda r: int(r["series"].split()[-1])).items()))
+    need = 1 + rules.a3_min_gain
+    rule = (f"judged at the largest batch, where loading starves the device most (the smaller batches are quoted): "
+            f"the worker count with the most images/s is set against num_workers = 0, measurement by measurement; "
+            f"supported if the {rules.confidence:.0%} interval of that ratio over repeated measurements lies entirely "
+            f"above {need:.2f}x (at least {need:.2f}x the images/s of num_workers = 0), not supported if entirely "
+            f"below. A ratio of throughputs means the same on any machine")
     if not by_batch:
         return Verdict("A3", NOT_TESTABLE, "profile_dataloader measured no worker grid", rule, "no data")
-    big = max(by_batch)
-    ips = _by(by_batch[big], lambda r: int(num(r["num_workers"])), lambda r: num(r["images_per_s"]))
-    base = ips.get(0, math.nan)
-    best_w = max((w for w in ips if w > 0), key=lambda w: ips[w], default=None)
-    gain = ips[best_w] / base if best_w is not None and base > 0 else math.nan
-    cores = cpu_count()
-    evidence = (f"batch {big}: " + ", ".join(f"{v:,.0f} images/s with {w} worker(s)" for w, v in ips.items())
-                + (f" (best: {best_w} workers, {gain:.2f}x); {cores} CPU cores on this machine" if best_w else ""))
-    if best_w is None:
-        return Verdict("A3", NOT_TESTABLE, evidence, rule, "the grid has no num_workers > 0")
-    return Verdict("A3", SUPPORTED if gain >= 1 + rules.a3_min_gain else NOT_SUPPORTED, evidence, rule)
+    cells = {b: {w: _repeats(group) for w, group in sorted(groups(batch_rows, _workers).items())}
+             for b, batch_rows in by_batch.items()}
+    evidence = []
+    for b, by_workers in cells.items():
+        base = mean_std(by_workers.get(0, {}).values()).mean
+        evidence.append(f"batch {b}: " + ", ".join(
+            f"{w} worker{'s' if w != 1 else ''} {mean_std(v.values()).mean:,.0f} images/s"
+            + (f" ({mean_std(v.values()).mean / base:.2f}x)" if w and base > 0 else "") for w, v in by_workers.items()))
+    repeats = max(len(v) for by_workers in cells.values() for v in by_workers.values())
+    seeds = ("one measurement per (batch size, num_workers) cell: profile_dataloader does not repeat its grid, so "
+             "A3 has no interval" if repeats == 1 else
+             f"{repeats} repeated measurements per (batch size, num_workers) cell")
+    text = "; ".join(evidence) + f"; {cpu_count()} CPU cores on this machine"
+    big = max(cells)
+    base = cells[big].get(0)
+    workers = {w: v for w, v in cells[big].items() if w > 0}
+    if not base or not workers:
+        return Verdict("A3", NOT_TESTABLE, text, rule, "the grid needs num_workers = 0 and some num_workers > 0",
+                       seeds=seeds)
+    best = max(workers, key=lambda w: mean_std(workers[w].values()).mean)
+    gains = _paired(workers[best], base, _ratio)
+    part = Part(f"batch {big}, {best} workers vs 0", decide(gains, need, above=True, confidence=rules.confidence,
+                                                            per="measurement"), _x)
+    return _from_parts("A3", [part], text, rule, seeds)
 
 
-def _a4(evaluations: Rows, rules: ReportRules) -> Verdict:
-    acc = _by_rule(evaluations, "train_dp", "lenet_lr_scaling", _batch)
-    batches = sorted({b for b, _ in acc})
-    rule = (f"supported if every larger batch trained with the linear rule (and warmup) ends within "
-            f"{rules.a4_accuracy_tolerance:g} of the smallest batch's test accuracy")
-    if len(batches) < 2 or not any(lr == "linear" for _, lr in acc):
+def _workers(row: dict) -> int:
+    return int(num(row["num_workers"]))
+
+
+def _repeats(rows: Rows) -> dict[str, float]:
+    """images/s per repeated measurement of one cell (by its `repeat` column, else by order)."""
+    return {str(r.get("repeat", i)): num(r["images_per_s"]) for i, r in enumerate(rows)}
+
+
+def _a4(tables: Tables, evaluations: Rows, rules: ReportRules) -> Verdict:
+    evals = _evals(evaluations, "train_dp", "lenet_lr_scaling")
+    by = groups(evals, lambda r: (_batch(r["configuration"]), _rule(r["configuration"])))
+    batches = sorted({b for b, _ in by})
+    tol = rules.a4_accuracy_tolerance
+    rule = (f"per seed, the test accuracy of each larger batch trained with the linear rule (and warmup) minus the "
+            f"smallest batch's (same seed, linear rule; the rules coincide there); supported if for every larger "
+            f"batch the {_interval(rules)} of that difference lies entirely above -{tol:g} (within {tol:g} of the "
+            f"small batch, or better), not supported if entirely below it for some batch; a diverged seed counts "
+            f"against. A difference of test accuracy does not depend on the hardware")
+    if len(batches) < 2 or not any(lr == "linear" for _, lr in by):
         return Verdict("A4", NOT_TESTABLE, "the lr-scaling grid needs two batch sizes and the linear rule", rule,
-                       "lenet_lr_scaling grid too small")
-    small = _mean(v for (b, _), v in acc.items() if b == batches[0])
-    worst = min(acc.get((b, "linear"), math.nan) for b in batches[1:])
-    evidence = (f"test accuracy at batch {batches[0]}: {_acc(small)}; at larger batches: "
-                + "; ".join(f"batch {b}: {_rules_text(acc, b)}" for b in batches[1:]))
-    ok = math.isfinite(worst) and worst >= small - rules.a4_accuracy_tolerance
-    return Verdict("A4", SUPPORTED if ok else NOT_SUPPORTED, evidence, rule)
+                       "lenet_lr_scaling grid too small", seeds=_seeds(evals))
+    small = batches[0]
+    ref_rows = by.get((small, "linear")) or [r for (b, _), rows in by.items() if b == small for r in rows]
+    ref = _per_seed(ref_rows, lambda r: num(r["test_metric"]))
+    acc = {k: mean_std(num(r["test_metric"]) for r in rows) for k, rows in by.items()}
+    evidence = [f"test accuracy{_test_images(evals)}, mean ± std over seeds: "
+                + "; ".join(f"batch {b}: " + _rules_text(acc, b) for b in batches)]
+    runs = _runs(tables, "train_dp", "lenet_lr_scaling")
+    steps = summarize(runs, _batch_of, lambda r: num(r.get("steps", "")))
+    epochs = {int(num(r["epochs"])) for r in runs if math.isfinite(num(r.get("epochs", "")))}
+    if any(math.isfinite(s.mean) for s in steps.values()):
+        evidence.append("Optimizer steps per run" + (f" ({epochs.pop()} epochs for every batch)" if len(epochs) == 1
+                                                     else "") + ": "
+                        + ", ".join(f"{s.mean:,.0f} at batch {b}" for b, s in steps.items()))
+    loss = summarize([r for r in runs if r.get("lr_rule") == "linear"], _batch_of,
+                     lambda r: num(r.get("train_loss", "")))
+    if any(math.isfinite(s.mean) for s in loss.values()):
+        evidence.append("Final training loss, linear rule (the end of the figure's loss curves): "
+                        + ", ".join(f"{_ms(s, lambda v: f'{v:.3g}')} at batch {b}" for b, s in loss.items()))
+    parts = []
+    for b in batches[1:]:
+        rows = by.get((b, "linear"), [])
+        mine = _per_seed(rows, lambda r: num(r["test_metric"]))
+        failed = {_seed(r) for r in rows if r.get("outcome") == "diverged" or not math.isfinite(num(r["test_metric"]))}
+        diverged = sorted(failed, key=_seed_order)
+        d = decide(_paired(ref, mine, lambda s, l: l - s), -tol, above=True, confidence=rules.confidence)
+        note = ""
+        if diverged:
+            d, note = replace(d, verdict=NOT_SUPPORTED), f"seed {', '.join(diverged)} diverged"
+        parts.append(Part(f"batch {b} (linear) minus batch {small}", d, _signed, note))
+    return _from_parts("A4", parts, ". ".join(evidence), rule, _seeds(evals))
 
 
 def _b(tables: Tables, evaluations: Rows, rules: ReportRules, dp_n: int) -> list[Verdict]:
     vgg = _runs(tables, "train_dp", "vgg")
-    epoch = _by(vgg, lambda r: (r["mode"], int(num(r["global_batch"]))), lambda r: num(r["epoch_time_s"]))
-    speedup = {b: epoch[("single", b)] / epoch[("dp", b)] for (m, b) in epoch if m == "dp" and ("single", b) in epoch}
-    times = ", ".join(f"batch {b}: single {epoch[('single', b)]:.2f} s, DP {epoch[('dp', b)]:.2f} s ({s:.2f}x)"
-                      for b, s in speedup.items())
+    ddp = _runs(tables, "train_ddp", "vgg")
+    epoch = lambda r: num(r["epoch_time_s"])  # noqa: E731
+    cell = {k: _per_seed(rows, epoch) for k, rows in groups(vgg, lambda r: (r["mode"], _batch_of(r))).items()}
+    batches = sorted(b for m, b in cell if m == "dp" and ("single", b) in cell)
+    speedup = {b: _paired(cell[("single", b)], cell[("dp", b)], _ratio) for b in batches}  # single / DP, per seed
+    times = "; ".join(f"batch {b}: single {_ms(mean_std(cell[('single', b)].values()), _s)}, DP "
+                      f"{_ms(mean_std(cell[('dp', b)].values()), _s)} per epoch" for b in batches)
+    seeds = _seeds(vgg + ddp)
     need = f"needs at least 2 GPUs; DataParallel here spanned {dp_n} device(s)"
-    b1_rule = (f"supported if DataParallel over N >= 2 GPUs is on average less than {rules.b1_max_speedup:g}x "
-               f"faster per epoch than one GPU")
-    b3_rule = (f"supported if DataParallel's speed-up stays below {rules.b1_max_speedup:g}x at every batch size "
-               f"tried (no hyperparameter choice fixes it)")
-    b2_rule = f"supported if DataParallel's device 0 holds at least {rules.b2_min_imbalance:g}x the other devices' mean memory"
-    b4_rule = (f"supported if DDP's epoch time is at least {rules.b4_min_speedup:g}x shorter than DataParallel's "
-               f"on the same number of devices and global batch")
+    top = rules.b1_max_speedup
+    b1_rule = (f"the speed-up of DataParallel over N >= 2 GPUs against one GPU (epoch time single / DP, per seed, "
+               f"averaged over the batch sizes); supported if its {_interval(rules)} lies entirely below {top:g}x, "
+               f"not supported if entirely above. A ratio of times means the same on any GPU")
+    b3_rule = (f"the same speed-up at each batch size separately; supported if at every batch size its "
+               f"{_interval(rules)} lies entirely below {top:g}x (no batch size fixes it), not supported if at "
+               f"some batch size it lies entirely above")
+    b2_rule = (f"DataParallel's device 0 memory over the other devices' mean, per seed (averaged over batch sizes); "
+               f"supported if its {_interval(rules)} lies entirely above {rules.b2_min_imbalance:g}x, not supported "
+               f"if entirely below")
+    b4_rule = (f"at each global batch that DataParallel and DDP both ran on the same N >= 2 GPUs: DP epoch time / DDP "
+               f"epoch time, paired by seed; supported if every such {_interval(rules)} lies entirely above "
+               f"{rules.b4_min_speedup:g}x, not supported if one lies entirely below")
     if dp_n < 2:
-        verdicts = [Verdict("B1", NOT_TESTABLE, f"epoch time per batch size: {times}", b1_rule, need),
-                    Verdict("B2", NOT_TESTABLE, _b2_evidence(vgg), b2_rule, need),
-                    Verdict("B3", NOT_TESTABLE, f"epoch time per batch size: {times}", b3_rule, need),
-                    Verdict("B4", NOT_TESTABLE, _b4_context(tables), b4_rule, need)]
+        return [Verdict("B1", NOT_TESTABLE, f"epoch time per batch size: {times}", b1_rule, need, seeds=seeds),
+                Verdict("B2", NOT_TESTABLE, _b2_evidence(vgg), b2_rule, need, seeds=seeds),
+                Verdict("B3", NOT_TESTABLE, f"epoch time per batch size: {times}", b3_rule, need, seeds=seeds),
+                Verdict("B4", NOT_TESTABLE, _b4_context(ddp), b4_rule, need, seeds=seeds),
+                _b5(evaluations, rules)]
+    mean_speedup = [mean_std(v).mean for v in zip(*speedup.values())]  # per seed, over batch sizes
+    b1 = Part(f"DP over {dp_n} GPUs vs one, mean over batch sizes",
+              decide(mean_speedup, top, above=False, confidence=rules.confidence), _x)
+    b3 = [Part(f"batch {b}", decide(s, top, above=False, confidence=rules.confidence), _x) for b, s in speedup.items()]
+    imbalance = _per_seed([r for r in vgg if r["mode"] == "dp"], _imbalance)
+    b2 = Part("device 0 / others", decide(imbalance.values(), rules.b2_min_imbalance, above=True,
+                                          confidence=rules.confidence), _x)
+    ddp_cell = {k: _per_seed(rows, epoch)
+                for k, rows in groups(ddp, lambda r: (int(num(r["world"])), _batch_of(r))).items()}
+    b4 = [Part(f"global batch {b} on {w} GPUs, DP/DDP",
+               decide(_paired(cell[("dp", b)], t, _ratio), rules.b4_min_speedup, above=True,
+                      confidence=rules.confidence), _x)
+          for (w, b), t in sorted(ddp_cell.items()) if w == dp_n and ("dp", b) in cell]
+    b4_evidence = "; ".join(f"global batch {b}: DDP on {w} GPUs {_ms(mean_std(t.values()), _s)} vs DP "
+                            f"{_ms(mean_std(cell[('dp', b)].values()), _s)} per epoch"
+                            for (w, b), t in sorted(ddp_cell.items()) if w == dp_n and ("dp", b) in cell)
+    verdicts = [_from_parts("B1", [b1], f"DP over {dp_n} GPUs vs one: {times}", b1_rule, seeds),
+                _from_parts("B2", [b2], _b2_evidence(vgg), b2_rule, seeds),
+                _from_parts("B3", b3, f"DP speed-up per batch size: {times}", b3_rule, seeds)]
+    if b4:
+        verdicts.append(_from_parts("B4", b4, b4_evidence, b4_rule, seeds))
     else:
-        mean_s = _mean(speedup.values())
-        ratio = _imbalance(vgg)
-        ddp = _by(_runs(tables, "train_ddp", "vgg"), lambda r: (int(num(r["world"])), int(num(r["global_batch"]))),
-                  lambda r: num(r["epoch_time_s"]))
-        pairs = {(w, b): epoch[("dp", b)] / t for (w, b), t in ddp.items() if w == dp_n and ("dp", b) in epoch}
-        b4 = (SUPPORTED if pairs and min(pairs.values()) >= rules.b4_min_speedup else NOT_SUPPORTED) if pairs else NOT_TESTABLE
-        verdicts = [
-            Verdict("B1", SUPPORTED if mean_s < rules.b1_max_speedup else NOT_SUPPORTED,
-                    f"DP over {dp_n} GPUs vs one: {times}; mean {mean_s:.2f}x", b1_rule),
-            Verdict("B2", SUPPORTED if ratio >= rules.b2_min_imbalance else NOT_SUPPORTED, _b2_evidence(vgg), b2_rule),
-            Verdict("B3", SUPPORTED if max(speedup.values()) < rules.b1_max_speedup else NOT_SUPPORTED,
-                    f"DP speed-up per batch size: {times}", b3_rule),
-            Verdict("B4", b4, "; ".join(f"global batch {b}: DDP on {w} GPUs {epoch[('dp', b)] / s:.2f} s vs DP "
-                                         f"{epoch[('dp', b)]:.2f} s per epoch ({s:.2f}x)" for (w, b), s in pairs.items())
-                    or "no DDP configuration on as many GPUs as DP at the same global batch", b4_rule,
-                    "" if pairs else "train_ddp and train_dp share no (devices, global batch) pair")]
+        verdicts.append(Verdict("B4", NOT_TESTABLE, _b4_context(ddp), b4_rule,
+                                "train_ddp and train_dp share no (devices, global batch) pair", seeds=seeds))
     return verdicts + [_b5(evaluations, rules)]
 
 
-def _imbalance(rows: Rows) -> float:
-    ratios = []
-    for r in rows:
-        mem = per_device(r["device_mem_mib"])
-        if r["mode"] == "dp" and len(mem) > 1:
-            ratios.append(mem[0] / _mean(mem[1:]))
-    return _mean(ratios)
+def _s(x: float) -> str:
+    return f"{x:.2f} s" if math.isfinite(x) else "n/a"
+
+
+def _imbalance(row: dict) -> float:
+    """Device 0's memory over the other devices' mean (nan with one device)."""
+    mem = per_device(row["device_mem_mib"])
+    return mem[0] / mean_std(mem[1:]).mean if len(mem) > 1 else math.nan
 
 
 def _b2_evidence(rows: Rows) -> str:
     dp = [r for r in rows if r["mode"] == "dp"]
-    cells = "; ".join(f"batch {r['global_batch']}: {r['device_mem_mib']} MiB" for r in dp)
-    ratio = _imbalance(rows)
-    return (f"DataParallel memory per device: {cells or 'none'}"
-            + (f" (device 0 / others: {ratio:.2f}x)" if math.isfinite(ratio) else " (one device: no ratio)"))
+    cells = []
+    for b, group in sorted(groups(dp, _batch_of).items()):
+        memory = [per_device(r["device_mem_mib"]) for r in group]
+        devices = max(map(len, memory), default=0)
+        cells.append(f"batch {b}: " + " / ".join(
+            f"{mean_std(m[d] for m in memory if len(m) > d).mean:,.0f}" for d in range(devices)) + " MiB")
+    cells = "; ".join(cells)
+    ratio = mean_std(_imbalance(r) for r in dp)
+    return (f"DataParallel peak memory per device (device 0 / 1 / ..., mean over seeds): {cells or 'none'}"
+            + (f"; device 0 / others: {_ms(ratio, _x)}" if math.isfinite(ratio.mean) else "; one device: no ratio"))
 
 
-def _b4_context(tables: Tables) -> str:
-    ddp = _by(_runs(tables, "train_ddp", "vgg"), lambda r: int(num(r["world"])), lambda r: num(r["epoch_time_s"]))
-    return "DDP epoch time by processes: " + ", ".join(f"{w}: {t:.2f} s" for w, t in ddp.items())
+def _b4_context(ddp: Rows) -> str:
+    times = summarize(ddp, lambda r: int(num(r["world"])), lambda r: num(r["epoch_time_s"]))
+    return "DDP epoch time by processes: " + ", ".join(f"{w}: {_ms(t, _s)}" for w, t in times.items())
 
 
 def _b5(evaluations: Rows, rules: ReportRules) -> Verdict:
-    acc = _by_rule(evaluations, "train_ddp", "vgg", _world)
-    worlds = sorted({w for w, _ in acc})
-    rule = (f"supported if, without lr scaling, test accuracy at the largest world size falls more than "
-            f"{rules.b5_accuracy_drop:g} below world size 1 (the per-process batch is fixed, so the global batch grows)")
-    evidence = "; ".join(f"{w} process(es): {_rules_text(acc, w)}" for w in worlds)
+    evals = _evals(evaluations, "train_ddp", "vgg")
+    by = groups(evals, lambda r: (_world(r["configuration"]), _rule(r["configuration"])))
+    worlds = sorted({w for w, _ in by})
+    drop = rules.b5_accuracy_drop
+    rule = (f"the change of test accuracy from world size 1 to the largest world size without lr scaling (largest "
+            f"minus 1, paired by seed; negative: accuracy fell); the per-process batch is fixed, so the global batch "
+            f"grows. Supported if its {_interval(rules)} lies entirely below -{drop:g} (a fall of more than {drop:g}), "
+            f"not supported if entirely above. A difference of test accuracy does not depend on the hardware")
+    acc = {k: mean_std(num(r["test_metric"]) for r in rows) for k, rows in by.items()}
+    evidence = (f"test accuracy{_test_images(evals)}: "
+                + "; ".join(f"{w} process{'es' if w != 1 else ''}: "
+                            + _rules_text(acc, w)
+                            for w in worlds))
     if len(worlds) < 2:
-        return Verdict("B5", NOT_TESTABLE, evidence or "no DDP runs", rule,
-                       f"only world size {worlds[0] if worlds else 0} ran: needs 2+ GPUs (or CPU processes)")
-    drop = acc.get((worlds[0], "none"), math.nan) - acc.get((worlds[-1], "none"), math.nan)
-    return Verdict("B5", SUPPORTED if drop > rules.b5_accuracy_drop else NOT_SUPPORTED,
-                   f"{evidence} (drop without scaling: {drop:+.3f})", rule)
+        return Verdict("B5", NOT_TESTABLE, evidence if evals else "no DDP runs", rule,
+                       f"only world size {worlds[0] if worlds else 0} ran: needs 2+ GPUs (or CPU processes)",
+                       seeds=_seeds(evals))
+    one, most = worlds[0], worlds[-1]
+    parts = []
+    for lr in ("none", "linear"):
+        if (one, lr) in by and (most, lr) in by:
+            change = _paired(*(_per_seed(by[(w, lr)], lambda r: num(r["test_metric"])) for w in (one, most)),
+                             lambda a, b: b - a)
+            if lr == "none":
+                parts.append(Part(f"change from {one} to {most} processes, lr rule none", decide(
+                    change, -drop, above=False, confidence=rules.confidence), _signed))
+            else:
+                evidence += (f". With the linear rule, for comparison: change {_ms(mean_std(change), _signed)} "
+                             f"from {one} to {most} processes")
+    if not parts:
+        return Verdict("B5", NOT_TESTABLE, evidence, rule, "no runs without lr scaling (lr rule none) at both ends",
+                       seeds=_seeds(evals))
+    return _from_parts("B5", parts, evidence, rule, _seeds(evals))
 
 
 def _c(tables: Tables, evaluations: Rows, rules: ReportRules) -> list[Verdict]:
-    out = {}
-    for task in ("classification", "restoration"):
-        runs = tables[f"train_adaptive/{task}/runs.csv"]
-        metric = _by(_evals(evaluations, "train_adaptive", task), lambda r: r["configuration"].split("-")[0],
-                     lambda r: num(r["test_metric"]))
-        target = _mean(num(r["target"]) for r in runs)
-        figs = {s: _by(runs, lambda r: r["schedule"], lambda r: num(r[col])) for s, col in
-                (("steps", "steps"), ("allreduces", "allreduces"), ("ips", "run_images_per_s"))}
-        fmt = _acc if task == "classification" else (lambda v: f"{v:.2f} dB")
-        tol = "accuracy" if task == "classification" else "PSNR"
-        have = {"fixed_small", "fixed_large", "step_growth"} <= set(metric)
-        if not have:
-            out[task] = None
-            continue
-        c1 = Verdict("C1", SUPPORTED if metric["fixed_large"] < target else NOT_SUPPORTED,
-                     f"{task}: test {tol} fixed small {fmt(metric['fixed_small'])}, fixed large "
-                     f"{fmt(metric['fixed_large'])} (target {fmt(target)})",
-                     "supported if the large fixed batch ends below the target (small fixed batch's mean minus "
-                     "train_adaptive's target_tolerance)")
-        c2 = Verdict("C2", SUPPORTED if metric["step_growth"] >= target else NOT_SUPPORTED,
-                     f"{task}: step growth {fmt(metric['step_growth'])} vs fixed small {fmt(metric['fixed_small'])} "
-                     f"(target {fmt(target)})"
-                     + (f"; noise-scale schedule {fmt(metric['noise_scale'])}" if "noise_scale" in metric else ""),
-                     "supported if step growth ends at or above the target")
-        steps, ars, ips = (figs[k] for k in ("steps", "allreduces", "ips"))
-        gain = ips["step_growth"] / ips["fixed_small"]
-        fewer_ar = ars["fixed_small"] == 0 or ars["step_growth"] < ars["fixed_small"]
-        ok = steps["step_growth"] < steps["fixed_small"] and fewer_ar and gain >= rules.c3_min_throughput_gain
-        c3 = Verdict("C3", SUPPORTED if ok else NOT_SUPPORTED,
-                     f"{task}: step growth {steps['step_growth']:.0f} steps and {ars['step_growth']:.0f} all-reduces vs "
-                     f"{steps['fixed_small']:.0f} and {ars['fixed_small']:.0f} for the small fixed batch; whole-run "
-                     f"throughput {ips['step_growth']:,.0f} vs {ips['fixed_small']:,.0f} images/s ({gain:.2f}x)"
-                     + (" (one process: no all-reduces to count)" if ars["fixed_small"] == 0 else ""),
-                     f"supported if step growth takes fewer steps and all-reduces and its whole-run images/s is at "
-                     f"least {rules.c3_min_throughput_gain:g}x the small fixed batch's")
-        out[task] = (c1, c2, c3)
-    cls, res = out["classification"], out["restoration"]
+    judged = {task: _adaptive(tables[f"train_adaptive/{task}/runs.csv"],
+                              _evals(evaluations, "train_adaptive", task), task, rules)
+              for task in ("classification", "restoration")}
     missing = "train_adaptive needs fixed_small, fixed_large and step_growth"
-    verdicts = list(cls) if cls else [Verdict(c, NOT_TESTABLE, "no runs", "", missing) for c in ("C1", "C2", "C3")]
-    if res:
-        c4 = SUPPORTED if res[1].verdict == res[2].verdict == SUPPORTED else NOT_SUPPORTED
-        verdicts.append(Verdict("C4", c4, f"{res[1].evidence}. {res[2].evidence}. (C1 on restoration: "
-                                          f"{res[0].verdict}: {res[0].evidence})",
-                                "supported if C2's and C3's rules both hold for restoration"))
-    else:
-        verdicts.append(Verdict("C4", NOT_TESTABLE, "no restoration runs", "", missing))
+    cls, res = judged["classification"], judged["restoration"]
+    verdicts = list(cls[:3]) if cls else [Verdict(c, NOT_TESTABLE, "no runs", "", missing) for c in ("C1", "C2", "C3")]
+    if not res:
+        return verdicts + [Verdict("C4", NOT_TESTABLE, "no restoration runs", "", missing)]
+    c1, c2, c3, parts = res
+    [own] = parts["C1"]
+    outcome = {SUPPORTED: "the large fixed batch lowered PSNR by more than the tolerance",
+               NOT_SUPPORTED: "the large fixed batch did not lower PSNR by more than the tolerance",
+               INCONCLUSIVE: "the seeds cannot tell whether the large fixed batch lowered PSNR"}[c1.verdict]
+    evidence = (f"{c2.evidence}. {c3.evidence}. Restoration's own C1 result is {c1.verdict}: {outcome}. Fixed large "
+                f"minus fixed small, per seed, is {own.decision.text(own.fmt)}, against C1's threshold "
+                f"{own.fmt(own.decision.threshold)}")
+    rule = ("C2's and C3's rules applied to restoration; supported if both hold, not supported if either fails "
+            "(restoration's C1 is stated beside them, not part of the rule)")
+    verdicts.append(_from_parts("C4", parts["C2"] + parts["C3"], evidence, rule, c2.seeds))
     return verdicts
 
 
-def _by_rule(evaluations: Rows, stage: str, sweep: str, key) -> dict[tuple, float]:
-    """Mean test figure per (key(configuration), lr rule), over seeds."""
-    return _by(_evals(evaluations, stage, sweep), lambda r: (key(r["configuration"]), _rule(r["configuration"])),
-               lambda r: num(r["test_metric"]))
+def _adaptive(runs: Rows, evals: Rows, task: str, rules: ReportRules):
+    """(C1, C2, C3, their parts) of one task; None without the three schedules the rules compare."""
+    by_schedule = groups(evals, lambda r: r["configuration"].split("-")[0])
+    score = {s: _per_seed(rows, lambda r: num(r["test_metric"])) for s, rows in by_schedule.items()}
+    if not {"fixed_small", "fixed_large", "step_growth"} <= set(score):
+        return None
+    classification = task == "classification"
+    fmt, diff, what = (_acc, _signed, "accuracy") if classification else (_db, _signed_db, "PSNR")
+    tol = _tolerance(runs, score["fixed_small"])
+    small, large, growth = score["fixed_small"], score["fixed_large"], score["step_growth"]
+    seeds = _seeds(evals)
+    conf = rules.confidence
+    scores = (f"{task}: test {what}{_test_images(evals)}, mean ± std over seeds: "
+              + ", ".join(f"{s.replace('_', ' ')} {_ms(mean_std(v.values()), fmt)}" for s, v in score.items()))
+    tol_text = f"{diff(-tol)} (train_adaptive's target_tolerance)"
+    c1 = Part(f"{task}: fixed large minus fixed small", decide(_paired(small, large, lambda s, l: l - s), -tol,
+                                                               above=False, confidence=conf), diff)
+    c1_rule = (f"per seed, the large fixed batch's test {what} minus the small fixed batch's; supported if its "
+               f"{_interval(rules)} lies entirely below {tol_text}, not supported if entirely above. A difference "
+               f"of test {what} does not depend on the hardware")
+    c2 = Part(f"{task}: step growth minus fixed small", decide(_paired(small, growth, lambda s, g: g - s), -tol,
+                                                               above=True, confidence=conf), diff)
+    c2_rule = (f"per seed, step growth's test {what} minus the small fixed batch's; supported if its "
+               f"{_interval(rules)} lies entirely above {tol_text}, i.e. within the tolerance or better; not supported "
+               f"if entirely below")
+    by_run = groups(runs, lambda r: r["schedule"])
+    figure = {name: {s: _per_seed(rows, lambda r, name=name: num(r.get(name, ""))) for s, rows in by_run.items()}
+              for name in ("steps", "allreduces", "run_images_per_s")}
+    steps, allreduces, ips = (figure[k] for k in ("steps", "allreduces", "run_images_per_s"))
+    c3 = [Part(f"{task}: steps, step growth / fixed small",
+               decide(_paired(steps.get("step_growth", {}), steps.get("fixed_small", {}), _ratio), 1.0, above=False,
+                      confidence=conf), _x)]
+    one_process = all(v == 0 for v in allreduces.get("fixed_small", {}).values())
+    if not one_process:
+        c3.append(Part(f"{task}: all-reduces, step growth / fixed small",
+                       decide(_paired(allreduces.get("step_growth", {}), allreduces.get("fixed_small", {}), _ratio),
+                              1.0, above=False, confidence=conf), _x))
+    c3.append(Part(f"{task}: whole-run images/s, step growth / fixed small",
+                   decide(_paired(ips.get("step_growth", {}), ips.get("fixed_small", {}), _ratio),
+                          rules.c3_min_throughput_gain, above=True, confidence=conf), _x))
+
+    def mean(figures: dict, schedule: str) -> float:
+        return mean_std(figures.get(schedule, {}).values()).mean
+
+    c3_evidence = (f"{task}: step growth {mean(steps, 'step_growth'):,.0f} optimizer steps and "
+                   f"{mean(allreduces, 'step_growth'):,.0f} all-reduces vs {mean(steps, 'fixed_small'):,.0f} and "
+                   f"{mean(allreduces, 'fixed_small'):,.0f} for the small fixed batch; whole-run throughput "
+                   f"{mean(ips, 'step_growth'):,.0f} vs {mean(ips, 'fixed_small'):,.0f} images/s"
+                   + ("; one process: no all-reduces to count" if one_process else ""))
+    c3_rule = (f"per seed, step growth against the small fixed batch: the ratios of optimizer steps and all-reduces "
+               f"must lie entirely below 1 and the ratio of whole-run images/s entirely above "
+               f"{rules.c3_min_throughput_gain:g}x ({_interval(rules)}); supported if all hold, not supported if one "
+               f"lies entirely on the wrong side. Ratios mean the same on any hardware")
+    return (_from_parts("C1", [c1], scores, c1_rule, seeds), _from_parts("C2", [c2], scores, c2_rule, seeds),
+            _from_parts("C3", c3, c3_evidence, c3_rule, _seeds(runs)), {"C1": [c1], "C2": [c2], "C3": c3})
 
 
-def _rules_text(acc: dict[tuple, float], key) -> str:
-    """``linear 0.975, none 0.972``: the figure of each lr rule at one key."""
-    return ", ".join(f"{lr} {_acc(acc[(k, lr)])}" for k, lr in sorted(acc) if k == key)
+def _tolerance(runs: Rows, small: dict[str, float]) -> float:
+    """train_adaptive's target_tolerance: the small fixed batch's mean minus the target runs.csv records
+    (the training figure train_adaptive took it from, else the re-evaluated one)."""
+    column = next((c for c in ("test_accuracy", "test_psnr") if runs and c in runs[0]), None)
+    mean = (mean_std(num(r[column]) for r in runs if r["schedule"] == "fixed_small").mean if column
+            else mean_std(small.values()).mean)
+    target = mean_std(num(r["target"]) for r in runs).mean
+    return round(mean - target, 6)
+
+
+def _rules_text(stats: dict[tuple, Stat], key) -> str:
+    """``linear 0.975 ± 0.002, none 0.972 ± 0.003``: the test figure of each lr rule at one key."""
+    return ", ".join(f"{lr} {_ms(stats[(k, lr)], _acc)}" for k, lr in sorted(stats) if k == key)
 
 
 def _batch(configuration: str) -> int:
@@ -389,32 +752,97 @@ def versions() -> dict[str, str]:
 # REPORT.md
 
 
+@dataclass(frozen=True)
+class StageRun:
+    """A pipeline stage's latest execution as MLflow logged it (see stages/plot.py)."""
+
+    stage: str
+    run_ids: tuple[tuple[str, str], ...] = ()  # (study, parent run id): one per study it logged to
+    start: float | None = None                  # seconds since the epoch; None: not logged
+    end: float | None = None                    # None: still running (the plot stage itself)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _pipeline(stage_runs: list[StageRun] | None, written: datetime | None) -> tuple[str, list[str]]:
+    """(the pipeline's duration, the lines of its runs table) from the stages' MLflow runs."""
+    logged = [s for s in stage_runs or [] if s.start is not None]
+    if not logged:
+        return "unknown", ["MLflow run of each stage: unknown (the tracking store could not be read, or holds no "
+                           "runs of this pipeline)."]
+    now = written.timestamp() if written else max(s.end or s.start for s in logged)
+    ends = [s.end if s.end is not None else now for s in logged]
+    duration = _duration(max(ends) - min(s.start for s in logged))
+    lines = ["| stage | MLflow parent run (study) | started | duration |", "| --- | --- | --- | --- |"]
+    for s in stage_runs or []:
+        if s.start is None:
+            lines.append(f"| {s.stage} | no run in the MLflow store | | |")
+            continue
+        ids = ", ".join(f"`{run_id}` ({study})" for study, run_id in s.run_ids)
+        took = _duration((s.end if s.end is not None else now) - s.start)
+        took += " (until this report)" if s.end is None else ""
+        lines.append(f"| {s.stage} | {ids} | {_utc(s.start)} | {took} |")
+    lines += ["", "The pipeline's duration runs from the first stage's start to the last stage's end as MLflow logged "
+                  "them (each stage's latest execution; a stage DVC found up to date keeps an earlier run, and the "
+                  "span then includes the time between)."]
+    return duration, lines
+
+
 def render(verdicts: list[Verdict], *, preset: str, commit: str, dirty: bool, hardware: list[str],
-           datasets: list[dict], evaluation_check: dict, params_text: str, figures_dir: str = "figures") -> str:
-    counts = {v: sum(x.verdict == v for x in verdicts) for v in (SUPPORTED, NOT_SUPPORTED, NOT_TESTABLE)}
+           datasets: list[dict], evaluation_check: dict, params_text: str, figures_dir: str = "figures",
+           written: datetime | None = None, stage_runs: list[StageRun] | None = None,
+           confidence: float = 0.95) -> str:
+    counts = {v: sum(x.verdict == v for x in verdicts) for v in VERDICTS}
+    duration, runs_table = _pipeline(stage_runs, written)
     lines = [
         "# dpstudy claims report",
         "",
-        f"Preset **{preset}** · commit `{commit[:12]}`{' (uncommitted changes)' if dirty else ''} · "
-        + ", ".join(f"{n} {v}" for v, n in counts.items()),
+        f"Report written {written.strftime('%Y-%m-%d %H:%M UTC') if written else 'unknown'} · preset **{preset}** · "
+        f"commit `{commit[:12]}`{' (uncommitted changes)' if dirty else ''} · pipeline duration {duration}",
         "",
-        "Each claim of the three studies, the evidence this run measured, and the verdict its stated rule "
-        "gives. A verdict holds for this preset and this hardware only; *not testable here* says what is missing.",
+        "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()),
         "",
-        "| claim | statement | verdict | figure |",
-        "| --- | --- | --- | --- |",
+        "Each claim of the three studies, the evidence this run measured, and the verdict its stated rule gives "
+        "(thresholds in params.yaml's `plot.rules`). Every rule works the same way: the claim's effect is computed "
+        "once per seed, pairing configurations that share a seed, and its mean ± sample std and a "
+        f"{confidence:.0%} t-interval over the seeds are set against the rule's threshold. **supported**: the whole "
+        "interval lies on the claim's side of the threshold; **not supported**: the whole interval lies on the other "
+        "side; **inconclusive**: the interval touches or straddles the threshold, or a single seed gives no interval; "
+        "**not testable here**: the run lacks what the claim needs. Thresholds are relative (ratios of times, "
+        "throughputs or utilizations, shares of a step, differences of test accuracy or PSNR), so a rule means the "
+        "same on a laptop CPU and on an H100. A verdict holds for this preset and this hardware only.",
+        "",
+        *runs_table,
+        "",
+        "| claim | statement | verdict | seeds | figure |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for v in verdicts:
         fig = f"[{v.figure}]({figures_dir}/{v.figure})" if v.figure else ""
-        lines.append(f"| {v.claim} | {CLAIMS[v.claim]} | **{v.verdict}** | {fig} |")
+        lines.append(f"| {v.claim} | {CLAIMS[v.claim]} | **{v.verdict}** | {seed_count(v.seeds)} | {fig} |")
     for study, title in STUDY_TITLES.items():
         lines += ["", f"## {study}. {title}"]
         shown = set()
         for v in (v for v in verdicts if v.claim.startswith(study)):
             lines += ["", f"### {v.claim}: {v.verdict}", "", f"*{CLAIMS[v.claim]}*", "",
-                      f"- Evidence: {v.evidence}.", f"- Rule: {v.rule}."]
+                      f"- Evidence: {v.evidence}."]
+            if v.effect:
+                lines.append(f"- Effect judged: {v.effect}.")
+            lines += [f"- Seeds: {v.seeds or 'none'}.", f"- Rule: {v.rule}."]
             if v.why:
-                lines.append(f"- Not testable because: {v.why}.")
+                label = "Not testable because" if v.verdict == NOT_TESTABLE else "Inconclusive because"
+                lines.append(f"- {label}: {v.why}.")
             if v.figure and v.figure not in shown:
                 shown.add(v.figure)
                 lines += ["", f"![{v.figure}]({figures_dir}/{v.figure})"]
@@ -433,3 +861,12 @@ def render(verdicts: list[Verdict], *, preset: str, commit: str, dirty: bool, ha
               "What the papers do not fix, as params.yaml sets it (each marked ASSUMPTION there):", ""]
     lines += [f"- `{path}`: {text}" for path, text in assumptions(params_text)]
     return "\n".join(lines) + "\n"
+
+
+def seed_count(seeds: str) -> str:
+    """The verdict table's short form of a claim's seeds: ``3`` or ``1 (no interval)``."""
+    m = re.match(r"(\d+) (seed|repeated)", seeds)
+    if m:
+        return (m.group(1) + (" repeats" if m.group(2) == "repeated" else "")
+                + (" (no interval)" if m.group(1) == "1" else ""))
+    return "1 (no interval)" if seeds.startswith("one measurement") else "—"

@@ -1,8 +1,10 @@
 """Draw the study figures and write the claims report (results/REPORT.md).
 
-One PNG per claim group (figures.FIGURES), then REPORT.md: for each claim A1–A4, B1–B5, C1–C4 the
-evidence this run measured, the figure, and the verdict its rule in params.yaml's plot.rules gives
-(supported / not supported / not testable here, with why); the preset, hardware, versions, git
+One PNG per claim group (figures.FIGURES), then REPORT.md: a header with the date, the pipeline's
+duration and each stage's MLflow run (read from the store; "unknown" if it cannot be read); for each
+claim A1–A4, B1–B5, C1–C4 the evidence this run measured, the effect over seeds with its 95%
+interval, the figure, and the verdict its rule in params.yaml's plot.rules gives (supported / not
+supported / inconclusive / not testable here, with why); the preset, hardware, versions, git
 commit, dataset checksums and every assumption params.yaml marks.
 
 Reads params: preset, plot. Reads the training stages' tables under <results>, evaluate's
@@ -15,19 +17,24 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import time
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import as_dict, load_section
 from ..console import format_table
-from ..datasets import file_sha256, load_prepared
 from ..devices import cpu_count, cpu_name
 from ..errors import UserError
-from ..figures import load_inputs, write_figures
 from ..fsutil import write_text_atomic
-from ..report import judge, render
-from ..tracking import Tracker, git_commit
+from ..tracking import STUDIES, Tracker, git_commit
+
+if TYPE_CHECKING:
+    from ..report import StageRun
 
 STAGE = "plot"
+# The stages before plot, in dvc.yaml's order (download logs nothing to MLflow).
+PIPELINE = ("download", "profile_dataloader", "train_dp", "train_ddp", "train_adaptive", "evaluate")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    started = time.time()
     preset, cfg = load_section(STAGE, args.params)
+    # matplotlib and torch (prepared files): only once the params are known to be good
+    from ..figures import load_inputs, write_figures
+    from ..report import VERDICTS, StageRun, judge, render, seed_count
+
     results, out = Path(args.results), Path(args.out)
     tables = load_inputs(results)  # every input checked before anything is drawn
     evaluations, check = _evaluations(results / "evaluate")
@@ -48,22 +60,62 @@ def run(args: argparse.Namespace) -> int:
     figures = write_figures(tables, out / "figures")
     commit, dirty = git_commit()
     report = out / "REPORT.md"
-    write_text_atomic(report, render(verdicts, preset=preset, commit=commit, dirty=dirty, hardware=_hardware(),
-                                     datasets=datasets, evaluation_check=check,
-                                     params_text=Path(args.params).read_text()))
-
     with Tracker("report", STAGE, preset=preset, params={"preset": preset, STAGE: as_dict(cfg)}) as tracker:
+        stage_runs = _stage_runs(tracker.uri)
+        if stage_runs is not None and tracker.parent.run_id:
+            stage_runs.append(StageRun(STAGE, (("report", tracker.parent.run_id),), started, None))
+        write_text_atomic(report, render(verdicts, preset=preset, commit=commit, dirty=dirty, hardware=_hardware(),
+                                         datasets=datasets, evaluation_check=check,
+                                         params_text=Path(args.params).read_text(),
+                                         written=datetime.now(timezone.utc), stage_runs=stage_runs,
+                                         confidence=cfg.rules.confidence))
         tracker.parent.set_tags({f"verdict.{v.claim}": v.verdict for v in verdicts})
-        tracker.parent.log_metrics({k: sum(v.verdict == k for v in verdicts)
-                                    for k in ("supported", "not supported", "not testable here")}, step=0)
+        tracker.parent.log_metrics({k: sum(v.verdict == k for v in verdicts) for k in VERDICTS}, step=0)
         tracker.parent.log_artifact(report)
         for figure in figures:
             tracker.parent.log_artifact(figure, "figures")
 
     print(f"\n{STAGE} ({preset} preset): claims report")
-    print(format_table(["claim", "verdict", "figure"], [(v.claim, v.verdict, v.figure) for v in verdicts]))
+    print(format_table(["claim", "verdict", "seeds", "figure"],
+                       [(v.claim, v.verdict, seed_count(v.seeds), v.figure) for v in verdicts]))
     print(f"\nfiles: {report}, {out / 'figures'}/ ({len(figures)} PNGs); MLflow: dpstudy-claims-report / {STAGE}")
     return 0
+
+
+def _stage_runs(uri: str) -> list[StageRun] | None:
+    """Each earlier stage's latest execution in the MLflow store: its parent run per study (a stage that
+    logs to several studies has one in each, all from one process), start and end. None when the
+    store cannot be read or holds no run of this pipeline (the report then says "unknown")."""
+    from ..report import StageRun
+
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        experiments = {e.experiment_id: study for study, name in STUDIES.items()
+                       if (e := client.get_experiment_by_name(name)) is not None}
+        out = []
+        for stage in PIPELINE:
+            query = f"attributes.run_name = '{stage}' and tags.dvc_stage = '{stage}'"
+            runs = client.search_runs(list(experiments), query, order_by=["attributes.start_time DESC"],
+                                      max_results=50) if experiments else []
+            parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+            if not parents:
+                out.append(StageRun(stage))
+                continue
+            process = lambda r: (r.data.tags.get("host"), r.data.tags.get("pid"))  # noqa: E731
+            latest, mine = parents[0], {}
+            for r in parents:  # newest first: the latest run in each study from the latest run's process
+                if process(r) == process(latest) and r.info.experiment_id not in mine:
+                    mine[r.info.experiment_id] = r
+            chosen = sorted(mine.values(), key=lambda r: r.info.start_time)
+            ends = [r.info.end_time for r in chosen]
+            out.append(StageRun(stage, tuple((experiments[r.info.experiment_id], r.info.run_id) for r in chosen),
+                                min(r.info.start_time for r in chosen) / 1000,
+                                max(ends) / 1000 if all(ends) else None))
+        return out if any(s.start is not None for s in out) else None
+    except Exception:  # noqa: BLE001 - the header says "unknown"; the report must not fail for it
+        return None
 
 
 def _evaluations(folder: Path) -> tuple[list[dict], dict]:
@@ -77,6 +129,8 @@ def _evaluations(folder: Path) -> tuple[list[dict], dict]:
 
 
 def _datasets(folder: Path) -> list[dict]:
+    from ..datasets import file_sha256, load_prepared
+
     files = sorted(folder.glob("*.pt"))
     if not files:
         raise UserError(f"no prepared datasets in {folder}: run `dvc repro download` (or pass --data)")

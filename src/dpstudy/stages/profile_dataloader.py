@@ -80,12 +80,15 @@ def _throughput_grid(cfg, images, labels, common, device, tracker) -> list[dict]
         with tracker.child(name, cfg_params, tags={"measurement": "throughput"}) as run:
             loader = make_loader(kind, images, labels, batch_size=bs, num_workers=nw,
                                  pin_memory=cfg.pin_memory, **common)
-            result = measure_throughput(loader, device, cfg.warmup_batches, cfg.measure_batches)
+            for repeat in range(cfg.repeats):  # each a fresh pass: warm-up, then the timed batches
+                result = measure_throughput(loader, device, cfg.warmup_batches, cfg.measure_batches)
+                run.log_metrics({"images_per_s": result.images_per_s, "seconds": result.seconds}, step=repeat)
+                rows.append({"loader": kind, "batch_size": bs, "num_workers": nw, "repeat": repeat,
+                             "images_per_s": round(result.images_per_s, 1)})
             del loader  # ends its worker processes before the next configuration starts
-            run.log_metrics({"images_per_s": result.images_per_s, "seconds": result.seconds}, step=0)
-        rows.append({"loader": kind, "batch_size": bs, "num_workers": nw,
-                     "images_per_s": round(result.images_per_s, 1)})
-        say(f"[throughput] {kind:8s} batch {bs:5d} workers {nw}: {result.images_per_s:12,.0f} images/s")
+        mean = _cell_means(rows[-cfg.repeats:])[0]["images_per_s"]
+        say(f"[throughput] {kind:8s} batch {bs:5d} workers {nw}: {mean:12,.0f} images/s "
+            f"(mean of {cfg.repeats})")
     return rows
 
 
@@ -142,8 +145,18 @@ def utilization(summary: dict[str, float]) -> tuple[str, float]:
 # Outputs
 
 
+def _cell_means(rows: list[dict]) -> list[dict]:
+    """One row per (loader, batch, workers): images/s averaged over its repeats."""
+    cells: dict[tuple, list[float]] = {}
+    for r in rows:
+        cells.setdefault((r["loader"], r["batch_size"], r["num_workers"]), []).append(r["images_per_s"])
+    return [{"loader": k[0], "batch_size": k[1], "num_workers": k[2], "images_per_s": round(sum(v) / len(v), 1)}
+            for k, v in cells.items()]
+
+
 def summarize(throughput: list[dict], probes: list[dict]) -> dict:
     """The figures `dvc metrics show` prints: best loader throughput and data-wait per batch."""
+    throughput = _cell_means(throughput)
     standard = [r for r in throughput if r["loader"] == "standard"]
     resident = [r for r in throughput if r["loader"] == "resident"]
     best_std = max(standard, key=lambda r: r["images_per_s"])
@@ -168,14 +181,16 @@ def summarize(throughput: list[dict], probes: list[dict]) -> dict:
 
 
 def _throughput_by_batch(rows: list[dict]) -> list[dict]:
-    """Long format for the `series` plot template: one line per loader (and worker count)."""
+    """Long format for the `series` plot template: one line per loader (and worker count), the
+    mean over repeats."""
     return [{"series": _series(r), "batch_size": r["batch_size"], "images_per_s": r["images_per_s"]}
-            for r in rows]
+            for r in _cell_means(rows)]
 
 
 def _throughput_by_workers(rows: list[dict]) -> list[dict]:
-    """Standard loader images/s against num_workers, one line per batch size (claim A3)."""
-    return [{"series": f"batch {r['batch_size']}", "num_workers": r["num_workers"],
+    """Standard loader images/s against num_workers, one line per batch size (claim A3), every
+    repeat (the report's interval for A3 pairs them by ``repeat``)."""
+    return [{"series": f"batch {r['batch_size']}", "num_workers": r["num_workers"], "repeat": r.get("repeat", 0),
              "images_per_s": r["images_per_s"]} for r in rows if r["loader"] == "standard"]
 
 
@@ -188,8 +203,9 @@ def _series(row: dict) -> str:
 
 def _print_summary(preset, device, throughput, probes, out: Path) -> None:
     print(f"\n{STAGE} ({preset} preset, {device}): loader throughput, images/s")
-    print(format_table(["loader", "batch", "workers", "images/s"],
-                       [(r["loader"], r["batch_size"], r["num_workers"], r["images_per_s"]) for r in throughput]))
+    print(format_table(["loader", "batch", "workers", "images/s (mean)"],
+                       [(r["loader"], r["batch_size"], r["num_workers"], r["images_per_s"])
+                        for r in _cell_means(throughput)]))
     print("\ntraining probes: share of each step spent waiting for data")
     print(format_table(["loader", "batch", "data wait", "images/s", "utilization %"],
                        [(r["loader"], r["batch_size"], f"{r['data_wait_fraction']:.1%}", r["images_per_s"],
