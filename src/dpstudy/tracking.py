@@ -27,11 +27,9 @@ import contextlib
 import logging
 import os
 import platform
-import signal
 import socket
 import sqlite3
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -42,6 +40,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from . import __version__
 from .config import flatten
 from .errors import UserError
+from .fsutil import signals_held
 
 # MLflow's HTTP client retries a failed call 7 times with exponential back-off and waits 120 s per
 # try: minutes of silence per call when the server is down. These bounds apply to every call of
@@ -379,19 +378,8 @@ class Tracker:
         peer dies, torchrun's SIGTERM often lands while the failure is being recorded. A signal
         that arrives during the write is held and handed to the usual handler right after it."""
         _OPEN_RUNS.discard(run_id)
-        if threading.current_thread() is not threading.main_thread():
+        with signals_held():
             self._client.set_terminated(run_id, status=status)
-            return
-        held: list[int] = []
-        previous = {s: signal.signal(s, lambda signum, frame: held.append(signum))
-                    for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            self._client.set_terminated(run_id, status=status)
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-            for s in held[:1]:
-                signal.raise_signal(s)  # now the usual handler (or the default action) applies
 
     def _end_stale_runs(self) -> None:
         """Mark KILLED the RUNNING runs of this stage that a process killed without warning (kill -9,
