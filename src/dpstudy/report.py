@@ -180,39 +180,19 @@ def _from_parts(claim: str, parts: Sequence[Part], evidence: str, rule: str, see
 # Reading the tables
 
 
-def _pct(x: float) -> str:
-    return f"{x:.0%}" if math.isfinite(x) else "n/a"
+def _number(spec: str, unit: str = ""):
+    """A formatter of finite numbers (``format(x, spec)`` + ``unit``); nan and inf read "n/a"."""
+    return lambda x: f"{x:{spec}}{unit}" if math.isfinite(x) else "n/a"
 
 
-def _util_pct(x: float) -> str:
-    """A utilization in percent (0-100): ``2.5%``."""
-    return f"{x:.1f}%" if math.isfinite(x) else "n/a"
-
-
-def _pct1(x: float) -> str:
-    return f"{x:.1%}" if math.isfinite(x) else "n/a"
-
-
-def _acc(x: float) -> str:
-    return f"{x:.3f}" if math.isfinite(x) else "n/a"
-
-
-def _signed(x: float) -> str:
-    """An accuracy difference: ``+0.012``."""
-    return f"{x:+.3f}" if math.isfinite(x) else "n/a"
-
-
-def _db(x: float) -> str:
-    return f"{x:.2f} dB" if math.isfinite(x) else "n/a"
-
-
-def _signed_db(x: float) -> str:
-    return f"{x:+.2f} dB" if math.isfinite(x) else "n/a"
-
-
-def _x(x: float) -> str:
-    """A ratio: ``1.52x``."""
-    return f"{x:.2f}x" if math.isfinite(x) else "n/a"
+_pct = _number(".0%")          # a share: ``62%``
+_util_pct = _number(".1f", "%")  # a utilization already in percent (0-100): ``2.5%``
+_pct1 = _number(".1%")
+_acc = _number(".3f")          # an accuracy: ``0.988``
+_signed = _number("+.3f")      # an accuracy difference: ``+0.012``
+_db = _number(".2f", " dB")
+_signed_db = _number("+.2f", " dB")
+_x = _number(".2f", "x")       # a ratio: ``1.52x``
 
 
 def _ms(stat: Stat, fmt: Callable[[float], str]) -> str:
