@@ -35,20 +35,20 @@ def _start_worker(data: dict[str, TrainData]) -> None:
     _data.update(data)
 
 
-def _train(spec: RunSpec, checkpoint: Path, sample_interval_s: float) -> Result:
-    return train(spec, _data[spec.dataset], Context(torch.device("cpu"), sample_interval_s=sample_interval_s),
-                 checkpoint)
+def _train(spec: RunSpec, checkpoint: Path, ctx: Context) -> Result:
+    return train(spec, _data[spec.dataset], ctx, checkpoint)
 
 
 def train_all(specs: list[RunSpec], data: dict[str, TrainData], checkpoints: Path, processes: int,
-              sample_interval_s: float, on_done) -> list[Result]:
+              ctx: Context, on_done) -> list[Result]:
     """Train ``specs`` on ``processes`` single-thread workers; ``on_done(result)`` runs in this
-    process as each one finishes. Returns the results in the order of ``specs``."""
+    process as each one finishes; ``ctx``: how each trains (the CPU, timing, sampling), as one
+    process would. Returns the results in the order of ``specs``."""
     results: list[Result | None] = [None] * len(specs)
     pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_start_worker, initargs=(data,))
     try:
-        futures = {pool.submit(_train, spec, checkpoints / f"{spec.name}.pt", sample_interval_s): i
+        futures = {pool.submit(_train, spec, checkpoints / f"{spec.name}.pt", ctx): i
                    for i, spec in enumerate(specs)}
         for future in as_completed(futures):
             result = future.result()

@@ -95,7 +95,8 @@ def run_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Tracker,
             bar.update()
 
         try:
-            return train_all(specs, data, checkpoints, cpu_processes, sample_interval_s, done)
+            return train_all(specs, data, checkpoints, cpu_processes,
+                             Context(device, None, 0, sync_timing, sample_interval_s), done)
         finally:
             bar.close()
     results = []
