@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import sqlite3
 
 import pytest
 import torch
@@ -63,13 +65,13 @@ def test_a_diverged_run_never_overwrites_another_configurations_finished_checkpo
     assert learned(saved["history"]) == learned(good.history)
 
 
-def _tiny_train_dp(path, batch_sizes):
+def _tiny_train_dp(path, batch_sizes, **extra):
     overrides = {"train_dp.seeds": [0], "train_dp.device": "cpu"}
     for grid in ("lenet_utilization", "lenet_lr_scaling", "vgg"):
         overrides |= {f"train_dp.{grid}.modes": ["single"], f"train_dp.{grid}.loaders": ["resident"],
                       f"train_dp.{grid}.lr_rules": ["linear"], f"train_dp.{grid}.batch_sizes": batch_sizes,
                       f"train_dp.{grid}.recipe.epochs": 1}
-    overrides |= {"train_dp.vgg.width": 0.125}
+    overrides |= {"train_dp.vgg.width": 0.125, **extra}
     return write_params(path, overrides)
 
 
@@ -93,3 +95,36 @@ def test_changing_a_grid_keeps_the_finished_checkpoints_and_switching_back_reuse
     assert back.returncode == 0, back.stderr
     assert back.stdout.count("1 epochs from checkpoint") == 3  # all reused, none retrained
     assert {p.name: p.read_bytes() for p in folder.glob("*.pt")} == before
+
+
+def test_configurations_whose_lr_rule_changes_nothing_are_twins_and_train_identically(digits, tmp_path):
+    from dpstudy.sweep import split_twins
+
+    grid = [spec(batch=b, lr_rule=r, recipe=ONE_EPOCH) for b in (64, 128) for r in ("none", "linear", "sqrt")]
+    trained, copies = split_twins(grid)
+    assert [s.name for s in trained] == [grid[0].name] + [s.name for s in grid[3:]]
+    assert [(t.name, o.name) for t, o in copies] == [(grid[1].name, grid[0].name), (grid[2].name, grid[0].name)]
+    # the premise, checked: at batch = ref_batch every rule trains the very same network
+    none, sqrt = (train(s, digits, CPU, tmp_path / f"{s.lr_rule}.pt") for s in (grid[0], grid[2]))
+    assert learned(none.history) == learned(sqrt.history) and none.step_loss == sqrt.step_loss
+
+
+@pytest.mark.slow
+def test_a_twin_is_recorded_with_its_own_checkpoint_row_and_run_not_trained_again(digits_dir, tmp_path):
+    params = _tiny_train_dp(tmp_path / "p.yaml", [16], **{"train_dp.lenet_lr_scaling.lr_rules": ["none", "linear", "sqrt"]})
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    done = run_cli("train_dp", "--data", str(digits_dir), "--out", "out", "--params", str(params), cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    names = [f"lenet_lr_scaling-single-resident-b16-{rule}-s0" for rule in ("none", "linear", "sqrt")]
+    assert done.stdout.count(f"the same training as {names[0]}") == 2
+    folder = tmp_path / "out" / "checkpoints"
+    saved = [torch.load(folder / f"{name}.pt", weights_only=False) for name in names]
+    for name, ckpt in zip(names, saved):
+        assert ckpt["spec"]["lr_rule"] == name.split("-")[-2] and ckpt["config"]["peak_lr"] == 0.01
+        assert all(torch.equal(ckpt["model"][k], saved[0]["model"][k]) for k in saved[0]["model"])
+    rows = {r["name"]: r for r in csv.DictReader((tmp_path / "out" / "runs.csv").open())}
+    assert [rows[n]["test_accuracy"] for n in names] == [rows[names[0]]["test_accuracy"]] * 3
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        tags = dict(db.execute("select r.name, t.value from runs r join tags t on t.run_uuid = r.run_uuid "
+                               "where t.key = 'trained_as'").fetchall())
+    assert tags == {names[1]: names[0], names[2]: names[0]}

@@ -581,3 +581,13 @@ def _payload(spec, data, net, optimizer, schedule, batches, noise, epoch, result
         "step_loss": result.step_loss,
         "step_series": result.step_series,
     }
+
+
+def copy_checkpoint(source: Path, target: Path, spec: RunSpec) -> None:
+    """``source``'s checkpoint as ``spec``'s, whose training is the same (`sweep.split_twins`)."""
+    ckpt = checkpoints.read(source)
+    if ckpt is None:
+        raise RuntimeError(f"checkpoint {source} vanished before it could be copied to {target.name}")
+    ckpt["spec"] = spec.identity()
+    ckpt["config"] = {**spec.params(), "recipe": as_dict(spec.recipe)}
+    checkpoints.save(target, ckpt)

@@ -17,6 +17,7 @@ configuration from its checkpoint to write complete new ones.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import statistics
 from pathlib import Path
@@ -25,7 +26,8 @@ from typing import Iterable
 from .config import DDPSweepConfig, DPSweepConfig, GridConfig
 from .console import format_table, progress, say
 from .datasets import file_sha256, load_prepared
-from .engine import CHECKPOINT_FORMAT, Context, Result, RunSpec, TrainData, code_fingerprint, train
+from .engine import (CHECKPOINT_FORMAT, Context, Result, RunSpec, TrainData, code_fingerprint, copy_checkpoint,
+                     train)
 from .errors import UserError
 from . import checkpoints
 from .fsutil import csv_text, json_text
@@ -83,7 +85,54 @@ def run_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Tracker,
     single-thread process each (`cpupool`)."""
     rank = dist.rank if dist else 0
     device = dist.device if dist else device
-    checkpoints = out / "checkpoints"
+    trained, copies = split_twins(specs)
+    results = _train_grid(trained, data, tracker, out / "checkpoints", dist, device, sync_timing,
+                          sample_interval_s, cpu_processes)
+    if rank != 0:
+        return results
+    by_name = {r.spec.name: r for r in results}
+    for twin, original in copies:
+        by_name[twin.name] = _record_twin(twin, by_name[original.name], data[twin.dataset], tracker,
+                                          out / "checkpoints")
+    return [by_name[spec.name] for spec in specs]
+
+
+def split_twins(specs: list[RunSpec]) -> tuple[list[RunSpec], list[tuple[RunSpec, RunSpec]]]:
+    """The configurations to train, and (twin, original) for each one whose training is exactly
+    an earlier one's: a fixed batch equal to the recipe's ref_batch scales the lr by 1 under every
+    lr rule, so e.g. A4's smallest batch trains once, not once per rule (DDP's world 1 likewise)."""
+    def key(spec: RunSpec) -> RunSpec:
+        same_lr = spec.growth is None and spec.global_batch == spec.recipe.ref_batch
+        return dataclasses.replace(spec, lr_rule="none") if same_lr else spec
+
+    first: dict[str, RunSpec] = {}
+    trained, copies = [], []
+    for spec in specs:
+        original = first.setdefault(repr(key(spec)), spec)
+        if original is spec:
+            trained.append(spec)
+        else:
+            copies.append((spec, original))
+    return trained, copies
+
+
+def _record_twin(twin: RunSpec, original: Result, data: TrainData, tracker: Tracker, folder: Path) -> Result:
+    """``original``'s result and checkpoint under ``twin``'s name (evaluate scores each), and its
+    MLflow run, tagged with the run it was trained as."""
+    path = folder / f"{twin.name}.pt"
+    if checkpoints.open_for(path, twin.identity(), data.sha256, code_fingerprint(), CHECKPOINT_FORMAT) is None:
+        copy_checkpoint(folder / f"{original.spec.name}.pt", path, twin)
+    result = dataclasses.replace(original, spec=twin, run_id=None)
+    _log_finished(result, tracker, {"trained_as": original.spec.name})
+    say(f"[{twin.sweep}] {twin.name}: the same training as {original.spec.name} (global batch "
+        f"{twin.global_batch} = ref_batch: lr {twin.peak_lr:g} under every rule); recorded under both names")
+    return result
+
+
+def _train_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Tracker, checkpoints: Path,
+                dist: Dist | None, device, sync_timing: bool, sample_interval_s: float,
+                cpu_processes: int) -> list[Result]:
+    rank = dist.rank if dist else 0
     if dist is None and device.type == "cpu" and cpu_processes > 1 and len(specs) > 1:
         from .cpupool import train_all
 
@@ -122,9 +171,10 @@ def _run_one(spec: RunSpec, data: TrainData, ctx: Context, tracker: Tracker, che
     return result
 
 
-def _log_finished(result: Result, tracker: Tracker) -> None:
-    """The MLflow run of a configuration trained elsewhere (a `cpupool` worker): all at once."""
-    with tracker.child(result.spec.name, result.spec.params(), tags=_tags(result.spec)) as run:
+def _log_finished(result: Result, tracker: Tracker, tags: dict | None = None) -> None:
+    """The MLflow run of a configuration trained elsewhere (a `cpupool` worker, or its twin): all
+    at once."""
+    with tracker.child(result.spec.name, result.spec.params(), tags={**_tags(result.spec), **(tags or {})}) as run:
         result.run_id = run.run_id
         _log_result(run, result, logged=0)
 
