@@ -4,6 +4,7 @@ so the layouts the figures read are the layouts the pipeline writes."""
 
 from __future__ import annotations
 
+import csv
 import math
 import shutil
 import struct
@@ -16,8 +17,8 @@ from dpstudy.adaptive import run_figures, schedule_summary, summary_files, targe
 from dpstudy.config import AugmentConfig, RecipeConfig
 from dpstudy.engine import Result, RunSpec
 from dpstudy.errors import UserError
-from dpstudy.figures import (FIGURES, INPUTS, Stat, draw, load_inputs, make_figures, mean_std, over_seeds,
-                             per_device, summarize)
+from dpstudy.figures import (EPOCH_LABEL, FIGURES, INPUTS, Stat, draw, load_inputs, make_figures, mean_std,
+                             over_seeds, per_device, per_seed, ratios, reached, summarize)
 from dpstudy.fsutil import write_csv_atomic, write_files_atomic
 from dpstudy.stages import profile_dataloader, train_ddp, train_dp
 from dpstudy.sweep import results_files, tables
@@ -303,7 +304,8 @@ def test_per_device_cells():
 
 def test_data_wait_lines_are_means_over_seeds(results):
     fig = draw("A1_A2_data_wait_utilization.png", load_inputs(results))
-    wait = fig.axes[0]
+    util, wait = fig.axes  # panels in the claims' order: A1, then A2
+    assert util.get_title().startswith("A1:") and wait.get_title().startswith("A2:")
     line = container(wait, "single device, standard DataLoader")
     expected = [statistics_mean(wait_of("standard", b, s) for s in SEEDS) for b in (16, 64, 256)]
     assert list(line.lines[0].get_xdata()) == [16, 64, 256]
@@ -341,10 +343,29 @@ def test_adaptive_figure_marks_target_and_misses(results):
     goal = [line for line in by_steps.lines if line.get_label().startswith("target")]
     assert goal and goal[0].get_ydata()[0] == pytest.approx((0.98 + 0.985) / 2 - 0.01)
     notes = [t.get_text() for t in ttt.texts]
-    assert "not reached" in notes  # fixed_large ends at 0.90-0.905, below the target
+    assert "not reached\n(0 of 2 seeds)" in notes  # fixed_large ends at 0.90-0.905, below the target
     assert "1.00×" in notes  # fixed_small against itself
+    assert fig.axes[5].get_title().startswith("throughput (C3")
     restoration = draw("C4_adaptive_restoration.png", tables)
     assert restoration.axes[0].get_ylabel() == "test PSNR (dB)"
+    assert restoration.axes[5].get_title().startswith("throughput (C4")  # its own claim, not C3
+
+
+def test_a_target_reached_by_some_seeds_says_how_many(results, tmp_path):
+    """A schedule whose mean curve ends above the target while one seed's did not: no mean time,
+    and the bar says 1 of 2 seeds reached it (not "not reached")."""
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    path = copy / "train_adaptive" / "summary.csv"
+    rows = list(csv.DictReader(path.open()))
+    for row in rows:
+        if (row["task"], row["schedule"]) == ("restoration", "noise_scale"):
+            row.update(time_to_target_s="nan", speedup="nan", reached_target="1", seeds="2")
+    write_csv_atomic(path, rows)
+    ttt = draw("C4_adaptive_restoration.png", load_inputs(copy)).axes[2]
+    assert "reached by\n1 of 2 seeds" in [t.get_text() for t in ttt.texts]
+    assert reached({"reached_target": "0", "seeds": "3"}) == "not reached\n(0 of 3 seeds)"
+    assert reached({}) == "not reached"  # a summary without the counts
 
 
 def statistics_mean(values) -> float:
@@ -357,9 +378,137 @@ def test_footnotes_count_the_seeds_they_average(results):
     tables = load_inputs(results)
     for name in ("A1_A2_data_wait_utilization.png", "A4_lr_scaling.png", "B1_B3_B4_epoch_time.png",
                  "B2_device_balance.png", "B5_ddp_accuracy.png", "C1_C3_adaptive_classification.png"):
-        note = draw(name, tables)._supxlabel.get_text()
+        note = " ".join(draw(name, tables)._supxlabel.get_text().split())  # lines wrapped to the figure's width
         assert "mean over 2 seeds (0, 1), ± one std" in note, (name, note)
     assert "optimizer steps per run: 252 at batch 16, 64 at batch 64, 16 at batch 256" in \
-        draw("A4_lr_scaling.png", tables)._supxlabel.get_text()
+        " ".join(draw("A4_lr_scaling.png", tables)._supxlabel.get_text().split())
     assert "one measurement per point: no error bars" in draw("A3_workers.png", tables)._supxlabel.get_text()
     assert over_seeds([{"seed": "3"}, {"seed": "3"}]) == "one seed (3): no error bars"
+
+
+# --------------------------------------------------------------------------------------------
+# What a first read must not get wrong (issue 14)
+
+
+def test_epochs_are_numbered_as_epochs_csv_numbers_them(results):
+    """dvc plots draws epochs.csv's `epoch` as it is (from 0): the PNGs draw the same numbers."""
+    tables = load_inputs(results)
+    first = min(float(r["epoch"]) for r in tables["train_dp/epochs.csv"])
+    assert first == 0
+    a4 = draw("A4_lr_scaling.png", tables).axes[0]
+    assert a4.get_xlabel() == EPOCH_LABEL and min(a4.lines[0].get_xdata()) == first
+    b5 = draw("B5_ddp_accuracy.png", tables).axes[1]
+    assert b5.get_xlabel() == EPOCH_LABEL and min(b5.lines[0].get_xdata()) == first
+    batch_ax = draw("C1_C3_adaptive_classification.png", tables).axes[3]
+    assert batch_ax.get_xlabel() == EPOCH_LABEL and min(batch_ax.lines[0].get_xdata()) == first
+
+
+def lines_of(ax, label: str) -> list:
+    return [c for c in ax.containers if c.get_label() == label]
+
+
+def rewrite(path: Path, change) -> None:
+    rows = list(csv.DictReader(path.open()))
+    for row in rows:
+        change(row)
+    write_csv_atomic(path, rows)
+
+
+def test_ddp_speedup_against_both_baselines_with_bars_over_seeds(results, tmp_path):
+    """DDP is set against DDP with 1 process and against the single-device run; each seed's epoch
+    time is averaged over its lr rules first, so a bar is a spread over seeds, never over rules."""
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+
+    def ddp_time(row):  # lr rule linear 50% slower than none: a spread the bars must not show
+        base = 2.0 / float(row["world"]) ** 0.8
+        row["epoch_time_s"] = str(base * (1.5 if row["lr_rule"] == "linear" else 1.0) + 0.1 * int(row["seed"]))
+
+    rewrite(copy / "train_ddp" / "runs.csv", ddp_time)
+    tables = load_inputs(copy)
+    fig = draw("B1_B3_B4_epoch_time.png", tables)
+    time_ax, speed_ax = fig.axes
+    ddp = container(time_ax, "DDP, batch 32 per process")
+    bars = [seg[1][1] - seg[0][1] for seg in ddp.lines[2][0].get_segments()]
+    assert bars == pytest.approx([2 * 0.1 / math.sqrt(2)] * 3)  # seeds 0.1 s apart; the rules' 50% averaged out
+
+    ddp_rows = [r for r in tables["train_ddp/runs.csv"] if r["sweep"] == "vgg"]
+    times = {w: per_seed([r for r in ddp_rows if r["world"] == str(w)], lambda r: float(r["epoch_time_s"]))
+             for w in (1, 2, 4)}
+    single = per_seed([r for r in tables["train_dp/runs.csv"] if r["sweep"] == "vgg" and r["mode"] == "single"
+                       and r["global_batch"] == "32"], lambda r: float(r["epoch_time_s"]))
+    against_one = container(speed_ax, "DDP vs DDP with 1 process, batch 32 per process").lines[0].get_ydata()
+    against_single = container(speed_ax, "DDP vs single device, batch 32 per process").lines[0].get_ydata()
+    assert list(against_one) == pytest.approx([1.0] + [ratios(times[1], times[w]).mean for w in (2, 4)])
+    assert list(against_single) == pytest.approx([ratios(single, times[w]).mean for w in (1, 2, 4)])
+    note = " ".join(fig._supxlabel.get_text().split())
+    assert "DDP with 1 process, which carries DDP's own overheads" in note
+    t1, t0 = mean_std(times[1].values()).mean, mean_std(single.values()).mean
+    assert f"batch 32: DDP with 1 process {t1:.2f} s/epoch vs the single-device run {t0:.2f} s" in note
+
+
+def test_one_device_dataparallel_is_not_joined_to_the_single_run(results, tmp_path):
+    """DataParallel on one device sits beside the single-device run at x = 1: a line joining the two
+    would be vertical and read as an error bar."""
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+
+    def one_device(row):
+        if row["sweep"] == "vgg" and row["mode"] == "dp":
+            row.update(devices="1", device_mem_mib="1000.0", utilization_pct="90.0")
+
+    rewrite(copy / "train_dp" / "runs.csv", one_device)
+    fig = draw("B1_B3_B4_epoch_time.png", load_inputs(copy))
+    for ax in fig.axes:
+        for line in ax.lines:
+            xs = list(line.get_xdata())
+            if line.get_linestyle() != "None" and len(xs) > 1:
+                assert len(set(xs)) > 1, f"a vertical line at x = {xs[0]} in {ax.get_title()!r}"
+        dp = [c for c in ax.containers if c.get_label().startswith("DataParallel ×1")]
+        single = [c for c in ax.containers if c.get_label().startswith("single device")]
+        for a in dp:
+            for b in single:  # set apart, not on top of each other
+                assert a.lines[0].get_xdata()[0] != b.lines[0].get_xdata()[0]
+    assert "ran on 1 device" in fig._supxlabel.get_text()
+
+
+def test_b5_legend_shows_line_styles_and_accuracy_is_not_magnified(results):
+    tables = load_inputs(results)
+    fig = draw("B5_ddp_accuracy.png", tables, {"digits": 359})
+    final, curves = fig.axes
+    styles = {text.get_text(): handle.get_linestyle()
+              for text, handle in zip(curves.get_legend().get_texts(), curves.get_legend().legend_handles)}
+    assert styles["2 processes, lr rule none"] == "--" and styles["2 processes, lr rule linear"] == "-"
+    assert curves.get_legend().handlelength >= 3  # long enough to show a dash
+    low, high = final.get_ylim()
+    assert high - low >= 0.10 - 1e-9 and high <= 1.011  # a 1-2 image gap stays small; nothing above 100%
+    assert max(final.get_yticks()) <= 1.0
+    assert "test set: 359 images (one image = 0.28 percentage points" in fig._supxlabel.get_text()
+
+
+def test_a3_log_axis_is_labelled_and_its_legend_squeezes_no_panel(results):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = draw("A3_workers.png", load_inputs(results))
+    FigureCanvasAgg(fig).draw()
+    ax, rel = fig.axes
+    low, high = ax.get_ylim()
+    labelled = [t for t in ax.yaxis.get_majorticklabels() if t.get_text() and low <= t.get_position()[1] <= high]
+    assert len(labelled) >= 3, [t.get_text() for t in labelled]
+    assert ax.get_position().width == pytest.approx(rel.get_position().width, rel=0.05)
+
+
+def test_b2_ratio_label_clears_the_error_cap(results):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = draw("B2_device_balance.png", load_inputs(results))
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # the layout settles the text's place
+    renderer = canvas.get_renderer()
+    memory = fig.axes[0]
+    label = next(t for t in memory.texts if t.get_text().endswith("×"))
+    bars = container(memory, "DataParallel ×2, batch 32")
+    x, top = label.xy  # device 0's mean + std: the top of its error bar
+    assert x == pytest.approx(bars[0].get_x() + bars[0].get_width() / 2)
+    cap = memory.transData.transform((x, top))[1]
+    assert label.get_window_extent(renderer).y0 - cap >= 5  # pixels between the cap and the text

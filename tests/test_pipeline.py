@@ -128,14 +128,16 @@ def check_report(repo: Path) -> None:
         assert f"### {claim}: {table[claim]}" in report
     for name in FIGURES:
         png = repo / "results" / "figures" / name
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"](figures/{name})" in report
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"](./figures/{name})" in report
     assert "`plot.rules`" in report and "| digits | seeded(seed=0,test_fraction=0.2) |" in report
     assert "torch 2." in report and "(uncommitted changes)" not in report
 
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     exp = client.get_experiment_by_name("dpstudy-claims-report")
     [run] = client.search_runs([exp.experiment_id], "attributes.run_name = 'plot'")
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"REPORT.md", "figures"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"REPORT.md", "REPORT.html", "figures", "images"}
+    html = (repo / "results" / "REPORT.html").read_text()
+    assert html.count('src="data:image/png;base64,') == len(FIGURES) and 'src="http' not in html
     assert {f"verdict.{c}" for c in CLAIMS} <= set(run.data.tags)
     assert run.data.tags["verdict.C1"] == table["C1"]
 

@@ -3,9 +3,11 @@ known numbers (three seeds each), the assumptions read from params.yaml, and REP
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import math
 import random
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -13,8 +15,9 @@ import yaml
 
 from conftest import REPO
 from dpstudy.config import ReportRules, load_section
-from dpstudy.report import (CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, StageRun, assumptions,
-                            combine, decide, judge, render, Part)
+from dpstudy.figures import FIGURES
+from dpstudy.report import (CLAIMS, INCONCLUSIVE, MLFLOW_NOTE, NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, StageRun,
+                            assumptions, combine, decide, figure_anchor, judge, render, render_html, Part)
 
 RULES = ReportRules(confidence=0.95, a1_min_relative_drop=0.25, a2_min_wait_fraction=0.2, a2_resident_factor=2,
                     a3_min_gain=0.1, a4_accuracy_tolerance=0.02, b1_max_speedup=1.2, b2_min_imbalance=1.1,
@@ -290,6 +293,23 @@ def test_b_claims_with_two_gpus():
     assert (got["B1"], got["B2"], got["B3"], got["B4"]) == (NOT_SUPPORTED,) * 4
 
 
+def test_b4_states_ddp_against_both_baselines_with_spreads_over_seeds():
+    """DDP with 1 process carries DDP's overheads: its speed-up is stated against it and against the
+    single-device run, each seed's time averaged over its lr rules first (a ± over seeds only)."""
+    tables, evals = base_tables()
+    tables["train_ddp/runs.csv"] = [
+        dict(dp_row("vgg", "ddp", "standard", 32 * w, seed, rule=rule,
+                    epoch=(3.0 if w == 1 else 1.5) * (1.2 if rule == "none" else 0.8) + 0.01 * seed), world=str(w))
+        for w in (1, 2) for rule in ("none", "linear") for seed in SEEDS]
+    b4 = by_claim(tables, evals)["B4"]
+    assert b4.verdict == NOT_TESTABLE  # one device here: no DataParallel to set DDP against
+    assert "1: 3.01 s ± 0.01 s, 2: 1.51 s ± 0.01 s" in b4.evidence  # not ± the rules' 20%
+    assert "1.99x ± 0.01x against DDP with 1 process" in b4.evidence
+    assert ("1.33x ± 0.00x against the single-device run (train_dp, batch 32: 2.01 s ± 0.01 s per epoch)"
+            in b4.evidence)
+    assert "takes 1.50x ± 0.00x the single-device run's epoch time" in b4.evidence and "flatters DDP" in b4.evidence
+
+
 def test_b5_needs_two_world_sizes_and_states_the_change_with_its_sign():
     tables, evals = base_tables()
     flat = [e for e in evals if not (e["stage"] == "train_ddp" and e["configuration"].startswith("ddp2"))]
@@ -447,3 +467,69 @@ def test_dvc_plot_stage_depends_on_every_table_it_reads():
     produced = {next(iter(o)) if isinstance(o, dict) else o
                 for s in stages.values() for kind in ("outs", "metrics", "plots") for o in s.get(kind, [])}
     assert {d for d in deps if d.startswith("results/")} <= produced  # each one some stage's output
+
+
+# --------------------------------------------------------------------------------------------
+# REPORT.html: the same report, figures inside it
+
+
+def rendered() -> str:
+    tables, evals = base_tables()
+    return render(judge(tables, evals, RULES), preset="quick", commit="a" * 40, dirty=False, hardware=["Machine: x"],
+                  datasets=[{"name": "digits", "split": "seeded", "train": 1438, "test": 359, "sha256": "f" * 64,
+                             "source_md5": {"sklearn": "0" * 32, "other": "1" * 32}}],
+                  evaluation_check={"checkpoints": 3, "agree_with_training": 3, "max_abs_difference": 0.0},
+                  params_text="x: 1  # ASSUMPTION: made up, with <angle> & ampersand\n")
+
+
+def test_report_links_figures_relatively_and_sends_mlflow_readers_to_the_html():
+    """MLflow's Markdown viewer sends a link to figures/... to the server's root (a 404) and shows a
+    relative image as text: links start with ./ (MLflow shows those inactive) and a note says
+    where the figures are."""
+    text = rendered()
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert links and all(link.startswith("./figures/") and link.endswith(".png") for link in links)
+    assert {link.removeprefix("./figures/") for link in links} == set(FIGURES)
+    assert MLFLOW_NOTE in text and "REPORT.html" in MLFLOW_NOTE
+
+
+def png(path, width: int, height: int) -> bytes:
+    from PIL import Image
+
+    Image.new("RGB", (width, height), "white").save(path)
+    return path.read_bytes()
+
+
+def test_report_html_is_the_markdown_with_its_figures_inside(tmp_path):
+    text = rendered()
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    data = {name: png(figures / name, 40 + i, 30) for i, name in enumerate(FIGURES) if name != "B2_device_balance.png"}
+    page = render_html(text, figures)
+
+    # the same content: every heading, every verdict row, every evidence line
+    for line in text.splitlines():
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+            m = re.match(r"([ABC]\d): (.+)", heading)
+            assert (f'id="claim-{m.group(1)}"' in page and f">{m.group(2)}</span>" in page) if m else \
+                heading.replace("&", "&amp;") in page, heading
+    assert page.count("<tr>") == text.count("\n| ") - text.count("\n| ---")
+    assert page.count("<li>Evidence: ") == text.count("- Evidence: ") == len(CLAIMS)
+    assert MLFLOW_NOTE.strip("*") not in page  # the note is for the Markdown viewer only
+    assert "made up, with &lt;angle&gt; &amp; ampersand" in page  # text is escaped ...
+    assert "<code>" + "0" * 32 + "</code><br>other: <code>" in page  # ... but the report's own <br> is kept
+
+    # every figure inside the page, at its size; one not drawn is said so, with no broken image
+    for name, png_bytes in data.items():
+        src = "data:image/png;base64," + base64.b64encode(png_bytes).decode()
+        figure = re.search(rf'<figure id="{figure_anchor(name)}">\s*<img [^>]*>', page).group(0)
+        assert f'src="{src}"' in figure and 'width="' in figure
+    assert f'<p id="{figure_anchor("B2_device_balance.png")}"><em>Figure B2_device_balance.png was not drawn' in page
+    assert page.count("<img ") == len(data)
+
+    # no fetch of any kind, and every link lands on a place in the page
+    assert not re.search(r"""(src|href)=["'](?!data:|#)""", page) and "<link" not in page and "url(" not in page
+    targets = set(re.findall(r'href="#([^"]+)"', page))
+    assert targets >= {figure_anchor(n) for n in FIGURES} | {f"claim-{c}" for c in CLAIMS}
+    assert all(f'id="{t}"' in page for t in targets)

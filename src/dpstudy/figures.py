@@ -3,9 +3,11 @@
 `make_figures(results, out_dir)` reads the CSV files under ``results/`` (every input is checked
 before anything is drawn: a missing file or column is a one-line `UserError` naming the stage
 that writes it), then writes one PNG per entry of `FIGURES`, each atomically. Lines are means
-over seeds; error bars and shaded bands are ± one sample standard deviation and appear only where
-there are at least two finite values (one seed, or a nan on a CPU-only run, draws none). Each
-footnote says how many seeds the lines average (`over_seeds`).
+over seeds; error bars and shaded bands are ± one sample standard deviation over seeds and appear
+only where there are at least two finite values (one seed, or a nan on a CPU-only run, draws
+none). Where a seed has several rows (DDP's lr rules), they are averaged within the seed first,
+so a bar is never a spread over lr rules. Each footnote says how many seeds the lines average
+(`over_seeds`). Epochs are numbered as epochs.csv numbers them (from 0: the first epoch is 0).
 
 Matplotlib is used through `Figure` objects (the Agg canvas, no pyplot state), so drawing is
 headless, thread-safe and byte-for-byte reproducible.
@@ -16,13 +18,14 @@ from __future__ import annotations
 import csv
 import math
 import statistics
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Hashable, Iterable
+from typing import Callable, Hashable, Iterable, Mapping
 
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter, FixedLocator, MaxNLocator, NullLocator, PercentFormatter
+from matplotlib.ticker import EngFormatter, FixedLocator, LogLocator, MaxNLocator, NullLocator, PercentFormatter
 
 from .errors import UserError
 from .fsutil import atomic_path
@@ -61,6 +64,7 @@ MEMORY_NOTE = ("memory: CUDA peak allocated per device (process RSS per rank on 
 
 Rows = list[dict[str, str]]
 Tables = dict[str, Rows]
+Sizes = Mapping[str, int]  # test images per dataset (the prepared files'), where known
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,6 +155,23 @@ def over_seeds(rows: Rows) -> str:
     return f"mean over {len(seeds)} seeds ({', '.join(seeds)}), ± one std"
 
 
+def per_seed(rows: Rows, value: Callable[[dict], float]) -> dict[str, float]:
+    """``value(row)`` per seed: the mean where a seed has several rows (e.g. one per lr rule), so
+    that a later mean ± std is a spread over seeds only."""
+    return {seed: mean_std(value(r) for r in group).mean
+            for seed, group in groups(rows, lambda r: str(r.get("seed", ""))).items()}
+
+
+def ratios(a: dict[str, float], b: dict[str, float]) -> Stat:
+    """``a / b`` seed by seed (the seeds both have), as mean ± std over those seeds; without a shared
+    seed, the ratio of the two means (no spread)."""
+    common = sorted(a.keys() & b.keys())
+    if common:
+        return mean_std(a[s] / b[s] if b[s] > 0 else math.nan for s in common)
+    mean_a, mean_b = mean_std(a.values()).mean, mean_std(b.values()).mean
+    return Stat(mean_a / mean_b if mean_b > 0 else math.nan, math.nan, 1)
+
+
 def with_runs(epochs: Rows, runs: Rows) -> list[tuple[dict, dict]]:
     """Each epoch row paired with its configuration's runs.csv row (epochs.csv names it `series`)."""
     by_name = {r["name"]: r for r in runs}
@@ -171,7 +192,9 @@ def _figure(rows: int, cols: int, title: str, size: tuple[float, float]) -> tupl
 
 
 def _footnote(fig: Figure, *lines: str) -> None:
-    text = "\n".join(line for line in lines if line)
+    """Grey lines under the panels, each wrapped to the figure's width (8.5 pt: about 4.7 pt a character)."""
+    width = int(fig.get_figwidth() * 72 / 4.7)
+    text = "\n".join(textwrap.fill(line, width) for line in lines if line)
     if text:
         fig.supxlabel(text, fontsize=8.5, color="0.35")
 
@@ -197,19 +220,38 @@ def _band(ax, xs: list[float], stats: list[Stat], label: str, color, **style) ->
         ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
 
 
+EPOCH_LABEL = "epoch (from 0, as epochs.csv numbers them)"
+
+
 def _epoch_axis(ax) -> None:
-    ax.set_xlabel("epoch")
+    """Epochs as epochs.csv (and `dvc plots`, and MLflow's steps) number them: the first is 0."""
+    ax.set_xlabel(EPOCH_LABEL)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _accuracy_axis(ax, min_span: float = 0.05) -> None:
-    """Accuracy as percent, never zoomed closer than ``min_span`` (noise must not look like an effect)."""
+def _accuracy_axis(ax, min_span: float = 0.10, test_images: int | None = None) -> None:
+    """Accuracy as percent, never zoomed closer than ``min_span`` nor than 20 test images (a gap of
+    one or two images must not look like an effect), and never above 100%."""
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
+    if test_images:
+        min_span = max(min_span, 20 / test_images)
     lo, hi = ax.get_ylim()
+    pad = 0.01 * min_span  # room for a marker at 100%
     if hi - lo < min_span:
         mid = (lo + hi) / 2
-        hi = min(mid + min_span / 2, 1.0 + min_span * 0.1)
-        ax.set_ylim(hi - min_span, hi)
+        lo, hi = mid - min_span / 2, mid + min_span / 2
+        if hi > 1.0 + pad:
+            lo, hi = 1.0 + pad - min_span, 1.0 + pad
+    ax.set_ylim(lo, min(hi, 1.0 + max(pad, 0.01)))
+    ticks = ax.get_yticks()
+    ax.yaxis.set_major_locator(FixedLocator([t for t in ticks if t <= 1.0 + 1e-9]))
+
+
+def _test_set(test_images: int | None) -> str:
+    """``test set: 359 images (one image = 0.28 percentage points)`` for a footnote."""
+    if not test_images:
+        return ""
+    return f"test set: {test_images} images (one image = {100 / test_images:.2g} percentage points of accuracy)"
 
 
 def _log2_axis(ax, values: Iterable[float], axis: str = "x") -> None:
@@ -226,13 +268,21 @@ def _log2_axis(ax, values: Iterable[float], axis: str = "x") -> None:
         (ax.set_xlim if axis == "x" else ax.set_ylim)(ticks[0] / 1.5, ticks[0] * 1.5)
 
 
+def _log10_labels(ax) -> None:
+    """A log y axis labelled at 1, 2 and 5 of every decade (two labels alone say little)."""
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
+    ax.yaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.yaxis.set_minor_formatter(lambda v, _: "")
+
+
 def _empty(ax, what: str) -> None:
     ax.text(0.5, 0.5, f"no data: {what}", ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
 def _legend(ax, **kw) -> None:
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8.5, **kw)
+        ax.legend(fontsize=8.5, **{"handlelength": 3.2, **kw})  # long enough to show a line's dashes
 
 
 def _colors(n: int, cmap: str = "viridis", lo: float = 0.0, hi: float = 0.85) -> list:
@@ -247,6 +297,12 @@ def _cycle(i: int):
 def _what(rows: Rows) -> str:
     """`` (model on dataset)`` of a grid's runs, for titles; empty without runs."""
     return f" ({MODEL.get(rows[0]['model'], rows[0]['model'])} on {rows[0]['dataset']})" if rows else ""
+
+
+def _test_images(runs: Rows, sizes: Sizes) -> int | None:
+    """The test split's size behind the runs' accuracies (one dataset), where known."""
+    names = {r["dataset"] for r in runs}
+    return sizes.get(names.pop()) if len(names) == 1 else None
 
 
 def _sweep(tables: Tables, rel: str, sweep: str) -> Rows:
@@ -268,10 +324,10 @@ def _util_source(tables: Tables) -> str:
 # Study A
 
 
-def _a1_a2(t: Tables) -> Figure:
+def _a1_a2(t: Tables, sizes: Sizes) -> Figure:
     runs, probes = _sweep(t, "train_dp/runs.csv", UTILIZATION), t["profile_dataloader/probes.csv"]
     source = _util_source(t)
-    fig, (wait, util) = _figure(1, 2, f"A1/A2 — data wait and utilization vs batch size{_what(runs)}", (12, 4.6))
+    fig, (util, wait) = _figure(1, 2, f"A1/A2 — utilization and data wait vs batch size{_what(runs)}", (12, 4.6))
     loaders = list(dict.fromkeys([r["loader"] for r in runs] + [r["loader"] for r in probes]))
     color = {name: _cycle(i) for i, name in enumerate(loaders)}
     batches = []
@@ -306,7 +362,7 @@ def _a1_a2(t: Tables) -> Figure:
     return fig
 
 
-def _a3(t: Tables) -> Figure:
+def _a3(t: Tables, sizes: Sizes) -> Figure:
     workers = t["profile_dataloader/workers.csv"]
     resident = [r for r in t["profile_dataloader/throughput.csv"] if r["series"] == "resident"]
     fig, (ax, rel) = _figure(1, 2, "A3 — data-loading throughput vs DataLoader worker processes", (12, 4.8))
@@ -335,9 +391,10 @@ def _a3(t: Tables) -> Figure:
         axis.set_xlabel("DataLoader num_workers (worker processes)")
     rel.axhline(1.0, color="0.5", linestyle=":", linewidth=1)
     ax.set(ylabel="images/s delivered to the device (log)", yscale="log", title="images/s per loader")
-    ax.yaxis.set_major_formatter(EngFormatter(sep=""))
+    _log10_labels(ax)
     rel.set(ylabel="images/s relative to num_workers=0 (×)", title="standard loader: gain from workers")
-    _legend(ax, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    # under its panel, in two columns: beside the panel it would squeeze it
+    _legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     _legend(rel)
     cells = groups(workers, lambda r: (r["series"], r["num_workers"]))
     repeats = max(map(len, cells.values()), default=0)
@@ -348,7 +405,7 @@ def _a3(t: Tables) -> Figure:
     return fig
 
 
-def _a4(t: Tables) -> Figure:
+def _a4(t: Tables, sizes: Sizes) -> Figure:
     runs = _sweep(t, "train_dp/runs.csv", LR_SCALING)
     pairs = with_runs(t["train_dp/epochs.csv"], runs)
     rules = list(dict.fromkeys(r["lr_rule"] for r in runs)) or ["none"]
@@ -365,7 +422,7 @@ def _a4(t: Tables) -> Figure:
             mine = [(e, r) for e, r in pairs if r["lr_rule"] == rule and num(r["global_batch"]) == b]
             stats = summarize([e for e, _ in mine], col("epoch"), col("train_loss"))
             if stats:
-                _band(ax, [x + 1 for x in stats], list(stats.values()), f"batch {b:g}", colors[b])
+                _band(ax, list(stats), list(stats.values()), f"batch {b:g}", colors[b])
         ax.set(title=f"lr rule: {rule}", yscale="log")
         _epoch_axis(ax)
         ax.grid(True, alpha=0.3)
@@ -376,7 +433,8 @@ def _a4(t: Tables) -> Figure:
         _errorbar(acc, summarize(rows, col("global_batch"), col("test_accuracy")), f"lr rule: {rule}",
                   color=_cycle(i))
     _log2_axis(acc, batches)
-    _accuracy_axis(acc)
+    test_images = _test_images(runs, sizes)
+    _accuracy_axis(acc, test_images=test_images)
     acc.set(title="final test accuracy", xlabel="global batch size (images)", ylabel="test accuracy")
     acc.grid(True, alpha=0.3)
     _legend(acc)
@@ -385,8 +443,10 @@ def _a4(t: Tables) -> Figure:
     steps = summarize(runs, col("global_batch"), col("steps"))
     _footnote(fig, "same epochs for every batch size; lr rules scale the base rate to the batch "
                    f"(none | linear | sqrt, with warmup); {over_seeds(runs)} (band/bars)",
-              "optimizer steps per run: " + ", ".join(f"{s.mean:,.0f} at batch {b:g}" for b, s in steps.items()
-                                                      if math.isfinite(s.mean)) if steps else "")
+              "; ".join(filter(None, [
+                  "optimizer steps per run: " + ", ".join(f"{s.mean:,.0f} at batch {b:g}" for b, s in steps.items()
+                                                          if math.isfinite(s.mean)) if steps else "",
+                  _test_set(test_images)])))
     return fig
 
 
@@ -394,56 +454,108 @@ def _a4(t: Tables) -> Figure:
 # Study B
 
 
-def _b1_b4(t: Tables) -> Figure:
+def _b1_b4(t: Tables, sizes: Sizes) -> Figure:
     dp = _sweep(t, "train_dp/runs.csv", VGG)
     ddp = _sweep(t, "train_ddp/runs.csv", VGG)
     fig, (time_ax, speed_ax) = _figure(1, 2, f"B1/B3/B4 — epoch time vs devices: DataParallel vs DDP"
-                                             f"{_what(dp or ddp)}", (12.5, 5))
-    devices: list[float] = []
-    epoch_time, by_devices = col("epoch_time_s"), col("devices")
+                                             f"{_what(dp or ddp)}", (13, 5.6))
+    epoch_time = col("epoch_time_s")
+    devices: list[float] = [1.0]
+    one_device_dp = any(r["mode"] == "dp" for r in dp) and all(num(r["devices"]) <= 1 for r in dp if r["mode"] == "dp")
+    # DataParallel on one device sits at x = 1 beside the single-device run: set the two a little apart
+    # (and never join them: a vertical join would read as an error bar)
+    left, right = (2 ** -0.07, 2 ** 0.07) if one_device_dp else (1.0, 1.0)
+    single_by_batch: dict[float, dict[str, float]] = {}
     batches = sorted({num(r["global_batch"]) for r in dp})
     for b, color in zip(batches, _colors(len(batches), "Oranges", 0.55, 0.95)):
         mine = [r for r in dp if num(r["global_batch"]) == b]
-        single = summarize([r for r in mine if r["mode"] == "single"], by_devices, epoch_time)
-        multi = summarize([r for r in mine if r["mode"] == "dp"], by_devices, epoch_time)
-        _errorbar(time_ax, single, f"single device, batch {b:g}", color=color, linestyle="none")
-        _errorbar(time_ax, multi, f"DataParallel, batch {b:g}", color=color, marker="D", linestyle="none")
-        if single and multi:  # join the single-device run to its DataParallel run: the scaling step
-            (x0, s0), (x1, s1) = next(iter(single.items())), next(iter(multi.items()))
-            time_ax.plot([x0, x1], [s0.mean, s1.mean], color=color, linewidth=1.5)
-            _errorbar(speed_ax, {x0: Stat(1.0, math.nan, 1), x1: Stat(s0.mean / s1.mean, math.nan, 1)},
-                      f"DataParallel, batch {b:g}", color=color, marker="D")
-        devices += list(single) + list(multi)
-    per_rank = sorted({num(r["batch"]) for r in ddp})
-    for b, color in zip(per_rank, _colors(len(per_rank), "Blues", 0.55, 0.95)):
-        stats = summarize([r for r in ddp if num(r["batch"]) == b], by_devices, epoch_time)
-        label = f"DDP, batch {b:g} per process"
-        _errorbar(time_ax, stats, label, color=color, marker="s", linestyle="--")
-        if 1.0 in stats:  # speed-up over the same configuration on one process
-            _errorbar(speed_ax, {d: Stat(stats[1.0].mean / s.mean, math.nan, s.n) for d, s in stats.items()},
-                      label, color=color, marker="s", linestyle="--")
-        devices += list(stats)
-    top = max(devices, default=1.0)
+        single = per_seed([r for r in mine if r["mode"] == "single"], epoch_time)
+        multi_rows = [r for r in mine if r["mode"] == "dp"]
+        multi = per_seed(multi_rows, epoch_time)
+        n = max((num(r["devices"]) for r in multi_rows), default=math.nan)
+        single_by_batch[b] = single
+        if single:
+            _errorbar(time_ax, {left: mean_std(single.values())}, f"single device, batch {b:g}", color=color,
+                      linestyle="none")
+        if multi:
+            x = n * (right if n <= 1 else 1.0)
+            _errorbar(time_ax, {x: mean_std(multi.values())}, f"DataParallel ×{n:g}, batch {b:g}", color=color,
+                      marker="D", linestyle="none")
+            devices.append(n)
+            if single and n > 1:  # the scaling step from one device to n
+                time_ax.plot([1, n], [mean_std(single.values()).mean, mean_std(multi.values()).mean], color=color,
+                             linewidth=1.2, alpha=0.7)
+            if single:
+                speedup = ratios(single, multi)
+                _errorbar(speed_ax, {x: speedup}, f"DataParallel ×{n:g} vs single device, batch {b:g}", color=color,
+                          marker="D", linestyle="none")
+                if n > 1:
+                    speed_ax.plot([1, n], [1, speedup.mean], color=color, linewidth=1.2, alpha=0.7)
+    notes = []
+    per_rank = sorted({_per_rank_batch(r) for r in ddp})
+    blues, purples = _colors(len(per_rank), "Blues", 0.6, 0.95), _colors(len(per_rank), "Purples", 0.6, 0.95)
+    for b, blue, purple in zip(per_rank, blues, purples):
+        mine = [r for r in ddp if _per_rank_batch(r) == b]
+        # each seed's epoch time, averaged over its lr rules first: bars are a spread over seeds only
+        by_world = {w: per_seed(rows, epoch_time) for w, rows in sorted(groups(mine, col("world")).items())}
+        devices += list(by_world)
+        _errorbar(time_ax, {w: mean_std(s.values()) for w, s in by_world.items()}, f"DDP, batch {b:g} per process",
+                  color=blue, marker="s", linestyle="--")
+        one = by_world.get(1.0)
+        if one:
+            _errorbar(speed_ax, {w: Stat(1.0, math.nan, len(one)) if w == 1.0 else ratios(one, s)
+                                 for w, s in by_world.items()},
+                      f"DDP vs DDP with 1 process, batch {b:g} per process", color=blue, marker="s", linestyle="--")
+        single = single_by_batch.get(b)
+        if single:
+            _errorbar(speed_ax, {w: ratios(single, s) for w, s in by_world.items()},
+                      f"DDP vs single device, batch {b:g} per process", color=purple, marker="^", linestyle="-")
+        if one and single:
+            t1, t0 = mean_std(one.values()).mean, mean_std(single.values()).mean
+            notes.append(f"batch {b:g}: DDP with 1 process {t1:.2f} s/epoch vs the single-device run {t0:.2f} s "
+                         f"({ratios(one, single).mean:.2f}× its time, seed by seed)")
+    top = max(devices)
+    speed_ax.axhline(1.0, color="0.5", linewidth=1, linestyle="-", alpha=0.6)
     speed_ax.plot([1, top], [1, top], color="0.5", linestyle=":", label="ideal (linear)")
     time_ax.set(title="B1/B4: seconds per epoch (lower is better)", xlabel="devices (GPUs or processes)",
                 ylabel="epoch time (s)")
     time_ax.set_ylim(bottom=0)
-    speed_ax.set(title="speed-up over one device (B3: at each batch size)", xlabel="devices (GPUs or processes)",
-                 ylabel="speed-up (×): epoch time on 1 / on N")
+    speed_ax.set(title="speed-up against two baselines (B3: at each batch size)", xlabel="devices (GPUs or processes)",
+                 ylabel="speed-up (×): baseline's epoch time / on N")
+    speed_ax.set_ylim(bottom=0)
     for ax in (time_ax, speed_ax):
-        _log2_axis(ax, devices or [1])
-        _legend(ax, loc="best")
+        _log2_axis(ax, devices)
+        if one_device_dp and top <= 1:  # room for the two points set apart at x = 1
+            ax.set_xlim(2 ** -0.5, 2 ** 0.5)
+        _legend(ax, loc="upper left" if ax is speed_ax else "best")  # above the ideal line: an unlikely place
     if not dp and not ddp:
         _empty(time_ax, "vgg runs of train_dp or train_ddp")
-    one_device_dp = any(r["mode"] == "dp" for r in dp) and all(num(r["devices"]) <= 1 for r in dp if r["mode"] == "dp")
-    _footnote(fig, "DataParallel splits one global batch over the GPUs; DDP keeps the per-process batch (the "
-                   f"global batch grows with the processes); {over_seeds(dp + ddp)} (DDP: and over lr rules)",
+    _footnote(fig, "DataParallel splits one global batch over the GPUs (speed-up: the single-device run at the same "
+                   "batch / DataParallel); DDP keeps the per-process batch, so the global batch grows with the "
+                   "processes",
+              "DDP's speed-up against two baselines: the single-device run (train_dp) at its per-process batch, and "
+              "DDP with 1 process, which carries DDP's own overheads (process group, gradient all-reduce)"
+              + (": " + "; ".join(notes) if notes else ""),
+              f"{over_seeds(dp + ddp)}; speed-ups are taken seed by seed; DDP: each seed's epoch time averaged over "
+              "its lr rules first (a rule does not change an epoch's work)",
               "DataParallel saw fewer than 2 GPUs here: it ran on 1 device, beside the single-device run"
               if one_device_dp else "")
     return fig
 
 
-def _b2(t: Tables) -> Figure:
+def _device(text: str, d: int) -> float:
+    """Device ``d``'s value of a per-device cell (nan where it has none)."""
+    values = per_device(text)
+    return values[d] if len(values) > d else math.nan
+
+
+def _per_rank_batch(row: dict) -> float:
+    """A DDP run's batch per process (its global batch over the world size where not recorded)."""
+    b = num(row.get("batch", ""))
+    return b if math.isfinite(b) else num(row["global_batch"]) / num(row["world"])
+
+
+def _b2(t: Tables, sizes: Sizes) -> Figure:
     dp = [r for r in _sweep(t, "train_dp/runs.csv", VGG) if r["mode"] == "dp"]
     ddp = _sweep(t, "train_ddp/runs.csv", VGG)
     top = max((num(r["world"]) for r in ddp), default=math.nan)
@@ -458,9 +570,9 @@ def _b2(t: Tables) -> Figure:
                                       (axes[1], "utilization_pct", "utilization per device", "utilization (%)")):
         most = 1
         for i, (label, rows) in enumerate(configs):
-            values = [per_device(r[column]) for r in rows]
-            n = max(map(len, values), default=0)
-            stats = [mean_std(v[d] for v in values if len(v) > d) for d in range(n)]
+            n = max((len(per_device(r[column])) for r in rows), default=0)
+            # per device: each seed's value (averaged over its lr rules first), then mean ± std over seeds
+            stats = [mean_std(per_seed(rows, lambda r, d=d: _device(r[column], d)).values()) for d in range(n)]
             most = max(most, n)
             if not stats:
                 continue
@@ -471,7 +583,7 @@ def _b2(t: Tables) -> Figure:
             others = mean_std(s.mean for s in stats[1:]).mean
             if n > 1 and others > 0:  # device 0 against the mean of the others, above device 0's bar
                 top0 = stats[0].mean + (stats[0].std if math.isfinite(stats[0].std) else 0)
-                ax.annotate(f"{stats[0].mean / others:.2f}×", (xs[0], top0), xytext=(0, 3), rotation=90,
+                ax.annotate(f"{stats[0].mean / others:.2f}×", (xs[0], top0), xytext=(0, 7),  # clear of the cap
                             textcoords="offset points", ha="center", va="bottom", fontsize=8.5)
         ax.xaxis.set_major_locator(FixedLocator(range(most)))
         ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}")
@@ -484,11 +596,12 @@ def _b2(t: Tables) -> Figure:
     if configs:
         fig.legend(loc="outside right center", fontsize=9)
     _footnote(fig, MEMORY_NOTE, "the r× over device 0: device 0 / mean of the other devices; DDP at its largest world "
-                                f"size; bars: {over_seeds(dp + ddp)} (DDP: and over lr rules)")
+                                f"size; bars: {over_seeds(dp + ddp)} (DDP: each seed averaged over its lr rules "
+                                "first)")
     return fig
 
 
-def _b5(t: Tables) -> Figure:
+def _b5(t: Tables, sizes: Sizes) -> Figure:
     runs = _sweep(t, "train_ddp/runs.csv", VGG)
     pairs = with_runs(t["train_ddp/epochs.csv"], runs)
     fig, (final, curves) = _figure(1, 2, f"B5 — DDP accuracy as processes are added{_what(runs)}", (12.5, 5))
@@ -503,18 +616,20 @@ def _b5(t: Tables) -> Figure:
     colors = dict(zip(worlds, _colors(len(worlds))))
     for (world, rule), mine in groups(pairs, lambda p: (num(p[1]["world"]), p[1]["lr_rule"])).items():
         stats = summarize([e for e, _ in mine], col("epoch"), col("test_accuracy"))
-        _band(curves, [x + 1 for x in stats], list(stats.values()),
+        _band(curves, list(stats), list(stats.values()),
               f"{world:g} process{'es' if world != 1 else ''}, lr rule {rule}",
               colors[world], linestyle="-" if rule != "none" else "--")
     curves.set(title="test accuracy per epoch", ylabel="test accuracy")
     _epoch_axis(curves)
+    test_images = _test_images(runs, sizes)
     for ax in (final, curves):
-        _accuracy_axis(ax)
+        _accuracy_axis(ax, test_images=test_images)
         _legend(ax, loc="lower right")
     if not runs:
         _empty(final, "train_ddp vgg runs")
     _footnote(fig, "per-process batch fixed, so the global batch grows with the world size; lr rule none keeps "
-                   f"the base rate, linear scales it with the global batch; {over_seeds(runs)}")
+                   f"the base rate (dashed), linear scales it with the global batch (solid); {over_seeds(runs)}",
+              _test_set(test_images))
     return fig
 
 
@@ -522,7 +637,7 @@ def _b5(t: Tables) -> Figure:
 # Study C
 
 
-def _adaptive(t: Tables, task: str, title: str) -> Figure:
+def _adaptive(t: Tables, task: str, title: str, claim: str) -> Figure:
     runs, epochs = t[f"{ADAPTIVE}/{task}/runs.csv"], t[f"{ADAPTIVE}/{task}/epochs.csv"]
     summary = [r for r in t[f"{ADAPTIVE}/summary.csv"] if r["task"] == task]
     metric = "psnr" if epochs and "test_psnr" in epochs[0] else "accuracy"
@@ -546,7 +661,7 @@ def _adaptive(t: Tables, task: str, title: str) -> Figure:
             _band(by_time, [s.mean for s in stat("cum_time_s")], values, label, color[schedule])
         # batch and lr change in discrete steps that differ between seeds: one line per seed
         for i, seed_rows in enumerate(groups(rows, lambda r: r["series"]).values()):
-            xs = [num(r["epoch"]) + 1 for r in seed_rows]
+            xs = [num(r["epoch"]) for r in seed_rows]
             style = dict(color=color[schedule], drawstyle="steps-mid", linewidth=1.8,
                          linestyle=("-", "--", ":", "-.")[i % 4], label=label if i == 0 else None)
             batch_ax.plot(xs, [num(r["global_batch"]) for r in seed_rows], **style)
@@ -567,7 +682,8 @@ def _adaptive(t: Tables, task: str, title: str) -> Figure:
         _epoch_axis(ax)
     _summary_bars(ttt, summary, "time_to_target_s", color, "training time to reach the target (s)",
                   "time to target (× = speed-up)")
-    _summary_bars(rate, summary, "run_images_per_s", color, "images/s over the run", "throughput (C3)")
+    _summary_bars(rate, summary, "run_images_per_s", color, "images/s over the run",
+                  f"throughput ({claim}: higher is better)")
     handles, labels = by_steps.get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside right upper", fontsize=9.5)
@@ -575,7 +691,9 @@ def _adaptive(t: Tables, task: str, title: str) -> Figure:
         _empty(by_steps, f"{task} runs")
     _footnote(fig, f"{over_seeds(runs)} (band/bars); batch and lr: one line per seed (line style); target: "
                    "fixed small's final figure (mean over seeds) minus the tolerance; a growing batch takes fewer, "
-                   "larger steps")
+                   "larger steps",
+              "time to target: mean over seeds where every seed reached the target; otherwise no bar, and how many "
+              "seeds reached it (a mean curve can end above the target while a seed's did not)")
     return fig
 
 
@@ -590,7 +708,7 @@ def _summary_bars(ax, summary: Rows, column: str, color: dict, ylabel: str, titl
            color=[color.get(n, "0.5") for n in names])
     for i, (row, mean) in enumerate(zip(summary, means)):
         if not math.isfinite(mean):
-            note = "not reached"
+            note = reached(row) if column == "time_to_target_s" else "not measured"
         elif column == "time_to_target_s":
             note = f"{num(row['speedup']):.2f}×"
         else:
@@ -606,19 +724,29 @@ def _summary_bars(ax, summary: Rows, column: str, color: dict, ylabel: str, titl
         _empty(ax, "summary.csv rows")
 
 
-def _c1_c3(t: Tables) -> Figure:
-    return _adaptive(t, "classification", "C1–C3 — adaptive batch size, classification")
+def reached(row: dict) -> str:
+    """The note of a schedule with no mean time to target: how many of its seeds reached it."""
+    k, n = num(row.get("reached_target", "")), num(row.get("seeds", ""))
+    if not (math.isfinite(k) and math.isfinite(n) and n > 0):
+        return "not reached"
+    if k == 0:
+        return f"not reached\n(0 of {n:.0f} seed{'s' if n != 1 else ''})"
+    return f"reached by\n{k:.0f} of {n:.0f} seeds"
 
 
-def _c4(t: Tables) -> Figure:
-    return _adaptive(t, "restoration", "C4 — adaptive batch size, 2× image restoration")
+def _c1_c3(t: Tables, sizes: Sizes) -> Figure:
+    return _adaptive(t, "classification", "C1–C3 — adaptive batch size, classification", "C3")
+
+
+def _c4(t: Tables, sizes: Sizes) -> Figure:
+    return _adaptive(t, "restoration", "C4 — adaptive batch size, 2× image restoration", "C4")
 
 
 # --------------------------------------------------------------------------------------------
 # The figure set
 
 
-_DRAW: dict[str, tuple[tuple[str, ...], Callable[[Tables], Figure]]] = {
+_DRAW: dict[str, tuple[tuple[str, ...], Callable[[Tables, Sizes], Figure]]] = {
     "A1_A2_data_wait_utilization.png": (("A1", "A2"), _a1_a2),
     "A3_workers.png": (("A3",), _a3),
     "A4_lr_scaling.png": (("A4",), _a4),
@@ -631,17 +759,18 @@ _DRAW: dict[str, tuple[tuple[str, ...], Callable[[Tables], Figure]]] = {
 FIGURES: dict[str, tuple[str, ...]] = {name: claims for name, (claims, _) in _DRAW.items()}
 
 
-def draw(name: str, tables: Tables) -> Figure:
-    """The figure ``name`` (a `FIGURES` key) drawn from `load_inputs`' tables."""
-    return _DRAW[name][1](tables)
+def draw(name: str, tables: Tables, test_images: Sizes | None = None) -> Figure:
+    """The figure ``name`` (a `FIGURES` key) drawn from `load_inputs`' tables; ``test_images``: the
+    test split's size per dataset, stated beside accuracies where known."""
+    return _DRAW[name][1](tables, test_images or {})
 
 
-def make_figures(results: Path, out_dir: Path) -> list[Path]:
+def make_figures(results: Path, out_dir: Path, test_images: Sizes | None = None) -> list[Path]:
     """Write every figure into out_dir (created), return the paths written, in FIGURES order."""
-    return write_figures(load_inputs(Path(results)), out_dir)
+    return write_figures(load_inputs(Path(results)), out_dir, test_images)
 
 
-def write_figures(tables: Tables, out_dir: Path) -> list[Path]:
+def write_figures(tables: Tables, out_dir: Path, test_images: Sizes | None = None) -> list[Path]:
     """`make_figures` for tables already read with `load_inputs`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -649,6 +778,6 @@ def write_figures(tables: Tables, out_dir: Path) -> list[Path]:
     for name in FIGURES:
         path = out_dir / name
         with atomic_path(path) as tmp:
-            draw(name, tables).savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+            draw(name, tables, test_images).savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
         written.append(path)
     return written

@@ -19,22 +19,32 @@ same on a laptop CPU and on an H100. Effects are averaged as they are, ratios to
 evidence per claim with its effect, seeds and figure, then what the run was (preset, hardware,
 versions, commit, dataset checksums) and every assumption params.yaml marks. Accuracy and PSNR
 come from the evaluate stage (checkpoints scored again on the test split); times from the training
-stages' own tables.
+stages' own tables. Figures are linked as ``./figures/<name>.png``: they resolve beside REPORT.md
+(and in the plot run's artifacts), and MLflow's Markdown viewer shows such links inactive.
+
+`render_html(markdown, figures)` turns that text into REPORT.html: the same content as one
+self-contained page, each figure embedded as a data URI, which MLflow's (sandboxed) HTML viewer
+shows as it is.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import math
 import platform
 import re
+import struct
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from .config import ReportRules
 from .devices import cpu_count
-from .figures import FIGURES, Rows, Stat, Tables, device_mean, groups, mean_std, num, per_device, summarize
+from .figures import (FIGURES, Rows, Stat, Tables, device_mean, groups, mean_std, num, per_device, per_seed, ratios,
+                      summarize)
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_TESTABLE = "supported", "not supported", "inconclusive", "not testable here"
 VERDICTS = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_TESTABLE)
@@ -474,7 +484,7 @@ def _b(tables: Tables, evaluations: Rows, rules: ReportRules, dp_n: int) -> list
         return [Verdict("B1", NOT_TESTABLE, f"epoch time per batch size: {times}", b1_rule, need, seeds=seeds),
                 Verdict("B2", NOT_TESTABLE, _b2_evidence(vgg), b2_rule, need, seeds=seeds),
                 Verdict("B3", NOT_TESTABLE, f"epoch time per batch size: {times}", b3_rule, need, seeds=seeds),
-                Verdict("B4", NOT_TESTABLE, _b4_context(ddp), b4_rule, need, seeds=seeds),
+                Verdict("B4", NOT_TESTABLE, _b4_context(ddp, vgg), b4_rule, need, seeds=seeds),
                 _b5(evaluations, rules)]
     mean_speedup = [mean_std(v).mean for v in zip(*speedup.values())]  # per seed, over batch sizes
     b1 = Part(f"DP over {dp_n} GPUs vs one, mean over batch sizes",
@@ -496,9 +506,9 @@ def _b(tables: Tables, evaluations: Rows, rules: ReportRules, dp_n: int) -> list
                 _from_parts("B2", [b2], _b2_evidence(vgg), b2_rule, seeds),
                 _from_parts("B3", b3, f"DP speed-up per batch size: {times}", b3_rule, seeds)]
     if b4:
-        verdicts.append(_from_parts("B4", b4, b4_evidence, b4_rule, seeds))
+        verdicts.append(_from_parts("B4", b4, f"{b4_evidence}. {_b4_context(ddp, vgg)}", b4_rule, seeds))
     else:
-        verdicts.append(Verdict("B4", NOT_TESTABLE, _b4_context(ddp), b4_rule,
+        verdicts.append(Verdict("B4", NOT_TESTABLE, _b4_context(ddp, vgg), b4_rule,
                                 "train_ddp and train_dp share no (devices, global batch) pair", seeds=seeds))
     return verdicts + [_b5(evaluations, rules)]
 
@@ -527,9 +537,43 @@ def _b2_evidence(rows: Rows) -> str:
             + (f"; device 0 / others: {_ms(ratio, _x)}" if math.isfinite(ratio.mean) else "; one device: no ratio"))
 
 
-def _b4_context(ddp: Rows) -> str:
-    times = summarize(ddp, lambda r: int(num(r["world"])), lambda r: num(r["epoch_time_s"]))
-    return "DDP epoch time by processes: " + ", ".join(f"{w}: {_ms(t, _s)}" for w, t in times.items())
+def _b4_context(ddp: Rows, vgg: Rows) -> str:
+    """DDP's epoch time by world size, and its speed-up against both baselines: DDP with 1 process and
+    the single-device run (train_dp) at the same per-process batch. Each seed's time is its mean over
+    the lr rules first, so every ± is a spread over seeds."""
+    if not ddp:
+        return "no DDP runs"
+    epoch = lambda r: num(r["epoch_time_s"])  # noqa: E731
+    out = []
+    for b, rows in sorted(groups(ddp, _per_rank_batch).items()):
+        worlds = groups(rows, lambda r: int(num(r["world"])))
+        by_world = {w: per_seed(group, epoch) for w, group in sorted(worlds.items())}
+        text = (f"DDP epoch time by processes, batch {b:g} per process (each seed's mean over its lr rules, then "
+                "mean ± std over seeds): " + ", ".join(f"{w}: {_ms(mean_std(t.values()), _s)}"
+                                                      for w, t in by_world.items()))
+        single = per_seed([r for r in vgg if r["mode"] == "single" and _batch_of(r) == b], epoch)
+        one, most = by_world.get(1), max(by_world)
+        against = []
+        if one and most > 1:
+            against.append(f"{_ms(ratios(one, by_world[most]), _x)} against DDP with 1 process")
+        if single and most > 1:
+            against.append(f"{_ms(ratios(single, by_world[most]), _x)} against the single-device run (train_dp, "
+                           f"batch {b:g}: {_ms(mean_std(single.values()), _s)} per epoch)")
+        if against:
+            text += f"; speed-up at {most} processes, seed by seed: " + " and ".join(against)
+        if one and single:
+            slower = ratios(one, single)
+            text += (f"; DDP with 1 process carries DDP's own overheads (process group, gradient all-reduce) and "
+                     f"takes {_ms(slower, _x)} the single-device run's epoch time"
+                     + (", so a speed-up against it alone flatters DDP" if slower.mean > 1 else ""))
+        out.append(text)
+    return ". ".join(out)
+
+
+def _per_rank_batch(row: dict) -> int:
+    """A DDP run's batch per process (its global batch over the world size where not recorded)."""
+    b = num(row.get("batch", ""))
+    return int(b) if math.isfinite(b) else int(num(row["global_batch"]) / num(row["world"]))
 
 
 def _b5(evaluations: Rows, rules: ReportRules) -> Verdict:
@@ -779,6 +823,12 @@ def _pipeline(stage_runs: list[StageRun] | None, written: datetime | None) -> tu
     return duration, lines
 
 
+# MLflow's Markdown viewer (3.x) shows an image with a relative address as its Markdown text and
+# drops data: addresses; REPORT.html embeds the figures and reads the same in MLflow as anywhere.
+MLFLOW_NOTE = ("*In MLflow, open REPORT.html beside this file: MLflow's Markdown viewer does not show these figures "
+               "(it prints their Markdown instead), and REPORT.html carries them inside it.*")
+
+
 def render(verdicts: list[Verdict], *, preset: str, commit: str, dirty: bool, hardware: list[str],
            datasets: list[dict], evaluation_check: dict, params_text: str, figures_dir: str = "figures",
            written: datetime | None = None, stage_runs: list[StageRun] | None = None,
@@ -792,6 +842,8 @@ def render(verdicts: list[Verdict], *, preset: str, commit: str, dirty: bool, ha
         f"commit `{commit[:12]}`{' (uncommitted changes)' if dirty else ''} · pipeline duration {duration}",
         "",
         "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()),
+        "",
+        MLFLOW_NOTE,
         "",
         "Each claim of the three studies, the evidence this run measured, and the verdict its stated rule gives "
         "(thresholds in params.yaml's `plot.rules`). Every rule works the same way: the claim's effect is computed "
@@ -809,7 +861,7 @@ def render(verdicts: list[Verdict], *, preset: str, commit: str, dirty: bool, ha
         "| --- | --- | --- | --- | --- |",
     ]
     for v in verdicts:
-        fig = f"[{v.figure}]({figures_dir}/{v.figure})" if v.figure else ""
+        fig = f"[{v.figure}]({_figure_path(figures_dir, v.figure)})" if v.figure else ""
         lines.append(f"| {v.claim} | {CLAIMS[v.claim]} | **{v.verdict}** | {seed_count(v.seeds)} | {fig} |")
     for study, title in STUDY_TITLES.items():
         lines += ["", f"## {study}. {title}"]
@@ -825,7 +877,7 @@ def render(verdicts: list[Verdict], *, preset: str, commit: str, dirty: bool, ha
                 lines.append(f"- {label}: {v.why}.")
             if v.figure and v.figure not in shown:
                 shown.add(v.figure)
-                lines += ["", f"![{v.figure}]({figures_dir}/{v.figure})"]
+                lines += ["", f"![{v.figure}]({_figure_path(figures_dir, v.figure)})"]
     lines += ["", "## The run", "", f"- Preset: `{preset}`", f"- Git commit: `{commit}`"
               + (" with uncommitted changes" if dirty else ""), *[f"- {h}" for h in hardware],
               "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
@@ -843,6 +895,14 @@ def render(verdicts: list[Verdict], *, preset: str, commit: str, dirty: bool, ha
     return "\n".join(lines) + "\n"
 
 
+def _figure_path(figures_dir: str, name: str) -> str:
+    """``./figures/A3_workers.png``: relative links resolve beside REPORT.md (in the results folder and in
+    the plot run's artifacts alike); the leading ``./`` makes MLflow's Markdown viewer show the link
+    inactive instead of sending it to the server's root, where it is a 404."""
+    path = f"{figures_dir}/{name}"
+    return path if path.startswith(("/", "./", "../")) or "://" in path else f"./{path}"
+
+
 def seed_count(seeds: str) -> str:
     """The verdict table's short form of a claim's seeds: ``3`` or ``1 (no interval)``."""
     m = re.match(r"(\d+) (seed|repeated)", seeds)
@@ -850,3 +910,178 @@ def seed_count(seeds: str) -> str:
         return (m.group(1) + (" repeats" if m.group(2) == "repeated" else "")
                 + (" (no interval)" if m.group(1) == "1" else ""))
     return "1 (no interval)" if seeds.startswith("one measurement") else "—"
+
+
+# --------------------------------------------------------------------------------------------
+# REPORT.html: REPORT.md's content as one self-contained page
+
+
+_CSS = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       color: #1f2328; background: #fff; margin: 0 auto; padding: 24px 32px 64px; max-width: 1280px; }
+h1 { font-size: 28px; margin: 0 0 12px; }
+h2 { font-size: 22px; margin: 36px 0 8px; padding-bottom: 4px; border-bottom: 1px solid #d0d7de; }
+h3 { font-size: 18px; margin: 28px 0 6px; }
+p, ul { margin: 8px 0; }
+li { margin: 4px 0; }
+code { font: 13px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: #f3f4f6;
+       padding: 1px 4px; border-radius: 4px; overflow-wrap: anywhere; }
+table { border-collapse: collapse; width: 100%; margin: 12px 0; font-size: 14px; }
+th, td { border: 1px solid #d0d7de; padding: 6px 9px; text-align: left; vertical-align: top; }
+td a, td code { overflow-wrap: anywhere; }  /* long figure names and checksums wrap in a narrow viewer */
+th { background: #f6f8fa; }
+tr:nth-child(even) td { background: #fafbfc; }
+a { color: #0969da; text-decoration: none; }
+a:hover { text-decoration: underline; }
+figure { margin: 16px 0 24px; }
+figure img { display: block; max-width: 100%; height: auto; border: 1px solid #d0d7de; border-radius: 4px; }
+figcaption { font-size: 13px; color: #57606a; margin-top: 4px; }
+.verdict { padding: 1px 7px; border-radius: 10px; white-space: nowrap; font-weight: 600; }
+.v-supported { background: #dafbe1; color: #116329; }
+.v-not-supported { background: #ffebe9; color: #a40e26; }
+.v-inconclusive { background: #fff8c5; color: #7d4e00; }
+.v-not-testable-here { background: #eaeef2; color: #424a53; }
+"""
+# MLflow shows an HTML artifact in a sandboxed iframe loaded from a blob: address, where following
+# a link to a place in the page (#...) is blocked as a navigation; scrolling to it works everywhere.
+_IN_PAGE_LINKS = """
+document.addEventListener("click", function (event) {
+  var link = event.target.closest ? event.target.closest('a[href^="#"]') : null;
+  var place = link && document.getElementById(decodeURIComponent(link.getAttribute("href").slice(1)));
+  if (place) { event.preventDefault(); place.scrollIntoView(); }
+});
+"""
+_IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+)\)$")
+_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+_CLAIM_HEADING = re.compile(r"^(A|B|C)(\d): (.+)$")
+
+
+def render_html(markdown: str, figures: str | Path, *, exclude: Sequence[str] = (MLFLOW_NOTE,)) -> str:
+    """REPORT.md's text (`render`) as one self-contained HTML page: the same headings, tables, lists
+    and paragraphs, every figure embedded as a PNG data URI read from ``figures`` (no fetch of any
+    kind, so it reads the same from disk, in a mail and in MLflow's sandboxed HTML viewer), every
+    link to a figure pointing at the figure inside the page and each claim of the verdict table at
+    its section (a few lines of inline script scroll there where the sandbox blocks a #-link). The
+    paragraphs in ``exclude`` (the note on reading the Markdown in MLflow) are left out."""
+    figures = Path(figures)
+    lines = markdown.splitlines()
+    title = next((line.lstrip("#").strip() for line in lines if line.startswith("# ")), "report")
+    ids = {f"claim-{m.group(1)}{m.group(2)}" for line in lines if line.startswith("### ")
+           if (m := _CLAIM_HEADING.match(line[4:]))}
+    body: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.strip():
+            i += 1
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(_heading(level, line[level:].strip()))
+            i += 1
+        elif line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append(lines[i])
+                i += 1
+            body.append(_table(rows, ids))
+        elif line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(f"<li>{_inline(lines[i][2:])}</li>")
+                i += 1
+            body.append("<ul>\n" + "\n".join(items) + "\n</ul>")
+        elif m := _IMAGE.match(line.strip()):
+            body.append(_figure(m.group(1), figures / Path(m.group(2)).name))
+            i += 1
+        else:
+            para = []
+            while i < len(lines) and lines[i].strip() and not lines[i].startswith(("#", "|", "- ", "![")):
+                para.append(lines[i].strip())
+                i += 1
+            text = " ".join(para)
+            if text not in exclude:
+                body.append(f"<p>{_inline(text)}</p>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+            + "\n".join(body) + f"\n<script>{_IN_PAGE_LINKS}</script>\n</body>\n</html>\n")
+
+
+def figure_anchor(name: str) -> str:
+    """The id of a figure inside REPORT.html: ``fig-A3_workers``."""
+    return "fig-" + re.sub(r"[^A-Za-z0-9_-]", "-", Path(name).stem)
+
+
+def _heading(level: int, text: str) -> str:
+    level = min(max(level, 1), 6)
+    m = _CLAIM_HEADING.match(text) if level == 3 else None
+    if m:
+        claim, verdict = f"{m.group(1)}{m.group(2)}", m.group(3)
+        return (f'<h3 id="claim-{claim}">{claim}: '
+                f'<span class="verdict {_verdict_class(verdict)}">{html.escape(verdict)}</span></h3>')
+    return f"<h{level}>{_inline(text)}</h{level}>"
+
+
+def _verdict_class(verdict: str) -> str:
+    return "v-" + verdict.replace(" ", "-")
+
+
+def _cells(row: str) -> list[str]:
+    return [c.strip() for c in re.split(r"(?<!\\)\|", row.strip().strip("|"))]
+
+
+def _table(rows: list[str], claim_ids: set[str]) -> str:
+    head, body = _cells(rows[0]), [_cells(r) for r in rows[1:] if not re.fullmatch(r"[\s|:-]+", r)]
+    out = ["<table>", "<thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead>", "<tbody>"]
+    for cells in body:
+        tds = []
+        for j, c in enumerate(cells):
+            if j == 0 and f"claim-{c}" in claim_ids:  # the verdict table: a claim links to its section
+                tds.append(f'<td><a href="#claim-{c}">{html.escape(c)}</a></td>')
+            else:
+                tds.append(f"<td>{_inline(c)}</td>")
+        out.append("<tr>" + "".join(tds) + "</tr>")
+    return "\n".join(out + ["</tbody>", "</table>"])
+
+
+def _figure(alt: str, path: Path) -> str:
+    anchor = figure_anchor(path.name)
+    if not path.is_file():
+        return f'<p id="{anchor}"><em>Figure {html.escape(path.name)} was not drawn.</em></p>'
+    data = path.read_bytes()
+    size = ""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        width, height = struct.unpack(">II", data[16:24])
+        size = f' width="{width}" height="{height}"'
+    src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return (f'<figure id="{anchor}">\n<img alt="{html.escape(alt)}"{size} src="{src}">\n'
+            f"<figcaption>{html.escape(path.name)}</figcaption>\n</figure>")
+
+
+def _inline(text: str) -> str:
+    """The Markdown `render` writes inside a line: `code`, **bold**, *italic*, [links](to) and <br>."""
+    out = []
+    for k, part in enumerate(re.split(r"`([^`]*)`", text)):
+        if k % 2:
+            out.append(f"<code>{html.escape(part)}</code>")
+            continue
+        part = html.escape(part).replace("&lt;br&gt;", "<br>")
+        part = re.sub(r"\*\*(.+?)\*\*", lambda m: _strong(m.group(1)), part)
+        part = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", part)
+        part = _LINK.sub(lambda m: _link(m.group(1), m.group(2)), part)
+        out.append(part)
+    return "".join(out)
+
+
+def _strong(text: str) -> str:
+    if html.unescape(text) in VERDICTS:
+        return f'<strong class="verdict {_verdict_class(html.unescape(text))}">{text}</strong>'
+    return f"<strong>{text}</strong>"
+
+
+def _link(text: str, href: str) -> str:
+    """A link to a figure goes to the figure embedded in the page; any other keeps its address."""
+    target = html.unescape(href)
+    if target.lower().endswith(".png") and "://" not in target:
+        return f'<a href="#{figure_anchor(target)}">{text}</a>'
+    return f'<a href="{href}">{text}</a>'

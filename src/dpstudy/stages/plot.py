@@ -1,4 +1,4 @@
-"""Draw the study figures and write the claims report (results/REPORT.md).
+"""Draw the study figures and write the claims report (results/REPORT.md and results/REPORT.html).
 
 One PNG per claim group (figures.FIGURES), then REPORT.md: a header with the date, the pipeline's
 duration and each stage's MLflow run (read from the store; "unknown" if it cannot be read); for each
@@ -7,9 +7,17 @@ interval, the figure, and the verdict its rule in params.yaml's plot.rules gives
 supported / inconclusive / not testable here, with why); the preset, hardware, versions, git
 commit, dataset checksums and every assumption params.yaml marks.
 
+REPORT.html is REPORT.md's content as one self-contained page (the figures embedded as data URIs,
+nothing fetched): MLflow's Markdown viewer shows neither relative images nor relative links, its HTML
+viewer shows this page as it is.
+
 Reads params: preset, plot. Reads the training stages' tables under <results>, evaluate's
-evaluations.csv and <data>/*.pt (checksums). Writes <out>/figures/*.png and <out>/REPORT.md;
-MLflow: a `plot` run in experiment dpstudy-claims-report with REPORT.md and figures/ as artifacts.
+evaluations.csv and <data>/*.pt (checksums, test-set sizes). Writes <out>/figures/*.png,
+<out>/REPORT.md and <out>/REPORT.html. MLflow: a `plot` run in experiment dpstudy-claims-report with
+REPORT.md, REPORT.html and figures/*.png as artifacts (figures/ beside REPORT.md as in <out>, so a
+downloaded copy's relative links hold; MLflow's own Markdown viewer shows them inactive), and each
+figure also logged as a run image (`log_image`, key: the figure's name), which the run page shows on
+its Model metrics tab.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from ..config import as_dict, load_section
 from ..console import format_table
 from ..devices import cpu_count, cpu_name
 from ..errors import UserError
-from ..fsutil import write_text_atomic
+from ..fsutil import write_files_atomic
 from ..tracking import STUDIES, Tracker, git_commit
 
 if TYPE_CHECKING:
@@ -41,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
     p.add_argument("--results", default="results", help="the training and evaluate stages' results (default: %(default)s)")
     p.add_argument("--data", default="data/prepared", help="prepared datasets, for their checksums (default: %(default)s)")
-    p.add_argument("--out", default="results", help="where figures/ and REPORT.md go (default: %(default)s)")
+    p.add_argument("--out", default="results",
+                   help="where figures/, REPORT.md and REPORT.html go (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     preset, cfg = load_section(STAGE, args.params)
     # matplotlib and torch (prepared files): only once the params are known to be good
     from ..figures import load_inputs, write_figures
-    from ..report import VERDICTS, StageRun, judge, render, seed_count
+    from ..report import VERDICTS, StageRun, judge, render, render_html, seed_count
 
     results, out = Path(args.results), Path(args.out)
     tables = load_inputs(results)  # every input checked before anything is drawn
@@ -57,29 +66,45 @@ def run(args: argparse.Namespace) -> int:
     datasets = _datasets(Path(args.data))
     verdicts = judge(tables, evaluations, cfg.rules)
 
-    figures = write_figures(tables, out / "figures")
+    figures = write_figures(tables, out / "figures", {d["name"]: d["test"] for d in datasets})
     commit, dirty = git_commit()
-    report = out / "REPORT.md"
+    report, page = out / "REPORT.md", out / "REPORT.html"
     with Tracker("report", STAGE, preset=preset, params={"preset": preset, STAGE: as_dict(cfg)}) as tracker:
         stage_runs = _stage_runs(tracker.uri)
         if stage_runs is not None and tracker.parent.run_id:
             stage_runs.append(StageRun(STAGE, (("report", tracker.parent.run_id),), started, None))
-        write_text_atomic(report, render(verdicts, preset=preset, commit=commit, dirty=dirty, hardware=_hardware(),
-                                         datasets=datasets, evaluation_check=check,
-                                         params_text=Path(args.params).read_text(),
-                                         written=datetime.now(timezone.utc), stage_runs=stage_runs,
-                                         confidence=cfg.rules.confidence))
+        text = render(verdicts, preset=preset, commit=commit, dirty=dirty, hardware=_hardware(), datasets=datasets,
+                      evaluation_check=check, params_text=Path(args.params).read_text(),
+                      written=datetime.now(timezone.utc), stage_runs=stage_runs, confidence=cfg.rules.confidence)
+        write_files_atomic({report: text, page: render_html(text, out / "figures")})  # the two agree
         tracker.parent.set_tags({f"verdict.{v.claim}": v.verdict for v in verdicts})
         tracker.parent.log_metrics({k: sum(v.verdict == k for v in verdicts) for k in VERDICTS}, step=0)
         tracker.parent.log_artifact(report)
+        tracker.parent.log_artifact(page)
         for figure in figures:
             tracker.parent.log_artifact(figure, "figures")
+        _log_images(tracker, figures)
 
     print(f"\n{STAGE} ({preset} preset): claims report")
     print(format_table(["claim", "verdict", "seeds", "figure"],
                        [(v.claim, v.verdict, seed_count(v.seeds), v.figure) for v in verdicts]))
-    print(f"\nfiles: {report}, {out / 'figures'}/ ({len(figures)} PNGs); MLflow: dpstudy-claims-report / {STAGE}")
+    print(f"\nfiles: {report}, {page}, {out / 'figures'}/ ({len(figures)} PNGs); "
+          f"MLflow: dpstudy-claims-report / {STAGE} (open REPORT.html)")
     return 0
+
+
+def _log_images(tracker: Tracker, figures: list[Path]) -> None:
+    """Each figure as an MLflow run image (key: its name without .png, step 0), which the run page
+    previews beside its charts; the PNGs themselves are artifacts under figures/ too."""
+    if not tracker.parent.active:
+        return
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    client = MlflowClient(tracking_uri=tracker.uri)
+    for figure in figures:
+        with Image.open(figure) as image:
+            client.log_image(tracker.parent.run_id, image.convert("RGB"), key=figure.stem, step=0, synchronous=True)
 
 
 def _stage_runs(uri: str) -> list[StageRun] | None:
