@@ -8,6 +8,12 @@ Artifacts need no proxy: each experiment of this store has an absolute ``file://
 location (tracking.py), and the server's artifact endpoints read those folders themselves, so the
 server only has to run on the machine (or in the container) that holds ``mlartifacts/``.
 
+The server is started with README's own command (section "Browse the runs": its environment and
+flags, only the store and the port replaced), so what people are told to run is what is tested:
+one uvicorn process and no GenAI job runner, up in seconds rather than minutes on two cores. The
+browser then does what README says: choose **Model training** once (MLflow 3.17 opens every
+experiment on its GenAI overview otherwise) and close the assistant panel.
+
 Browser: Debian's ``chromium`` package, never a Playwright download. Without it the tests skip,
 or fail where ``DPSTUDY_REQUIRE_BROWSER=1`` (CI, see .ci/run).
 """
@@ -17,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import re
+import shlex
 import signal
 import socket
 import struct
@@ -32,6 +40,7 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -39,6 +48,10 @@ VIEWPORT = {"width": 1400, "height": 1000}
 PARENT_STAGE = {"A": "train_dp", "B": "train_ddp", "C": "train_adaptive"}  # a stage with children
 METRIC = "test_accuracy"
 REPORT_EXPERIMENT, REPORT_RUN = "dpstudy-claims-report", "plot"
+# README's command answered /health after 13-38 s on a 2-core machine busy with other work (load 5-9),
+# MLflow's defaults after 74-84 s. The process count is the proof; this bound only catches a start
+# that has gone slow again, with room for a loaded CI runner.
+READY_WITHIN_S = 90
 
 
 # -- what the store holds (read with MLflow's client, then looked for in the UI) -------------------
@@ -93,16 +106,58 @@ def studies(quick_run, tmp_path_factory) -> dict[str, Study]:
 
 
 # -- the server and the browser -------------------------------------------------------------------
+def readme_browse_command() -> tuple[dict[str, str], list[str]]:
+    """README's command for browsing the runs (the first ``mlflow server`` in its section "Browse
+    the runs"): the environment it sets (``export``s before it, assignments in front of it) and the
+    arguments after ``server``."""
+    section = re.search(r"^### Browse the runs\n(.*?)(?=^#{2,3} |\Z)", README.read_text(), re.S | re.M)
+    assert section, "README has no section '### Browse the runs'"
+    assignment = re.compile(r"[A-Za-z_]\w*=\S*")
+    for block in re.findall(r"^```bash\n(.*?)^```", section.group(1), re.S | re.M):
+        env: dict[str, str] = {}
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] == ["export"]:
+                assert all(assignment.fullmatch(w) for w in words[1:]), f"README: {line}"
+                env.update(w.split("=", 1) for w in words[1:])
+            elif "server" in words and words[words.index("server") - 1].endswith("mlflow"):
+                at = words.index("server")
+                assert all(assignment.fullmatch(w) for w in words[:at - 1]), f"README: {line}"
+                env.update(w.split("=", 1) for w in words[:at - 1])
+                return env, words[at + 1:]
+    raise AssertionError("README's section 'Browse the runs' has no `mlflow server` command")
+
+
+def _replaced(args: list[str], flag: str, value: str) -> list[str]:
+    assert flag in args, f"README's `mlflow server` command has no {flag}"
+    args = list(args)
+    args[args.index(flag) + 1] = value
+    return args
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+def _session_commands(sid: int) -> list[str]:
+    """The command lines of the live processes of session ``sid`` (Linux /proc)."""
+    commands = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            state, _ppid, _pgrp, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
+            if int(session) == sid and state != "Z":
+                commands.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip())
+    return commands
+
+
 @dataclass
 class Server:
     url: str
     log: Path
+    ready_s: float = 0.0                # from start to the first healthy /health
+    processes: tuple[str, ...] = ()     # its command lines at that moment
 
     def log_tail(self, lines: int = 40) -> str:
         """The log's last lines, without the flood of successful requests."""
@@ -112,20 +167,24 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(quick_run, tmp_path_factory):
-    """`mlflow server` (the venv's) on a free loopback port, ready once /health answers."""
+    """README's `mlflow server` command (the venv's mlflow) on the quick run's store and a free
+    loopback port, ready once /health answers."""
     port = _free_port()
     log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job runner processes
+    readme_env, args = readme_browse_command()
+    assert args[args.index("--host") + 1] == "127.0.0.1", "README's server should listen on loopback only"
+    args = _replaced(args, "--backend-store-uri", f"sqlite:///{quick_run / 'mlflow.db'}")
+    args = _replaced(args, "--port", str(port))
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", **readme_env}
     env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{quick_run / 'mlflow.db'}",
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [sys.executable, "-m", "mlflow", "server", *args]
+    start = time.monotonic()
     with open(log, "wb") as out:  # its own session: uvicorn is a child, stopped with the group
         proc = subprocess.Popen(cmd, cwd=quick_run, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     srv = Server(f"http://127.0.0.1:{port}", log)
     try:
-        deadline = time.monotonic() + 120
+        deadline = start + 180
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"mlflow server exited with {proc.returncode}:\n{srv.log_tail()}")
@@ -134,8 +193,9 @@ def server(quick_run, tmp_path_factory):
                     if resp.status == 200:
                         break
             if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after 120 s:\n{srv.log_tail()}")
-            time.sleep(0.5)
+                pytest.fail(f"mlflow server not healthy after 180 s:\n{srv.log_tail()}")
+            time.sleep(0.25)
+        srv.ready_s, srv.processes = time.monotonic() - start, tuple(_session_commands(proc.pid))
         yield srv
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -195,6 +255,9 @@ def explained(page, server: Server, tmp_path: Path):
 def expect(locator):
     from playwright.sync_api import expect as playwright_expect  # imported late: see `browser`
 
+    # The pages' own default wait, not expect's 5 s: on a loaded 2-core machine a chart of a run
+    # with many metrics can take longer than that to draw.
+    playwright_expect.set_options(timeout=30_000)
     return playwright_expect(locator)
 
 
@@ -213,15 +276,75 @@ def screenshot(page, path: Path) -> Path:
     return path
 
 
-def open_experiments(page, server: Server) -> None:
-    """The experiments list, in the UI's "Model training" view (it opens on GenAI traces), with the
-    assistant side panel closed to leave the tables their width."""
-    page.goto(f"{server.url}/#/experiments")
+def choose_model_training(page) -> None:
+    """README's two clicks: **Model training** in the sidebar's switch (MLflow 3.17 opens every
+    experiment on its GenAI overview otherwise) and the assistant panel's close button, to leave
+    the tables their width. The browser keeps both in its localStorage."""
     page.get_by_text("Model training", exact=True).click()
     page.get_by_role("button", name="Close", exact=True).click()
 
 
+def open_experiments(page, server: Server) -> None:
+    """The experiments list, in the UI's "Model training" view, assistant closed."""
+    page.goto(f"{server.url}/#/experiments")
+    choose_model_training(page)
+
+
+def expect_training_sidebar(page) -> None:
+    """The experiment's sidebar of the "Model training" view (Runs, Models), not GenAI's (Overview,
+    Traces, Sessions, Judges, ...)."""
+    expect(page.get_by_role("link", name="Runs", exact=True).first).to_be_visible()
+    expect(page.get_by_role("link", name="Sessions", exact=True)).to_have_count(0)
+
+
 # -- the tests ------------------------------------------------------------------------------------
+def test_server_runs_readmes_lean_command(server):
+    """README's command starts one uvicorn process and no GenAI job runner, so it answers in
+    seconds: MLflow 3.17's defaults (4 uvicorn workers and 8 job-runner processes, 7 of them huey
+    consumers) took 74-84 s on a busy 2-core machine, README's flags 13-38 s."""
+    env, args = readme_browse_command()
+    assert env.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION") == "false"
+    assert args[args.index("--workers") + 1] == "1"
+    listing = "\n".join(server.processes)
+    assert not any("huey" in c for c in server.processes), f"the job runner started:\n{listing}"
+    assert len(server.processes) == 2, f"expected `mlflow server` and one uvicorn process:\n{listing}"
+    assert sum("-m uvicorn " in c and "--workers 1 " in c for c in server.processes) == 1, listing
+    assert server.ready_s < READY_WITHIN_S, f"/health answered after {server.ready_s:.0f} s:\n{server.log_tail()}"
+
+
+def test_model_training_view_once_chosen_holds_for_experiments_and_runs(page, server, studies, tmp_path):
+    """README's way to the training runs. A fresh browser lands on an experiment's GenAI overview
+    (MLflow 3.17 picks the view from the browser's choice alone, default GenAI, never from the
+    experiment: mlflow#24498); once **Model training** is chosen, every experiment opens on its runs
+    and a run keeps that view, in this tab and the next."""
+    study, other = studies["A"], studies["B"]
+    with explained(page, server, tmp_path):
+        page.goto(f"{server.url}/#/experiments/{study.experiment_id}")
+        expect(page).to_have_url(re.compile(rf"/experiments/{study.experiment_id}/overview/.*workflowType=genai"))
+
+        page.goto(server.url)  # README: open the address, then the two clicks
+        choose_model_training(page)
+        assert page.evaluate("() => localStorage.getItem('mlflow.workflowType_v1')") == '"machine_learning"'
+        page.goto(f"{server.url}/#/experiments")
+        page.get_by_role("link", name=study.name, exact=True).click()
+        expect(page).to_have_url(re.compile(rf"/experiments/{study.experiment_id}/runs\?workflowType=machine_learning"))
+        expect(page.get_by_text(f"{study.runs} matching runs")).to_be_visible()
+        expect_training_sidebar(page)
+
+        page.get_by_role("link", name=study.parent, exact=True).first.click()  # the newest: study.parent_id
+        expect(page.get_by_role("heading", name=study.parent, exact=True)).to_be_visible()
+        expect(page).to_have_url(re.compile(rf"/experiments/{study.experiment_id}/runs/{study.parent_id}$"))
+        expect_training_sidebar(page)
+
+        tab = page.context.new_page()  # a new tab, straight to another study: remembered
+        tab.goto(f"{server.url}/#/experiments/{other.experiment_id}")
+        expect(tab).to_have_url(re.compile(rf"/experiments/{other.experiment_id}/runs\?"))
+        expect(tab.get_by_text(f"{other.runs} matching runs")).to_be_visible()
+        expect_training_sidebar(tab)
+        expect(tab.get_by_role("button", name="Close", exact=True)).to_have_count(0)  # assistant stays closed
+        screenshot(tab, tmp_path / "training_view.png")
+
+
 def test_experiments_page_lists_every_study(page, server, studies, tmp_path):
     with explained(page, server, tmp_path):
         open_experiments(page, server)
