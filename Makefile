@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: deps env repro test bench lock clean-env
+.PHONY: deps env plots-assets repro test bench lock clean-env
 
 # The one install recipe, used by `make test`, CI and the Dockerfile alike:
 #   deps: a virtual environment with exactly the pins of requirements.lock;
@@ -24,17 +24,47 @@ $(VENV)/.installed: $(VENV)/.deps pyproject.toml
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@
 
-repro: env
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+# `dvc plots show` offline (clusters, containers): DVC's own page loads vega, vega-lite and
+# vega-embed from a CDN, so without internet every interactive plot is blank. .dvc/config names
+# .dvc/plots/offline_page.html as the page (plots.html_template); it loads the same versions from
+# $(PLOTS_ASSETS)/ (relative to dvc_plots/index.html), falling back to the CDN where they are
+# missing. This fetches them from the npm registry (`npm pack`, or the registry's tarball URL where
+# npm is missing) and checks them against .dvc/plots/vega-assets.sha256. A build asset (0.8 MB,
+# git-ignored); fetched once, a no-op afterwards.
+VEGA_PKGS    := vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
+PLOTS_ASSETS := build/dvc-plots
 
-test: env
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+plots-assets: $(PLOTS_ASSETS)/vega-assets.sha256
+
+$(PLOTS_ASSETS)/vega-assets.sha256: .dvc/plots/vega-assets.sha256
+	@rm -rf $(@D)/npm && mkdir -p $(@D)/npm
+	@echo "Fetching $(VEGA_PKGS) from the npm registry (for dvc plots show offline)..."
+	@cd $(@D)/npm && for p in $(VEGA_PKGS); do n=$${p%@*}; v=$${p##*@}; \
+	    if command -v npm >/dev/null 2>&1; then npm pack --silent "$$p" >/dev/null; \
+	    else $(PYTHON) -c 'import sys, urllib.request as r; r.urlretrieve(*sys.argv[1:])' \
+	        "https://registry.npmjs.org/$$n/-/$$n-$$v.tgz" "$$n-$$v.tgz"; fi \
+	    && tar -xzf "$$n-$$v.tgz" -O "package/build/$$n.min.js" > "$$n.min.js" || exit 1; done
+	@cd $(@D)/npm && if command -v sha256sum >/dev/null 2>&1; then sha256sum --quiet -c; \
+	    else shasum -a 256 -c; fi < $(abspath .dvc/plots/vega-assets.sha256)
+	@mv $(@D)/npm/*.min.js $(@D)/ && rm -rf $(@D)/npm && cp .dvc/plots/vega-assets.sha256 $@
+	@echo "$(@D): vega, vega-lite and vega-embed for dvc plots show"
+
+# dvc.yaml's commands are plain `dpstudy ...`, found on PATH (as in the Docker image and on Slurm
+# and Kubernetes), so dvc runs with the venv's bin first; by hand: `source .venv/bin/activate`.
+repro: env
+	@$(MAKE) --no-print-directory plots-assets || echo "note: vega not fetched (no registry?): dvc plots show will load it from the CDN" >&2
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+	@echo "Report: results/REPORT.md. For dvc commands (README): source $(BIN)/activate"
+
+test: env plots-assets
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 bench: env
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/ddp_cpu.py
 	$(BIN)/python benchmarks/adaptive.py
+	$(BIN)/python benchmarks/cli_startup.py
 
 # Re-resolve requirements.lock from requirements.in (needs `uv`: pip install uv).
 lock:

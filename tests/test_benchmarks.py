@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
     ("ddp_cpu.py", ["--steps", "2", "--warmup", "1", "--repeats", "1", "--images", "512"],
      r"ddp_cpu_scaling: \d+\.\d\d"),
     ("adaptive.py", ["--epochs", "4"], r"adaptive_speedup: (\d+\.\d\d|nan)x \((step_growth|noise_scale).*\)"),
+    ("cli_startup.py", ["--repeats", "1"], r"cli_startup: \d+\.\d\ds \(\d+\.\dx python's \d+\.\d\ds floor\)"),
 ])
 def test_benchmark_runs_and_prints_its_figure(tmp_path, script, args, figure):
     res = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=tmp_path,

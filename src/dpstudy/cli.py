@@ -11,6 +11,10 @@ way: an `Interrupted` exception unwinds it, its MLflow runs end KILLED, one line
 ``interrupted (SIGTERM)`` is printed and the exit status is 128 + the signal (143, 130). Inside
 `parallel.distributed` (train_ddp, train_adaptive) SIGTERM is that module's `Terminated` instead:
 under torchrun it mostly means a peer died, and those runs end FAILED (exit status 143 too).
+
+Help, argument errors and a refused params.yaml answer without importing torch, MLflow or
+matplotlib (seconds of imports): the stages import them in ``run`` once their params are checked
+(tests/test_cli_startup.py; benchmarks/cli_startup.py times it).
 """
 
 from __future__ import annotations

@@ -292,7 +292,9 @@ class DuplicateKeyError(yaml.constructor.ConstructorError):
         super().__init__(problem=f"duplicate key {key!r}", problem_mark=mark)
 
 
-class ParamsLoader(yaml.SafeLoader):
+# libyaml's parser where PyYAML has it (params.yaml parses ~8x faster; every stage and every refused
+# params file parses it), with the same Python constructor and resolvers: the same values and checks.
+class ParamsLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
     """yaml.SafeLoader, stricter and closer to YAML 1.2 (what DVC's own parser reads):
 
     - a key repeated in one mapping is an error (`DuplicateKeyError`), not "the last one wins";

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from tqdm import tqdm
+# tqdm is imported where it is used: importing it costs ~80 ms of CPU (its version lookup reads
+# package metadata), which `dpstudy --help` and a one-line argument error should not pay.
 
 
 def progress(items: Iterable, desc: str, total: int | None = None):
     """A tqdm bar that hides itself when stderr is not a terminal (``disable=None``)."""
+    from tqdm import tqdm
+
     return tqdm(items, desc=desc, total=total, disable=None, leave=False, dynamic_ncols=True)
 
 
 def say(line: str) -> None:
     """Print above any active bar, flushed at once so log order matches event order."""
+    from tqdm import tqdm
+
     tqdm.write(line)
 
 
