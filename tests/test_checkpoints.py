@@ -125,6 +125,6 @@ def test_a_twin_is_recorded_with_its_own_checkpoint_row_and_run_not_trained_agai
     rows = {r["name"]: r for r in csv.DictReader((tmp_path / "out" / "runs.csv").open())}
     assert [rows[n]["test_accuracy"] for n in names] == [rows[names[0]]["test_accuracy"]] * 3
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
-        tags = dict(db.execute("select r.name, t.value from runs r join tags t on t.run_uuid = r.run_uuid "
-                               "where t.key = 'trained_as'").fetchall())
+        tags = dict(db.execute("select c.value, t.value from tags c join tags t on t.run_uuid = c.run_uuid "
+                               "where c.key = 'configuration' and t.key = 'trained_as'").fetchall())
     assert tags == {names[1]: names[0], names[2]: names[0]}

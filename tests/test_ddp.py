@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -187,10 +188,7 @@ def test_train_ddp_runs_as_a_plain_process(tmp_path, digits_dir):
         ("vgg-ddp1-resident-b32-linear-s0", "1", "32", "finished")]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["vgg-ddp1-resident-b32-linear-s0.pt"]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics["vgg"]) == ["ddp1-resident-b32-linear"]  # grid name and seed left out
-    figures = metrics["vgg"]["ddp1-resident-b32-linear"]
-    assert set(figures) == {"epoch_time_s", "test_accuracy"}
-    assert figures["test_accuracy"] == round(float(rows[0]["test_accuracy"]), 4)
+    assert list(metrics) == ["B5_acc_gap"] and math.isnan(metrics["B5_acc_gap"])  # one world size: no B5
 
     parents, children = study_b_runs(uri)
     assert len(parents) == 1 and len(children) == 1

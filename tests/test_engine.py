@@ -147,7 +147,7 @@ def test_divergence_ends_the_configuration_and_the_sweep_goes_on(digits, tmp_pat
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     child = client.get_run(client.search_runs([tracker.experiment_id],
                                               f"tags.`mlflow.parentRunId` = '{tracker.parent.run_id}' "
-                                              f"and attributes.run_name = '{blowup.name}'")[0].info.run_id)
+                                              f"and tags.configuration = '{blowup.name}'")[0].info.run_id)
     assert child.data.tags["outcome"] == "diverged"
     assert child.data.tags["diverged_step"] == str(bad.diverged_step)
     assert child.info.status == "FINISHED"

@@ -112,17 +112,16 @@ def test_profile_stage_writes_metrics_plots_and_mlflow_runs(tmp_path, digits_dir
     out = tmp_path / "out"
 
     metrics = json.loads((out / "metrics.json").read_text())
-    tp = metrics["throughput"]
-    assert tp["standard_best_num_workers"] in (0, 1) and tp["standard_best_batch_size"] in (16, 64)
-    assert tp["resident_speedup"] == pytest.approx(
-        tp["resident_best_images_per_s"] / tp["standard_best_images_per_s"], rel=0.01)
-    for loader in ("standard", "resident"):
-        fractions = metrics["data_wait_fraction"][loader]
-        assert set(fractions) == {"bs16", "bs64"}
-        assert all(0 < f < 1 for f in fractions.values())
+    assert set(metrics) == {"resident_speedup", "A3_workers_gain"}  # the headline; the CSVs hold the rest
 
     with open(out / "throughput.csv") as fh:
         rows = list(csv.DictReader(fh))
+    best = {loader: max(float(r["images_per_s"]) for r in rows if r["series"].startswith(loader))
+            for loader in ("standard", "resident")}
+    assert metrics["resident_speedup"] == pytest.approx(best["resident"] / best["standard"], rel=0.01)
+    at_64 = {r["series"]: float(r["images_per_s"]) for r in rows if r["batch_size"] == "64"}
+    assert metrics["A3_workers_gain"] == pytest.approx(at_64["standard, 1 worker"] / at_64["standard, 0 workers"],
+                                                       rel=0.01)
     assert len(rows) == 2 * 2 + 2  # standard: batch × workers; resident: batch
     assert {r["series"] for r in rows} == {"standard, 0 workers", "standard, 1 worker", "resident"}
     with open(out / "probes.csv") as fh:
@@ -141,7 +140,7 @@ def test_profile_stage_writes_metrics_plots_and_mlflow_runs(tmp_path, digits_dir
     assert parent.info.status == "FINISHED"
     assert parent.data.params["profile_dataloader.batch_sizes"] == "16,64"
     assert parent.data.tags["preset"] == "quick" and parent.data.tags["world_size"] == "1"
-    assert parent.data.metrics["throughput.resident_speedup"] == tp["resident_speedup"]
+    assert parent.data.metrics["throughput.resident_speedup"] == pytest.approx(metrics["resident_speedup"], rel=0.01)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert artifacts == {"metrics.json", "throughput.csv", "workers.csv", "probes.csv"}
 
@@ -151,7 +150,7 @@ def test_profile_stage_writes_metrics_plots_and_mlflow_runs(tmp_path, digits_dir
     assert probe.data.params["batch_size"] == "64" and probe.data.params["loader"] == "resident"
     waits = client.get_metric_history(probe.info.run_id, "data_wait_s")
     assert [m.step for m in waits] == [0, 1, 2]
-    assert len(client.get_metric_history(probe.info.run_id, "proc_rss_mib")) >= 2  # sampler samples
+    assert len(client.get_metric_history(probe.info.run_id, "system/process_rss_megabytes")) >= 2  # sampler samples
 
 
 @pytest.mark.parametrize("stage, key, value, message", [

@@ -344,3 +344,25 @@ def test_real_nvml_on_a_visible_gpu():
     assert summary["gpu0_util_pct_mean"] > 10  # a saturating matmul loop is visible as utilisation
     assert summary["gpu0_mem_used_mib_max"] > 256  # the 256 MiB operands live on that device
     assert summary.get("gpu0_power_w_mean", 100) > 30
+
+
+@pytest.mark.parametrize("key, name, scale", [
+    ("gpu0_util_pct", "system/gpu_0_utilization_percentage", 1.0),
+    ("gpu12_mem_used_mib", "system/gpu_12_memory_usage_megabytes", 2**20 / 1e6),
+    ("gpu1_power_w", "system/gpu_1_power_usage_watts", 1.0),
+    ("cpu_util_pct", "system/cpu_utilization_percentage", 1.0),
+    ("proc_rss_mib", "system/process_rss_megabytes", 2**20 / 1e6),
+    ("gpux_util_pct", "system/gpux_util_pct", 1.0),  # unknown: kept, under the same prefix
+])
+def test_sample_keys_as_mlflow_system_metrics(key, name, scale):
+    assert telemetry.system_metric(key) == (name, pytest.approx(scale))
+
+
+def test_every_key_a_sampler_writes_has_an_mlflow_system_metric_name():
+    """The names MLflow's own monitors log (mlflow/system_metrics), for the keys NVML sampling writes."""
+    sampler = ResourceSampler(interval_s=5, nvml=FakeNVML(three_devices()), visible=None).start()
+    keys = {k for s in sampler.stop() for k in s.values}
+    assert keys and {telemetry.system_metric(k)[0] for k in keys} == {
+        f"system/gpu_{i}_{m}" for i in range(3)
+        for m in ("utilization_percentage", "memory_usage_megabytes", "power_usage_watts")
+    } - {"system/gpu_1_power_usage_watts"}  # the fake device 1 reports no power

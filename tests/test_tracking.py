@@ -69,8 +69,11 @@ def test_parent_child_params_steps_and_tags_round_trip(store):
 
     loss = client.get_metric_history(child.info.run_id, "loss")
     assert [(m.step, m.value) for m in loss] == [(0, 2.3), (1, 2.1), (2, 1.9)]
-    util = client.get_metric_history(child.info.run_id, "cpu_util_pct")
+    # telemetry as MLflow's own system metrics: the run page's System metrics tab charts them
+    util = client.get_metric_history(child.info.run_id, "system/cpu_utilization_percentage")
     assert [(m.step, m.value, m.timestamp) for m in util] == [(0, 50.0, 1_000_000), (1, 70.0, 1_000_500)]
+    assert "cpu_util_pct" not in child.data.metrics
+    assert child.data.tags["configuration"] == "probe resident bs=16"
     assert parent.data.metrics["resident_speedup"] == 30.0
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["metrics.json"]
 
@@ -118,3 +121,35 @@ def test_a_sigterm_during_the_failure_write_still_leaves_every_run_failed(tmp_pa
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(STUDIES["B"]).experiment_id])
     assert sorted((r.info.run_name, r.info.status) for r in runs) == [("config", "FAILED"), ("train_ddp", "FAILED")]
+
+
+def test_child_shown_under_its_run_name_and_found_by_its_configuration_tag(store):
+    root, _ = store
+    name = "lenet_lr_scaling-single-resident-b256-sqrt-s0"
+    with Tracker("A", "train_dp", preset="quick", params={}, root=root) as tr:
+        tr.run_names[name] = "b256 sqrt s0 · lenet_lr_scaling"
+        with tr.child(name, {"batch": 256}) as run:
+            run.log_text("epoch,test_loss\n0,1.5\n", "curves.csv")
+        with tr.child("other", {}):
+            pass
+    with Tracker("A", "evaluate", preset="quick", params={}, root=root) as ev:
+        found = ev.find(name, "train_dp")
+        assert found.run_id == run.run_id
+        assert not ev.find(name, "train_ddp").active
+        assert ev.find("other", "train_dp").active  # shown under its own name: found all the same
+
+    client = MlflowClient(tracking_uri(root))
+    child = client.get_run(run.run_id)
+    assert child.info.run_name == "b256 sqrt s0 · lenet_lr_scaling"
+    assert child.data.tags["configuration"] == name
+    assert child.data.params == {"batch": "256"}
+    assert [a.path for a in client.list_artifacts(run.run_id)] == ["curves.csv"]
+
+
+def test_find_falls_back_to_the_run_name_in_a_store_without_the_configuration_tag(store):
+    root, _ = store
+    with Tracker("A", "train_dp", preset="quick", params={}, root=root) as tr:
+        client = MlflowClient(tracking_uri(root))
+        old = client.create_run(tr.experiment_id, run_name="lenet-b16-s0", tags={"dvc_stage": "train_dp"})
+        client.set_terminated(old.info.run_id)
+        assert tr.find("lenet-b16-s0", "train_dp").run_id == old.info.run_id

@@ -155,14 +155,16 @@ def finish_task(task: str, results: list[Result], tolerance: float, out: Path, t
     for row, result in zip(rows, results):
         figures = {k: row[k] for k in ("target", "time_to_target_s", "steps_to_target", "wall_time_s")}
         tracker.run(result.run_id).log_metrics(numeric(figures), step=len(result.history) - 1)
-    return schedule_summary(rows, TASKS[task].metric)
+    summary = schedule_summary(rows, TASKS[task].metric)
+    # the stage's headline on its parent run, beside the figures `sweep` logs per grid
+    tracker.parent.log_metrics(numeric({f"{task}/{schedule}_{key}": entry[key] for schedule, entry in summary.items()
+                                        for key in ("time_to_target_s", "speedup")}), step=0)
+    return summary
 
 
 def summary_files(summaries: dict[str, dict], out: Path) -> dict[Path, str]:
-    """metrics.json (means over seeds) and summary.csv (with stds) of every task and schedule."""
-    metrics = {task: {name: {k: round(v, 4) for k, v in entry.items() if not k.endswith("_std")}
-                      for name, entry in per_schedule.items()}
-               for task, per_schedule in summaries.items()}
+    """metrics.json (`headline`) and summary.csv (every task and schedule, means and stds over seeds)."""
+    metrics = headline(summaries)
     rows = []
     for task, per_schedule in summaries.items():
         metric = TASKS[task].metric
@@ -170,6 +172,30 @@ def summary_files(summaries: dict[str, dict], out: Path) -> dict[Path, str]:
             generic = {k.replace(f"test_{metric}", "test_metric"): v for k, v in entry.items()}
             rows.append({"task": task, "schedule": name, "metric": metric, **rounded(generic)})
     return {out / "metrics.json": json_text(metrics), out / "summary.csv": csv_text(rows)}
+
+
+def headline(summaries: dict[str, dict]) -> dict:
+    """metrics.json, what `dvc metrics show` prints: classification's figures for C1-C3, from the
+    means over seeds (summary.csv has every schedule's, with stds; REPORT.md judges per seed):
+
+    - C1_acc_gap: fixed_large's test accuracy minus fixed_small's (negative: the large batch lost);
+    - C2_acc_gap: step_growth's test accuracy minus fixed_small's;
+    - C3_ips_gain: step_growth's whole-run images/s over fixed_small's.
+    nan where a schedule did not run; {} without the classification task."""
+    from .sweep import figure
+
+    per = summaries.get("classification")
+    if not per:
+        return {}
+    nan = math.nan
+
+    def mean(schedule: str, key: str) -> float:
+        return float(per.get(schedule, {}).get(key, nan))
+
+    small_ips = mean("fixed_small", "run_images_per_s")
+    return {"C1_acc_gap": figure(mean("fixed_large", "test_accuracy") - mean("fixed_small", "test_accuracy")),
+            "C2_acc_gap": figure(mean("step_growth", "test_accuracy") - mean("fixed_small", "test_accuracy")),
+            "C3_ips_gain": figure(mean("step_growth", "run_images_per_s") / small_ips if small_ips > 0 else nan, 3)}
 
 
 def print_summary(title: str, summaries: dict[str, dict], out: Path) -> None:

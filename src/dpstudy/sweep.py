@@ -8,7 +8,7 @@ change touches is trained again. Rank 0 writes the result files:
 
 - ``runs.csv``: one row per configuration (final figures, outcome, per-device memory);
 - ``epochs.csv``: one row per configuration and epoch (the curves `dvc plots` draws);
-- ``metrics.json``: per configuration, the figures its grid's claims are about (`dvc metrics show`).
+- ``metrics.json``: the stage's few headline figures (`dvc metrics show`; the stage's ``HEADLINE``).
 
 The tables are written together once the whole stage has run (`fsutil.write_files_atomic`): an
 interrupted stage leaves its previous complete tables, and its rerun reuses every finished
@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import statistics
+import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .config import DDPSweepConfig, DPSweepConfig, GridConfig
 from .console import format_table, progress, say
@@ -85,6 +87,7 @@ def run_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Tracker,
     single-thread process each (`cpupool`)."""
     rank = dist.rank if dist else 0
     device = dist.device if dist else device
+    tracker.run_names.update(run_names(specs))
     trained, copies = split_twins(specs)
     results = _train_grid(trained, data, tracker, out / "checkpoints", dist, device, sync_timing,
                           sample_interval_s, cpu_processes)
@@ -94,7 +97,9 @@ def run_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Tracker,
     for twin, original in copies:
         by_name[twin.name] = _record_twin(twin, by_name[original.name], data[twin.dataset], tracker,
                                           out / "checkpoints")
-    return [by_name[spec.name] for spec in specs]
+    results = [by_name[spec.name] for spec in specs]
+    _log_headline(tracker, results)
+    return results
 
 
 def split_twins(specs: list[RunSpec]) -> tuple[list[RunSpec], list[tuple[RunSpec, RunSpec]]]:
@@ -162,12 +167,40 @@ def _train_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Track
     return results
 
 
+def run_names(specs: Iterable[RunSpec]) -> dict[str, str]:
+    """configuration name -> its MLflow run name: the parts of the name that differ between the
+    configurations of its grid (its sweep), then the grid, e.g. ``b256 sqrt s0 · lenet_lr_scaling``
+    for ``lenet_lr_scaling-single-resident-b256-sqrt-s0``, so runs tables and chart legends show
+    what sets runs apart before they are cut. Distinct within a grid, as the names are."""
+    def parts(spec: RunSpec) -> list[str]:  # the name's parts after the sweep, as RunSpec.name writes them
+        mode = f"ddp{spec.world}" if spec.mode == "ddp" else spec.mode
+        loader = spec.loader + (f"{spec.num_workers}w" if spec.loader == "standard" else "")
+        return [spec.schedule, mode, loader, f"b{spec.global_batch}", spec.lr_rule, f"s{spec.seed}"]
+
+    grids: dict[str, dict[str, list[str]]] = {}
+    for spec in specs:
+        grids.setdefault(spec.sweep, {})[spec.name] = parts(spec)
+    names = {}
+    for sweep, grid in grids.items():
+        columns = list(zip(*grid.values()))
+        varying = [i for i, column in enumerate(columns) if len(set(column)) > 1]
+        for name, values in grid.items():
+            shown = [values[i] for i in varying] or [v for v in values if v != "fixed"]
+            names[name] = f"{' '.join(shown)} · {sweep}"
+    return names
+
+
 def _run_one(spec: RunSpec, data: TrainData, ctx: Context, tracker: Tracker, checkpoint: Path) -> Result:
+    ended: dict[int, float] = {}  # epoch -> when it was reported (its step metrics' timestamp)
+
+    def on_epoch(row: dict) -> None:
+        ended[row["epoch"]] = time.time()
+        run.log_metrics(numeric(row), step=row["epoch"], timestamp=ended[row["epoch"]])
+
     with tracker.child(spec.name, spec.params(), tags=_tags(spec)) as run:
-        result = train(spec, data, ctx, checkpoint,
-                       on_epoch=lambda row: run.log_metrics(numeric(row), step=row["epoch"]))
+        result = train(spec, data, ctx, checkpoint, on_epoch=on_epoch)
         result.run_id = run.run_id
-        _log_result(run, result, logged=len(result.history) - result.restored_epochs)
+        _log_result(run, result, logged=len(result.history) - result.restored_epochs, ended=ended)
     return result
 
 
@@ -179,6 +212,29 @@ def _log_finished(result: Result, tracker: Tracker, tags: dict | None = None) ->
         _log_result(run, result, logged=0)
 
 
+def _log_headline(tracker: Tracker, results: list[Result]) -> None:
+    """The stage's headline figures on its parent run, per grid (``<sweep>/<figure>``), so the
+    experiment's chart view has something to compare stage executions by: configurations, how many
+    diverged, the best and mean final test figure, mean throughput and total training time."""
+    grids: dict[str, list[dict]] = {}
+    for result in results:
+        grids.setdefault(result.spec.sweep, []).append(summary_row(result))
+    figures = {}
+    for sweep, rows in grids.items():
+        metric = f"test_{TASKS[rows[0]['task']].metric}"
+        tested = [r[metric] for r in rows if r[metric] == r[metric]]  # NaN: diverged, never tested
+        speeds = [r["images_per_s"] for r in rows if r["images_per_s"] == r["images_per_s"]]
+        figures.update({
+            f"{sweep}/configurations": len(rows),
+            f"{sweep}/diverged": sum(r["outcome"] == "diverged" for r in rows),
+            f"{sweep}/train_time_s": sum(r["train_time_s"] for r in rows),
+            **({f"{sweep}/best_{metric}": max(tested), f"{sweep}/mean_{metric}": statistics.fmean(tested)}
+               if tested else {}),
+            **({f"{sweep}/mean_images_per_s": statistics.fmean(speeds)} if speeds else {}),
+        })
+    tracker.parent.log_metrics(figures, step=0)
+
+
 def _tags(spec: RunSpec) -> dict:
     tags = {"task": spec.task, "sweep": spec.sweep, "mode": spec.mode, "model": spec.model, "world_size": spec.world}
     if spec.schedule != "fixed":
@@ -186,9 +242,16 @@ def _tags(spec: RunSpec) -> dict:
     return tags
 
 
-def _log_result(run: Run, result: Result, logged: int) -> None:
+def _log_result(run: Run, result: Result, logged: int, ended: dict[int, float] | None = None) -> None:
     """Everything about a finished configuration; ``logged``: its last epochs already logged
-    while it trained (the others come from a checkpoint, or from a worker process)."""
+    while it trained (the others come from a checkpoint, or from a worker process).
+
+    Epoch metrics are at step = epoch, step metrics (``step_loss``, ``step_lr``, ...) at step =
+    optimizer step 0..n-1, telemetry as ``system/...`` metrics at each sample's time. The engine
+    does not time single steps: a step metric's timestamp is when its epoch was reported
+    (``ended``: epoch -> time, for the epochs trained here), or now for epochs from a checkpoint
+    or a worker process. Its curves also go in the run as ``curves.csv`` (one row per epoch) and
+    ``steps.csv`` (one row per optimizer step)."""
     run.set_tags({
         "outcome": result.outcome,
         "devices": ", ".join(result.devices),
@@ -197,12 +260,19 @@ def _log_result(run: Run, result: Result, logged: int) -> None:
         **({"dp_note": "fewer than 2 GPUs visible: DataParallel ran on one device"}
            if result.spec.mode == "dp" and len(result.devices) < 2 else {}),
     })
+    now = time.time()
     for row in result.history[:len(result.history) - logged]:
-        run.log_metrics(numeric(row), step=row["epoch"])
-    run.log_series("step_loss", result.step_loss)
-    for key, values in result.step_series.items():
-        run.log_series(f"step_{key}", values)
+        run.log_metrics(numeric(row), step=row["epoch"], timestamp=now)
+    stamps = [(ended or {}).get(h["epoch"], now) for h in result.history for _ in range(h["steps"])]
+    series = {"step_loss": result.step_loss, **{f"step_{k}": v for k, v in result.step_series.items()}}
+    for key, values in series.items():
+        run.log_series(key, values, timestamps=(stamps + [now] * len(values))[:len(values)])
     run.log_samples(result.samples)
+    if run.active:
+        run.log_text(csv_text([rounded(r) for r in epoch_rows([result])]), "curves.csv")
+        steps = [{"step": i, **{k: v[i] if i < len(v) else "" for k, v in series.items()}}
+                 for i in range(max(map(len, series.values()), default=0))]
+        run.log_text(csv_text([rounded(r) for r in steps]), "steps.csv")
 
 
 def numeric(row: dict) -> dict[str, float]:
@@ -299,24 +369,25 @@ def check_batches(stage: str, specs: Iterable[RunSpec], data: dict[str, TrainDat
                                 f"{spec.world} processes; use at least {2 * spec.world}")
 
 
-def results_files(results: list[Result], out: Path, headline: dict[str, list[str]]) -> dict[Path, str]:
+def results_files(results: list[Result], out: Path, headline: Callable[[list[dict]], dict]) -> dict[Path, str]:
     """runs.csv, epochs.csv and metrics.json for ``results``, as ``path: text`` to write together.
 
-    metrics.json keeps `dvc metrics show` readable: per grid only the figures its claims are
-    about (``headline``: grid -> runs.csv columns), per configuration without the grid name and
-    seed, averaged over seeds. runs.csv holds everything.
+    metrics.json is the stage's few headline figures, ``headline(runs.csv's rows)``: flat, named
+    for the claim they bear on, so `dvc metrics show` fits a terminal. runs.csv holds everything.
     """
     rows, files = tables(results, out)
-    values: dict = {}
-    for row, result in zip(rows, results):
-        spec = result.spec
-        config = row["name"].removeprefix(f"{spec.sweep}-").removesuffix(f"-s{spec.seed}")
-        for column in headline.get(spec.sweep, []):
-            values.setdefault(spec.sweep, {}).setdefault(config, {}).setdefault(column, []).append(row[column])
-    metrics = {grid: {config: {column: round(statistics.fmean(v), 4) for column, v in figures.items()}
-                      for config, figures in configs.items()}
-               for grid, configs in values.items()}
-    return {**files, out / "metrics.json": json_text(metrics)}
+    return {**files, out / "metrics.json": json_text(headline(rows))}
+
+
+def mean_of(rows: list[dict], column: str, **where) -> float:
+    """The mean of ``column`` over the rows whose fields equal ``where``'s; nan if none (or any nan)."""
+    values = [float(r[column]) for r in rows if all(r.get(k) == v for k, v in where.items())]
+    return statistics.fmean(values) if values and all(math.isfinite(v) for v in values) else math.nan
+
+
+def figure(value: float, digits: int = 4) -> float:
+    """A headline figure as metrics.json keeps it: rounded (nan stays nan)."""
+    return round(value, digits) if math.isfinite(value) else math.nan
 
 
 def tables(results: list[Result], out: Path, extra=None) -> tuple[list[dict], dict[Path, str]]:

@@ -140,6 +140,37 @@ def utilization_keys(summary: dict[str, float]) -> list[str]:
     return [k for k in ("cpu_util_pct_mean",) if k in summary]
 
 
+# Sample keys as MLflow's own system metrics name them (mlflow/system_metrics), so the run page's
+# "System metrics" tab (every key under "system/") charts them: (MLflow name, factor to its unit).
+_MIB_TO_MB = 2**20 / 1e6  # MLflow reports memory in megabytes (10^6 bytes)
+_SYSTEM_METRICS = {
+    "util_pct": ("utilization_percentage", 1.0),
+    "mem_used_mib": ("memory_usage_megabytes", _MIB_TO_MB),
+    "power_w": ("power_usage_watts", 1.0),
+}
+_HOST_METRICS = {
+    "cpu_util_pct": ("cpu_utilization_percentage", 1.0),
+    # this process's resident memory: MLflow has no such metric (its system_memory_usage_megabytes
+    # is the whole machine's), so it gets a name of its own under the same prefix
+    "proc_rss_mib": ("process_rss_megabytes", _MIB_TO_MB),
+}
+
+
+def system_metric(key: str) -> tuple[str, float]:
+    """(MLflow system metric name, factor) for a `Sample` key: ``gpu0_util_pct`` ->
+    ``system/gpu_0_utilization_percentage``, ``cpu_util_pct`` -> ``system/cpu_utilization_percentage``,
+    memory in MB as MLflow logs it; a key it does not know is kept as ``system/<key>``."""
+    if key in _HOST_METRICS:
+        name, scale = _HOST_METRICS[key]
+        return f"system/{name}", scale
+    if key.startswith("gpu"):
+        index, _, rest = key[3:].partition("_")
+        if index.isdigit() and rest in _SYSTEM_METRICS:
+            name, scale = _SYSTEM_METRICS[rest]
+            return f"system/gpu_{index}_{name}", scale
+    return f"system/{key}", 1.0
+
+
 def rss_mib() -> float | None:
     """This process's resident memory in MiB (its peak where only getrusage is available)."""
     try:

@@ -2,8 +2,12 @@
 
 Layout in the store: one experiment per study; one parent run per stage execution, tagged with the
 git commit, DVC stage, preset, device names and world size; one nested child run per configuration
-(batch size, workers, lr rule, schedule, seed). Params are logged once per run, metrics always with
-an explicit step. Only rank 0 talks to MLflow: on every other rank each call is a no-op, so
+(batch size, workers, lr rule, schedule, seed). A child's run name leads with what sets it apart
+from the other configurations of its grid (``Tracker.run_names``, e.g. ``b256 sqrt s0 ·
+lenet_lr_scaling``); its full configuration name (also its checkpoint's) is the ``configuration``
+tag, which every lookup uses (`Tracker.find`). Params are logged once per run, metrics always with
+an explicit step; telemetry as MLflow's own system metrics (``system/...`` keys, the sample's own
+time), so the run page's System metrics tab shows it. Only rank 0 talks to MLflow: on every other rank each call is a no-op, so
 callers never need an ``if rank == 0`` of their own.
 
 Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<root>/mlflow.db`` with artifacts
@@ -33,7 +37,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -135,6 +138,8 @@ def _without_credentials(parts: urllib.parse.SplitResult) -> str:
 
 def _http_problem(base: str, timeout_s: float) -> str | None:
     """Why ``<base>/health`` got no usable answer within ``timeout_s``; None if it did."""
+    import urllib.request  # ~35 ms (http.client, ssl, email): not at `dpstudy --help` time
+
     request = urllib.request.Request(f"{base}/health", headers={"User-Agent": f"dpstudy/{__version__}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
@@ -274,13 +279,29 @@ class Run:
         self._log(list(zip([key] * len(values), values, steps, stamps)))
 
     def log_samples(self, samples) -> None:
-        """Telemetry samples (`telemetry.Sample`) as step metrics, step = sample index."""
-        rows = [(k, v, i, s.t) for i, s in enumerate(samples) for k, v in s.values.items()]
+        """Telemetry samples (`telemetry.Sample`) as MLflow system metrics: ``system/...`` keys
+        (`telemetry.system_metric`), each at its sample's own time, step = that key's sample count
+        so far (0, 1, 2, ... per key, as MLflow's own monitor numbers them)."""
+        from .telemetry import system_metric
+
+        counts: dict[str, int] = {}
+        rows = []
+        for sample in samples:
+            for key, value in sample.values.items():
+                name, scale = system_metric(key)
+                step = counts.get(name, 0)
+                counts[name] = step + 1
+                rows.append((name, value * scale, step, sample.t))
         self._log(rows)
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         if self.active:
             self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """``text`` as the artifact ``artifact_file`` (e.g. a run's own ``curves.csv``)."""
+        if self.active:
+            self._client.log_text(self.run_id, text, artifact_file)
 
     def _log(self, rows: list[tuple[str, float, int, float]]) -> None:
         if not self.active or not rows:
@@ -311,6 +332,9 @@ class Tracker:
         self.parent = Run(None, None)
         self.experiment_id: str | None = None
         self._tags: dict[str, str] = {}
+        # configuration name -> the run name its child run is shown under (what sets it apart in
+        # its grid); a configuration not in here is shown under its own name
+        self.run_names: dict[str, str] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
     def __enter__(self) -> "Tracker":
@@ -339,12 +363,13 @@ class Tracker:
     @contextlib.contextmanager
     def child(self, name: str, params: Mapping[str, Any], tags: Mapping[str, Any] | None = None
               ) -> Iterator[Run]:
-        """A nested run for one configuration; ends FAILED if its block raises."""
+        """A nested run for configuration ``name`` (its ``configuration`` tag), shown under
+        ``run_names[name]`` if set, else ``name``; ends FAILED if its block raises."""
         if self._client is None:
             yield Run(None, None)
             return
-        run_tags = {**self._tags, "mlflow.parentRunId": self.parent.run_id, **(tags or {})}
-        info = self._client.create_run(self.experiment_id, run_name=name,
+        run_tags = {**self._tags, "mlflow.parentRunId": self.parent.run_id, "configuration": name, **(tags or {})}
+        info = self._client.create_run(self.experiment_id, run_name=self.run_names.get(name, name),
                                        tags={k: str(v) for k, v in run_tags.items()}).info
         _OPEN_RUNS.add(info.run_id)
         run = Run(self._client, info.run_id)
@@ -362,15 +387,19 @@ class Tracker:
         return Run(self._client, run_id if self._client else None)
 
     def find(self, name: str, stage: str) -> Run:
-        """The latest run called ``name`` that ``stage`` logged in this study (e.g. a configuration's
-        child run, to add figures a later stage computed); an inactive handle when there is none."""
+        """The latest run of configuration ``name`` (its ``configuration`` tag; in a store written
+        before that tag, its run name) that ``stage`` logged in this study, e.g. to add figures a
+        later stage computed; an inactive handle when there is none."""
         if self._client is None:
             return Run(None, None)
         quoted = name.replace("'", "\\'")
-        runs = self._client.search_runs(
-            [self.experiment_id], f"tags.mlflow.runName = '{quoted}' and tags.dvc_stage = '{stage}'",
-            order_by=["attributes.start_time DESC"], max_results=1)
-        return Run(self._client, runs[0].info.run_id if runs else None)
+        for key in ("tags.configuration", "tags.mlflow.runName"):
+            runs = self._client.search_runs(
+                [self.experiment_id], f"{key} = '{quoted}' and tags.dvc_stage = '{stage}'",
+                order_by=["attributes.start_time DESC"], max_results=1)
+            if runs:
+                return Run(self._client, runs[0].info.run_id)
+        return Run(self._client, None)
 
     # -- helpers ----------------------------------------------------------------------------
     def _terminate(self, run_id: str, status: str) -> None:
@@ -484,7 +513,9 @@ def _local_artifacts_folder(location: str | None) -> Path | None:
     parts = urllib.parse.urlsplit(location)
     if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
         return None
-    folder = Path(urllib.request.url2pathname(parts.path)).parent
+    from urllib.request import url2pathname  # lazily: see _http_problem
+
+    folder = Path(url2pathname(parts.path)).parent
     return folder if folder.name == "mlartifacts" else None
 
 

@@ -6,9 +6,9 @@ bicubic baseline beside it) on the dataset's test split, never on training data.
 checked against the one the training stage reported after its last epoch.
 
 Reads params: preset, evaluate. Reads <results>/<training stage>/checkpoints/*.pt and
-<data>/<dataset>.pt. Writes into <out>: metrics.json (study -> grid -> configuration -> test
-figure, mean and std over seeds, plus the agreement check; what `dvc metrics show` prints) and
-evaluations.csv (one row per checkpoint). MLflow: an `evaluate` parent run in each study, and
+<data>/<dataset>.pt. Writes into <out>: metrics.json (``mismatched``: checkpoints whose figure
+differs from training's; what `dvc metrics show` prints) and evaluations.csv (one row per
+checkpoint, with its test figure and the agreement check). MLflow: an `evaluate` parent run in each study, and
 eval_test_<metric> / eval_test_loss added to every configuration's run of its training stage.
 """
 
@@ -34,16 +34,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     preset, cfg = load_section(STAGE, args.params)
-    from ..evaluation import Evaluator, find_checkpoints, headline  # torch: once the params are good
+    from ..evaluation import Evaluator, checks, find_checkpoints, headline  # torch: once the params are good
 
     device = resolve_device(cfg.device)
     checkpoints = find_checkpoints(Path(args.results))  # all found before any work
     score = Evaluator(Path(args.data), device)
     evaluations = [score(stage, path) for stage, path in progress(checkpoints, desc=STAGE)]
     out = Path(args.out)
-    metrics = headline(evaluations)
     write_files_atomic({out / "evaluations.csv": csv_text([e.row() for e in evaluations]),
-                        out / "metrics.json": json_text(metrics)})
+                        out / "metrics.json": json_text(headline(evaluations))})
 
     params = {"preset": preset, STAGE: as_dict(cfg)}
     for study in dict.fromkeys(e.study for e in evaluations):
@@ -54,14 +53,14 @@ def run(args: argparse.Namespace) -> int:
             tracker.parent.log_metrics({"checkpoints": sum(e.study == study for e in evaluations)}, step=0)
             tracker.parent.log_artifact(out / "evaluations.csv")
 
-    checks = metrics["checks"]
-    print(f"\n{STAGE} ({preset} preset, {device}): {checks['checkpoints']} checkpoints on their test splits")
+    check = checks(evaluations)
+    print(f"\n{STAGE} ({preset} preset, {device}): {check['checkpoints']} checkpoints on their test splits")
     print(format_table(["stage", "configuration", "seed", "test", "at training", "agrees"],
                        [(e.stage, f"{e.sweep}-{e.configuration}", e.seed, _figure(e.metric, e.test_metric),
                          _figure(e.metric, e.trained_metric), "yes" if e.agrees else "NO") for e in evaluations]))
-    if checks["agree_with_training"] != checks["checkpoints"]:
-        say(f"warning: {checks['checkpoints'] - checks['agree_with_training']} checkpoint(s) score differently "
-            f"from what training reported (max difference {checks['max_abs_difference']})")
+    if check["agree_with_training"] != check["checkpoints"]:
+        say(f"warning: {check['checkpoints'] - check['agree_with_training']} checkpoint(s) score differently "
+            f"from what training reported (max difference {check['max_abs_difference']})")
     print(f"\nfiles: {out}/metrics.json, evaluations.csv; figures in each configuration's MLflow run")
     return 0
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -150,7 +149,10 @@ def _evaluations(folder: Path) -> tuple[list[dict], dict]:
             raise UserError(f"{f} not found (written by the evaluate stage): run `dvc repro evaluate` first")
     with open(rows_file, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    return rows, json.loads(metrics_file.read_text())["checks"]
+    # the agreement check, from each checkpoint's row (metrics.json holds only the mismatch count)
+    differences = [abs(float(r["test_metric"]) - float(r["trained_metric"])) for r in rows]
+    return rows, {"checkpoints": len(rows), "agree_with_training": sum(r["agrees"] == "True" for r in rows),
+                  "max_abs_difference": round(max((d for d in differences if d == d), default=0.0), 8)}
 
 
 def _datasets(folder: Path) -> list[dict]:

@@ -29,7 +29,23 @@ from ..tracking import Tracker
 from .args import data_stage_arguments
 
 STAGE = "train_ddp"
-HEADLINE = {"vgg": ["epoch_time_s", "test_accuracy"]}  # B4 and B5, for `dvc metrics show`
+
+
+def headline(rows: list[dict]) -> dict:
+    """metrics.json, what `dvc metrics show` prints (runs.csv's rows in; runs.csv has every figure):
+    B5_acc_gap, test accuracy at the largest world size minus at world size 1 without lr scaling
+    (lr rule none; the per-process batch is fixed, so the global batch grows), mean over seeds;
+    negative: accuracy fell as processes were added. nan with one world size or no lr rule none.
+    B4 compares DDP with train_dp's DataParallel: REPORT.md has it."""
+    from ..sweep import figure, mean_of
+
+    worlds = sorted({r["world"] for r in rows}, key=float)
+    gap = (mean_of(rows, "test_accuracy", world=worlds[-1], lr_rule="none")
+           - mean_of(rows, "test_accuracy", world=worlds[0], lr_rule="none")) if len(worlds) > 1 else float("nan")
+    return {"B5_acc_gap": figure(gap)}
+
+
+HEADLINE = headline  # metrics.json from runs.csv's rows (`sweep.results_files`)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -26,9 +26,32 @@ from .args import data_stage_arguments
 
 STAGE = "train_dp"
 STUDY = {grid: SWEEP_STUDY[grid] for grid in ("lenet_utilization", "lenet_lr_scaling", "vgg")}  # its grids
-# What `dvc metrics show` prints per configuration: the figure each grid's claims are about.
-HEADLINE = {"lenet_utilization": ["data_wait_fraction"], "lenet_lr_scaling": ["test_accuracy"],
-            "vgg": ["epoch_time_s"]}
+
+
+def headline(rows: list[dict]) -> dict:
+    """metrics.json, what `dvc metrics show` prints (runs.csv's rows in; runs.csv has every figure):
+
+    - A2_wait_share: the standard DataLoader's data-wait share of a step at the largest batch of
+      lenet_utilization, mean over modes and seeds;
+    - A4_acc_gap: test accuracy at lenet_lr_scaling's largest batch (linear rule) minus at its
+      smallest, mean over seeds (negative: the large batch lost accuracy).
+    nan where the grid lacks what a figure compares."""
+    from ..sweep import figure, mean_of
+
+    util = [r for r in rows if r["sweep"] == "lenet_utilization" and r["loader"] == "standard"]
+    scaling = [r for r in rows if r["sweep"] == "lenet_lr_scaling"]
+    batches = sorted({r["global_batch"] for r in scaling}, key=float)
+    gap = float("nan")
+    if len(batches) > 1:
+        small, large = batches[0], batches[-1]
+        gap = (mean_of(scaling, "test_accuracy", global_batch=large, lr_rule="linear")
+               - mean_of(scaling, "test_accuracy", global_batch=small))  # the rules coincide at the smallest
+    return {"A2_wait_share": figure(mean_of(util, "data_wait_fraction",
+                                            global_batch=max((r["global_batch"] for r in util), key=float, default=None))),
+            "A4_acc_gap": figure(gap)}
+
+
+HEADLINE = headline  # metrics.json from runs.csv's rows (`sweep.results_files`)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
