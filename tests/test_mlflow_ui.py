@@ -20,31 +20,20 @@ or fail where ``DPSTUDY_REQUIRE_BROWSER=1`` (CI, see .ci/run).
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import os
 import re
-import shlex
-import signal
-import socket
 import struct
-import subprocess
-import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
+from mlflow_browser import (VIEWPORT, Server, browser, choose_model_training, expect, explained,  # noqa: F401
+                            page, readme_browse_command, serve)
+
 pytestmark = pytest.mark.slow
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-VIEWPORT = {"width": 1400, "height": 1000}
 PARENT_STAGE = {"A": "train_dp", "B": "train_ddp", "C": "train_adaptive"}  # a stage with children
 METRIC = "test_accuracy"
 REPORT_EXPERIMENT, REPORT_RUN = "dpstudy-claims-report", "plot"
@@ -66,6 +55,7 @@ class Study:
     points: int                # its METRIC history length
     artifact: str              # a CSV the parent run logged ...
     artifact_cell: str         # ... and the first cell of its first data row
+    children: frozenset[str]   # the run names of the parent's children
 
 
 def _client(repo: Path):
@@ -93,8 +83,9 @@ def _study(client, name: str, stage: str, dst: Path) -> Study:
     dst.mkdir(parents=True, exist_ok=True)
     with open(client.download_artifacts(parent.info.run_id, table, str(dst)), newline="") as fh:
         first_cell = list(csv.reader(fh))[1][0]
+    children = frozenset(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
     return Study(name, exp.experiment_id, len(runs), stage, parent.info.run_id, child.info.run_name,
-                 len(client.get_metric_history(child.info.run_id, METRIC)), table, first_cell)
+                 len(client.get_metric_history(child.info.run_id, METRIC)), table, first_cell, children)
 
 
 @pytest.fixture(scope="module")
@@ -106,159 +97,11 @@ def studies(quick_run, tmp_path_factory) -> dict[str, Study]:
 
 
 # -- the server and the browser -------------------------------------------------------------------
-def readme_browse_command() -> tuple[dict[str, str], list[str]]:
-    """README's command for browsing the runs (the first ``mlflow server`` in its section "Browse
-    the runs"): the environment it sets (``export``s before it, assignments in front of it) and the
-    arguments after ``server``."""
-    section = re.search(r"^### Browse the runs\n(.*?)(?=^#{2,3} |\Z)", README.read_text(), re.S | re.M)
-    assert section, "README has no section '### Browse the runs'"
-    assignment = re.compile(r"[A-Za-z_]\w*=\S*")
-    for block in re.findall(r"^```bash\n(.*?)^```", section.group(1), re.S | re.M):
-        env: dict[str, str] = {}
-        for line in block.replace("\\\n", " ").splitlines():
-            words = shlex.split(line, comments=True)
-            if words[:1] == ["export"]:
-                assert all(assignment.fullmatch(w) for w in words[1:]), f"README: {line}"
-                env.update(w.split("=", 1) for w in words[1:])
-            elif "server" in words and words[words.index("server") - 1].endswith("mlflow"):
-                at = words.index("server")
-                assert all(assignment.fullmatch(w) for w in words[:at - 1]), f"README: {line}"
-                env.update(w.split("=", 1) for w in words[:at - 1])
-                return env, words[at + 1:]
-    raise AssertionError("README's section 'Browse the runs' has no `mlflow server` command")
-
-
-def _replaced(args: list[str], flag: str, value: str) -> list[str]:
-    assert flag in args, f"README's `mlflow server` command has no {flag}"
-    args = list(args)
-    args[args.index(flag) + 1] = value
-    return args
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _session_commands(sid: int) -> list[str]:
-    """The command lines of the live processes of session ``sid`` (Linux /proc)."""
-    commands = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            state, _ppid, _pgrp, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
-            if int(session) == sid and state != "Z":
-                commands.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip())
-    return commands
-
-
-@dataclass
-class Server:
-    url: str
-    log: Path
-    ready_s: float = 0.0                # from start to the first healthy /health
-    processes: tuple[str, ...] = ()     # its command lines at that moment
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The log's last lines, without the flood of successful requests."""
-        text = self.log.read_text(errors="replace").splitlines()
-        return "\n".join([line for line in text if '" 200 OK' not in line][-lines:])
-
-
 @pytest.fixture(scope="module")
 def server(quick_run, tmp_path_factory):
-    """README's `mlflow server` command (the venv's mlflow) on the quick run's store and a free
-    loopback port, ready once /health answers."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
-    readme_env, args = readme_browse_command()
-    assert args[args.index("--host") + 1] == "127.0.0.1", "README's server should listen on loopback only"
-    args = _replaced(args, "--backend-store-uri", f"sqlite:///{quick_run / 'mlflow.db'}")
-    args = _replaced(args, "--port", str(port))
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", **readme_env}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, "-m", "mlflow", "server", *args]
-    start = time.monotonic()
-    with open(log, "wb") as out:  # its own session: uvicorn is a child, stopped with the group
-        proc = subprocess.Popen(cmd, cwd=quick_run, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    srv = Server(f"http://127.0.0.1:{port}", log)
-    try:
-        deadline = start + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{srv.log_tail()}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{srv.url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after 180 s:\n{srv.log_tail()}")
-            time.sleep(0.25)
-        srv.ready_s, srv.processes = time.monotonic() - start, tuple(_session_commands(proc.pid))
+    """README's `mlflow server` command on the quick run's store, ready once /health answers."""
+    with serve(quick_run / "mlflow.db", tmp_path_factory.mktemp("mlflow-server") / "server.log") as srv:
         yield srv
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's chromium under Playwright; a skip (a failure in CI) when it is not installed."""
-    missing = None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing = "the playwright package is missing: run `make env`"
-    if missing is None and not CHROMIUM.exists():
-        missing = f"{CHROMIUM} not found: install it with `apt-get install chromium` (Debian)"
-    if missing:
-        if os.environ.get("DPSTUDY_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"DPSTUDY_REQUIRE_BROWSER=1 but {missing}")
-        pytest.skip(missing)
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser):
-    """A fresh page in its own browser context (no cookies or local storage carried over)."""
-    context = browser.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    try:
-        yield page
-    finally:
-        context.close()
-
-
-@contextlib.contextmanager
-def explained(page, server: Server, tmp_path: Path):
-    """Re-raise a failure with what a person would need to see: the URL, a screenshot, the server log."""
-    try:
-        yield
-    except Exception as exc:
-        shot = tmp_path / "failure.png"
-        with contextlib.suppress(Exception):
-            page.screenshot(path=str(shot), full_page=True)
-        raise AssertionError(f"{exc}\n--- page: {page.url} (screenshot {shot})\n"
-                             f"--- mlflow server log, last lines:\n{server.log_tail()}") from exc
-
-
-def expect(locator):
-    from playwright.sync_api import expect as playwright_expect  # imported late: see `browser`
-
-    # The pages' own default wait, not expect's 5 s: on a loaded 2-core machine a chart of a run
-    # with many metrics can take longer than that to draw.
-    playwright_expect.set_options(timeout=30_000)
-    return playwright_expect(locator)
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -274,14 +117,6 @@ def screenshot(page, path: Path) -> Path:
     assert width == VIEWPORT["width"] and height >= VIEWPORT["height"], f"{path}: {width}x{height}"
     assert len(data) > 30_000, f"{path} is only {len(data)} bytes: a blank page?"
     return path
-
-
-def choose_model_training(page) -> None:
-    """README's two clicks: **Model training** in the sidebar's switch (MLflow 3.17 opens every
-    experiment on its GenAI overview otherwise) and the assistant panel's close button, to leave
-    the tables their width. The browser keeps both in its localStorage."""
-    page.get_by_text("Model training", exact=True).click()
-    page.get_by_role("button", name="Close", exact=True).click()
 
 
 def open_experiments(page, server: Server) -> None:
@@ -370,6 +205,11 @@ def test_study_runs_metric_chart_and_artifacts(page, server, studies, tmp_path, 
         expect(child).to_have_count(0)
         page.get_by_role("gridcell").filter(has=parent).get_by_role("button").click()  # expand
         expect(child).to_be_visible()
+        # Rows a person can tell apart: each child's name leads with what sets it apart in its
+        # grid, the grid last (`b256 sqrt s0 · lenet_lr_scaling`), and no two rows read the same.
+        shown = [name for name in page.get_by_role("link").all_inner_texts() if name in study.children]
+        assert len(shown) >= 2 and len(set(shown)) == len(shown), shown
+        assert all(" · " in name and not name.startswith(name.rsplit(" · ", 1)[1]) for name in shown), shown
         screenshot(page, tmp_path / "runs.png")
 
         # The child's metric chart: a plotly line with one marker per logged step.

@@ -13,7 +13,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import run_cli, write_params
-from dpstudy.sweep import dp_grid, run_names
+from mlflow_browser import browser, choose_model_training, expect, explained, page  # noqa: F401
+from dpstudy.sweep import run_names
 from dpstudy.tracking import STUDIES
 
 GRID = "lenet_lr_scaling"
@@ -136,98 +137,34 @@ def test_each_child_carries_its_own_curves(stage, tmp_path):
 # -- the same runs in the MLflow UI (README's server command, headless Chromium) ------------------
 @pytest.fixture(scope="module")
 def server(stage_dir, tmp_path_factory):
-    """README's `mlflow server` command on the stage's store, on a free loopback port in 15000-15999."""
-    import contextlib
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    """README's `mlflow server` command on the stage's store, ready once /health answers."""
+    from mlflow_browser import serve
 
-    from test_mlflow_ui import _replaced, readme_browse_command
-
-    port = _free_port_in(15000, 16000)
-    log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
-    readme_env, args = readme_browse_command()
-    args = _replaced(_replaced(args, "--backend-store-uri", f"sqlite:///{stage_dir / 'mlflow.db'}"), "--port", str(port))
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", **readme_env}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    with open(log, "wb") as out:  # its own session: uvicorn is a child, stopped with the group
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", *args], cwd=stage_dir, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            assert time.monotonic() < deadline, f"mlflow server not healthy after 180 s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.25)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _free_port_in(low: int, high: int) -> int:
-    import socket
-
-    for port in range(low, high):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError(f"no free port in {low}-{high - 1}")
+    with serve(stage_dir / "mlflow.db", tmp_path_factory.mktemp("mlflow-server") / "server.log") as srv:
+        yield srv
 
 
 @pytest.mark.slow
-def test_system_metrics_tab_charts_the_telemetry(stage, server, tmp_path):
+def test_system_metrics_tab_charts_the_telemetry(stage, server, page, tmp_path):
     """A child run's *System metrics* tab shows the sampled CPU and memory charts (it was always
     empty while they were ordinary metrics), and its *Model metrics* tab no longer lists them."""
     import re
 
-    from test_mlflow_ui import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, choose_model_training, expect
-
-    pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: install it with `apt-get install chromium` (Debian)")
-    from playwright.sync_api import sync_playwright
-
     client, exp, _ = stage
     child = next(c for c in _children(client, exp) if c.data.tags["sweep"] == GRID)
-    base = f"{server}/#/experiments/{exp}/runs/{child.info.run_id}"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport=VIEWPORT).new_page()
-        page.set_default_timeout(60_000)
-        try:
-            page.goto(f"{server}/#/experiments")
-            choose_model_training(page)
-            page.goto(f"{base}/system-metrics")
-            expect(page.get_by_text(child.info.run_name).first).to_be_visible()
-            for key in ("cpu_utilization_percentage", "process_rss_megabytes"):
-                expect(page.get_by_role("heading", name=re.compile(key)).first).to_be_visible()
-            page.goto(f"{base}/model-metrics")
-            expect(page.get_by_role("heading", name="allreduces", exact=True)).to_be_visible()
-            page.get_by_role("searchbox", name="Search metric charts").fill("cpu_util")
-            expect(page.get_by_role("heading", name="cpu_util_pct_mean", exact=True)).to_be_visible()  # epoch means
-            expect(page.get_by_role("heading", name=re.compile("cpu_utilization_percentage"))).to_have_count(0)
-        except Exception:
-            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-            raise
-        finally:
-            browser.close()
+    base = f"{server.url}/#/experiments/{exp}/runs/{child.info.run_id}"
+    with explained(page, server, tmp_path):
+        page.goto(f"{server.url}/#/experiments")
+        choose_model_training(page)
+        page.goto(f"{base}/system-metrics")
+        expect(page.get_by_text(child.info.run_name).first).to_be_visible()
+        for key in ("cpu_utilization_percentage", "process_rss_megabytes"):
+            expect(page.get_by_role("heading", name=re.compile(key)).first).to_be_visible()
+        page.goto(f"{base}/model-metrics")
+        expect(page.get_by_role("heading", name="allreduces", exact=True)).to_be_visible()
+        page.get_by_role("searchbox", name="Search metric charts").fill("cpu_util")
+        expect(page.get_by_role("heading", name="cpu_util_pct_mean", exact=True)).to_be_visible()  # epoch means
+        expect(page.get_by_role("heading", name=re.compile("cpu_utilization_percentage"))).to_have_count(0)
 
 
 def test_restoration_runs_filter_by_task_and_the_parent_gets_time_to_target(digits_dir, tmp_path):

@@ -14,34 +14,23 @@ never a Playwright download; without it the tests skip, or fail where DPSTUDY_RE
 
 from __future__ import annotations
 
-import contextlib
 import os
-import random
 import shutil
-import signal
-import socket
 import struct
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from dpstudy.figures import FIGURES, INPUTS
+from mlflow_browser import Server, browser, expect, explained, page, serve  # noqa: F401
 from dpstudy.report import MLFLOW_NOTE, figure_anchor
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-VIEWPORT = {"width": 1400, "height": 1000}
-PORTS = range(15000, 16000)
 EXPERIMENT, RUN = "dpstudy-claims-report", "plot"
 
 
@@ -91,119 +80,11 @@ def plotted(quick, tmp_path_factory) -> Plotted:
 
 
 # -- the server and the browser -------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        for port in random.Random(os.getpid()).sample(PORTS, 100):
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    pytest.fail(f"no free port in {PORTS}")
-
-
-@dataclass
-class Server:
-    url: str
-    log: Path
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(errors="replace").splitlines()
-        return "\n".join([line for line in text if '" 200 OK' not in line][-lines:])
-
-    def status(self, url: str) -> int:
-        """The HTTP status of a GET of ``url`` (relative to the server)."""
-        try:
-            with urllib.request.urlopen(urllib.parse.urljoin(self.url + "/", url), timeout=10) as resp:
-                return resp.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
-
-
 @pytest.fixture(scope="module")
 def server(plotted):
-    """`mlflow server` on the plot run's store, one worker, on a free loopback port; ready once /health answers."""
-    port = _free_port()
-    log = plotted.root / "server.log"
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{plotted.root / 'mlflow.db'}",
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with open(log, "wb") as out:  # its own session: uvicorn is a child, stopped with the group
-        proc = subprocess.Popen(cmd, cwd=plotted.root, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    srv = Server(f"http://127.0.0.1:{port}", log)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{srv.log_tail()}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{srv.url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after 120 s:\n{srv.log_tail()}")
-            time.sleep(0.5)
+    """README's `mlflow server` command on the plot run's store, ready once /health answers."""
+    with serve(plotted.root / "mlflow.db", plotted.root / "server.log", wait_s=120) as srv:
         yield srv
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    missing = None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing = "the playwright package is missing: run `make env`"
-    if missing is None and not CHROMIUM.exists():
-        missing = f"{CHROMIUM} not found: install it with `apt-get install chromium` (Debian)"
-    if missing:
-        if os.environ.get("DPSTUDY_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"DPSTUDY_REQUIRE_BROWSER=1 but {missing}")
-        pytest.skip(missing)
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    try:
-        yield page
-    finally:
-        context.close()
-
-
-@contextlib.contextmanager
-def explained(page, server: Server, tmp_path: Path):
-    """Re-raise a failure with the URL, a screenshot and the server log's last lines."""
-    try:
-        yield
-    except Exception as exc:
-        shot = tmp_path / "failure.png"
-        with contextlib.suppress(Exception):
-            page.screenshot(path=str(shot), full_page=True)
-        raise AssertionError(f"{exc}\n--- page: {page.url} (screenshot {shot})\n"
-                             f"--- mlflow server log, last lines:\n{server.log_tail()}") from exc
-
-
-def expect(locator):
-    from playwright.sync_api import expect as playwright_expect  # imported late: see `browser`
-
-    return playwright_expect(locator)
 
 
 def png_width(path: Path) -> int:

@@ -107,10 +107,13 @@ class RunSpec:
 
     @property
     def name(self) -> str:
+        return "-".join([self.sweep, *(part for part in self.name_parts() if part != "fixed")])
+
+    def name_parts(self) -> list[str]:
+        """What the name says after the grid: schedule, mode, loader, batch, lr rule, seed."""
         mode = f"ddp{self.world}" if self.mode == "ddp" else self.mode
         loader = self.loader + (f"{self.num_workers}w" if self.loader == "standard" else "")
-        schedule = "" if self.schedule == "fixed" else f"{self.schedule}-"
-        return f"{self.sweep}-{schedule}{mode}-{loader}-b{self.global_batch}-{self.lr_rule}-s{self.seed}"
+        return [self.schedule, mode, loader, f"b{self.global_batch}", self.lr_rule, f"s{self.seed}"]
 
     def identity(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

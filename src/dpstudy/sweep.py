@@ -172,14 +172,9 @@ def run_names(specs: Iterable[RunSpec]) -> dict[str, str]:
     configurations of its grid (its sweep), then the grid, e.g. ``b256 sqrt s0 · lenet_lr_scaling``
     for ``lenet_lr_scaling-single-resident-b256-sqrt-s0``, so runs tables and chart legends show
     what sets runs apart before they are cut. Distinct within a grid, as the names are."""
-    def parts(spec: RunSpec) -> list[str]:  # the name's parts after the sweep, as RunSpec.name writes them
-        mode = f"ddp{spec.world}" if spec.mode == "ddp" else spec.mode
-        loader = spec.loader + (f"{spec.num_workers}w" if spec.loader == "standard" else "")
-        return [spec.schedule, mode, loader, f"b{spec.global_batch}", spec.lr_rule, f"s{spec.seed}"]
-
     grids: dict[str, dict[str, list[str]]] = {}
     for spec in specs:
-        grids.setdefault(spec.sweep, {})[spec.name] = parts(spec)
+        grids.setdefault(spec.sweep, {})[spec.name] = spec.name_parts()
     names = {}
     for sweep, grid in grids.items():
         columns = list(zip(*grid.values()))
