@@ -22,7 +22,6 @@ browser tests skip, or fail where DPSTUDY_REQUIRE_BROWSER=1 (CI, see .ci/run).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import struct
@@ -34,15 +33,13 @@ import pytest
 import yaml
 
 from conftest import dvc
+from mlflow_browser import browser  # noqa: F401  (the fixture: Debian's chromium, skip or fail as CI says)
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "build" / "dvc-plots"          # `make plots-assets`
 LIBRARIES = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 VIEWPORT = {"width": 1280, "height": 900}
 
 # Small tables with the columns of a real quick run's (only those a plot reads, plus its keys).
@@ -152,25 +149,6 @@ def plots_html(tmp_path_factory) -> Path:
         pytest.skip(f"{ASSETS.relative_to(REPO)}/ lacks {', '.join(missing)}: run `make plots-assets` "
                     "(fetches vega from the npm registry)")
     return _show(tmp_path_factory.mktemp("plots_repo"), with_assets=True)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's chromium under Playwright; a skip (a failure in CI) when it is not installed."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-    missing = ("the playwright package is missing: run `make env`" if sync_playwright is None else
-               None if CHROMIUM.exists() else f"{CHROMIUM} not found: `apt-get install chromium` (Debian)")
-    if missing:
-        if os.environ.get("DPSTUDY_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"DPSTUDY_REQUIRE_BROWSER=1 but {missing}")
-        pytest.skip(missing)
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def _open_offline(browser, html: Path):
