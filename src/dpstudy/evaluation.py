@@ -10,7 +10,7 @@ agree (same images, same weights), which checks the whole train â†’ checkpoint â
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -60,6 +60,12 @@ class Evaluation:
 
     def row(self) -> dict:
         return {**asdict(self), "agrees": self.agrees}
+
+    @classmethod
+    def from_row(cls, row: dict[str, str]) -> "Evaluation":
+        """An evaluations.csv row (`row`) back as the Evaluation it was written from."""
+        kinds = {"int": int, "float": float, "str": str}
+        return cls(**{f.name: kinds[f.type](row[f.name]) for f in fields(cls)})
 
 
 def find_checkpoints(results: Path, stages: tuple[str, ...] = TRAINING_STAGES) -> list[tuple[str, Path]]:

@@ -147,12 +147,12 @@ def _evaluations(folder: Path) -> tuple[list[dict], dict]:
     for f in (rows_file, metrics_file):
         if not f.is_file():
             raise UserError(f"{f} not found (written by the evaluate stage): run `dvc repro evaluate` first")
+    from ..evaluation import Evaluation, checks
+
     with open(rows_file, newline="") as fh:
         rows = list(csv.DictReader(fh))
     # the agreement check, from each checkpoint's row (metrics.json holds only the mismatch count)
-    differences = [abs(float(r["test_metric"]) - float(r["trained_metric"])) for r in rows]
-    return rows, {"checkpoints": len(rows), "agree_with_training": sum(r["agrees"] == "True" for r in rows),
-                  "max_abs_difference": round(max((d for d in differences if d == d), default=0.0), 8)}
+    return rows, checks([Evaluation.from_row(r) for r in rows])
 
 
 def _datasets(folder: Path) -> list[dict]:
