@@ -7,12 +7,12 @@ from __future__ import annotations
 import csv
 import math
 import shutil
-import struct
 import time
 from pathlib import Path
 
 import pytest
 
+from conftest import png_size
 from dpstudy.adaptive import run_figures, schedule_summary, summary_files, target
 from dpstudy.config import AugmentConfig, RecipeConfig
 from dpstudy.engine import Result, RunSpec
@@ -27,7 +27,6 @@ from dpstudy.tasks import TASKS
 RECIPE = RecipeConfig(epochs=4, optimizer="sgd", lr=0.01, ref_batch=16, momentum=0.9, weight_decay=0.0,
                       warmup_epochs=0, decay="none", milestones=[], gamma=0.1, augment=AugmentConfig(0, False))
 SEEDS = (0, 1)
-PNG = b"\x89PNG\r\n\x1a\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,8 +145,8 @@ def write_results_tree(root: Path) -> Path:
          "compute_s": 0.1, "data_wait_fraction": wait_of(loader, b, 0), "images_per_s": 5000.0,
          "utilization_pct": 80.0, "utilization_source": "gpu_util_pct"}
         for loader in ("standard", "resident") for b in (16, 64, 256)])
-    write_files_atomic(results_files(dp_results(), root / "train_dp", train_dp.HEADLINE))
-    write_files_atomic(results_files(ddp_results(), root / "train_ddp", train_ddp.HEADLINE))
+    write_files_atomic(results_files(dp_results(), root / "train_dp", train_dp.headline))
+    write_files_atomic(results_files(ddp_results(), root / "train_ddp", train_ddp.headline))
     summaries = {}
     for task in TASKS:
         runs = adaptive_results(task)
@@ -162,12 +161,6 @@ def write_results_tree(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
     return write_results_tree(tmp_path_factory.mktemp("results"))
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == PNG, f"{path.name} is not a PNG"
-    return struct.unpack(">II", data[16:24])  # IHDR width, height
 
 
 def container(ax, label: str):
@@ -197,7 +190,7 @@ def test_every_figure_is_written_as_a_sane_png(drawn):
     assert paths == [out / name for name in FIGURES]
     assert sorted(p.name for p in out.iterdir()) == sorted(FIGURES)  # no temporary files left behind
     for path in paths:  # the stale file was replaced too
-        width, height = png_size(path)
+        width, height = png_size(path.read_bytes(), path.name)
         assert 700 <= width <= 2400 and 400 <= height <= 1400, (path.name, width, height)
         assert path.stat().st_size > 30_000, f"{path.name} looks empty"
     assert elapsed < 30, f"drawing took {elapsed:.1f} s"

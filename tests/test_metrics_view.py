@@ -70,8 +70,8 @@ def summaries() -> dict:
 
 
 def test_each_stage_headline_is_a_few_named_figures():
-    assert train_dp.HEADLINE(dp_rows()) == {"A2_wait_share": 0.761, "A4_acc_gap": -0.385}
-    assert train_ddp.HEADLINE(ddp_rows()) == {"B5_acc_gap": -0.02}
+    assert train_dp.headline(dp_rows()) == {"A2_wait_share": 0.761, "A4_acc_gap": -0.385}
+    assert train_ddp.headline(ddp_rows()) == {"B5_acc_gap": -0.02}
     assert profile_dataloader.headline(throughput()) == {"resident_speedup": pytest.approx(40256 / 3256, abs=1e-3),
                                                          "A3_workers_gain": pytest.approx(3256 / 1256, abs=1e-3)}
     assert adaptive.headline(summaries()) == {"C1_acc_gap": -0.04, "C2_acc_gap": -0.005, "C3_ips_gain": 1.5}
@@ -79,15 +79,15 @@ def test_each_stage_headline_is_a_few_named_figures():
 
 def test_a_figure_the_grid_cannot_give_is_nan_not_an_error():
     one_world = [r for r in ddp_rows() if r["world"] == 1]
-    assert math.isnan(train_ddp.HEADLINE(one_world)["B5_acc_gap"])
+    assert math.isnan(train_ddp.headline(one_world)["B5_acc_gap"])
     no_scaling = [r for r in dp_rows() if r["sweep"] != "lenet_lr_scaling"]
-    assert math.isnan(train_dp.HEADLINE(no_scaling)["A4_acc_gap"])
+    assert math.isnan(train_dp.headline(no_scaling)["A4_acc_gap"])
     no_workers = [r for r in throughput() if r["num_workers"] == 0]
     assert math.isnan(profile_dataloader.headline(no_workers)["A3_workers_gain"])
     assert math.isnan(adaptive.headline({"classification": {"fixed_small": {"test_accuracy": 0.9,
                                                                              "run_images_per_s": 5.0}}})["C1_acc_gap"])
     # json_text writes NaN, which `dvc metrics show` reads
-    assert "NaN" in json_text(train_ddp.HEADLINE(one_world))
+    assert "NaN" in json_text(train_ddp.headline(one_world))
 
 
 def test_evaluate_headline_counts_mismatches():
@@ -152,7 +152,7 @@ def widest(text: str) -> int:
 def worst_case_files() -> dict[str, dict]:
     """Made-up headlines as wide as real ones get: negative, 4 decimals, large ratios."""
     return {"profile_dataloader": profile_dataloader.headline(throughput()) | {"resident_speedup": 71234.567},
-            "train_dp": train_dp.HEADLINE(dp_rows()) | {"A4_acc_gap": -0.8888},
+            "train_dp": train_dp.headline(dp_rows()) | {"A4_acc_gap": -0.8888},
             "train_ddp": {"B5_acc_gap": -0.1234},
             "train_adaptive": adaptive.headline(summaries()) | {"C2_acc_gap": -0.0056},
             "evaluate": {"mismatched": 12}}

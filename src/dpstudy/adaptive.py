@@ -30,7 +30,7 @@ from .errors import UserError
 from .fsutil import csv_text, json_text
 from .loaders import MIN_PER_RANK
 from .models import model_task
-from .sweep import check_model, numeric, rounded, tables
+from .sweep import check_model, figure, numeric, rounded, tables
 from .tasks import TASKS
 
 SCHEDULES = ("fixed_small", "fixed_large", "step_growth", "noise_scale")
@@ -182,8 +182,6 @@ def headline(summaries: dict[str, dict]) -> dict:
     - C2_acc_gap: step_growth's test accuracy minus fixed_small's;
     - C3_ips_gain: step_growth's whole-run images/s over fixed_small's.
     nan where a schedule did not run; {} without the classification task."""
-    from .sweep import figure
-
     per = summaries.get("classification")
     if not per:
         return {}

@@ -8,7 +8,7 @@ change touches is trained again. Rank 0 writes the result files:
 
 - ``runs.csv``: one row per configuration (final figures, outcome, per-device memory);
 - ``epochs.csv``: one row per configuration and epoch (the curves `dvc plots` draws);
-- ``metrics.json``: the stage's few headline figures (`dvc metrics show`; the stage's ``HEADLINE``).
+- ``metrics.json``: the stage's few headline figures (`dvc metrics show`; the stage's ``headline``).
 
 The tables are written together once the whole stage has run (`fsutil.write_files_atomic`): an
 interrupted stage leaves its previous complete tables, and its rerun reuses every finished

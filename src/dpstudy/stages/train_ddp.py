@@ -45,8 +45,6 @@ def headline(rows: list[dict]) -> dict:
     return {"B5_acc_gap": figure(gap)}
 
 
-HEADLINE = headline  # metrics.json from runs.csv's rows (`sweep.results_files`)
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     data_stage_arguments(p, STAGE)
@@ -88,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             results = run_grid(grid, data, tracker, out, dist=dist, sync_timing=cfg.sync_timing,
                                sample_interval_s=telemetry.interval_s)
             if dist.is_main:
-                write_files_atomic(results_files(results, out, HEADLINE))
+                write_files_atomic(results_files(results, out, headline))
                 tracker.parent.log_artifact(out / "runs.csv")
     if dist.is_main:
         print_table(f"{STAGE} ({preset} preset, {dist.world} × {dist.device.type}, {dist.backend})", results, out)

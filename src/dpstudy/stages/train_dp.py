@@ -51,8 +51,6 @@ def headline(rows: list[dict]) -> dict:
             "A4_acc_gap": figure(gap)}
 
 
-HEADLINE = headline  # metrics.json from runs.csv's rows (`sweep.results_files`)
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     data_stage_arguments(p, STAGE)
@@ -82,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                                 cpu_processes=cfg.cpu_processes)
             parents.append(tracker.parent)
     # Only now, with every grid done: the tables change together, never to a partial set.
-    write_files_atomic(results_files(results, out, HEADLINE))
+    write_files_atomic(results_files(results, out, headline))
     for parent in parents:
         parent.log_artifact(out / "runs.csv")
     print_table(f"{STAGE} ({preset} preset, {device})", results, out)
