@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,20 @@ def quick_run(tmp_path_factory) -> Path:
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     (repo / "repro.log").write_text(first.stdout)
     return repo
+
+
+def png_size(data: bytes, what: str = "data") -> tuple[int, int]:
+    """(width, height) of a PNG, read from its IHDR chunk; fails unless ``data`` is a PNG."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{what} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def make_png(width: int, height: int) -> bytes:
+    """A plain white RGB PNG of that size."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), "white").save(out, format="PNG")
+    return out.getvalue()

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import csv
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import png_size
 from mlflow_browser import (VIEWPORT, Server, browser, choose_model_training, expect, explained,  # noqa: F401
                             page, readme_browse_command, serve)
 
@@ -102,11 +102,6 @@ def server(quick_run, tmp_path_factory):
     """README's `mlflow server` command on the quick run's store, ready once /health answers."""
     with serve(quick_run / "mlflow.db", tmp_path_factory.mktemp("mlflow-server") / "server.log") as srv:
         yield srv
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    return struct.unpack(">II", data[16:24])  # width, height from the IHDR chunk
 
 
 def screenshot(page, path: Path) -> Path:

@@ -24,15 +24,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import struct
 import subprocess
-import zlib
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import dvc
+from conftest import dvc, make_png
 from mlflow_browser import browser  # noqa: F401  (the fixture: Debian's chromium, skip or fail as CI says)
 
 pytestmark = pytest.mark.slow
@@ -89,15 +87,6 @@ TABLES = {
 WIDE_PNG_PX = 1700  # wider than the window: the page must scale it, not clip it
 
 
-def _png(width: int, height: int) -> bytes:
-    """A plain grey RGB PNG (no imaging library needed)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    raw = b"".join(b"\0" + b"\x80" * (3 * width) for _ in range(height))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-
-
 def _plot_definitions() -> tuple[list[str], int]:
     """dvc.yaml's image plots (paths) and the number of its interactive (vega) plot definitions."""
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -133,7 +122,7 @@ def _show(repo: Path, with_assets: bool) -> Path:
     images, _ = _plot_definitions()
     for i, rel in enumerate(images):
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        (repo / rel).write_bytes(_png(WIDE_PNG_PX if i == 0 else 400, 60))
+        (repo / rel).write_bytes(make_png(WIDE_PNG_PX if i == 0 else 400, 60))
     show = dvc("plots", "show", cwd=repo, timeout=300)
     assert show.returncode == 0, show.stdout + show.stderr
     assert "failed to load" not in (show.stdout + show.stderr).lower(), show.stdout + show.stderr

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, make_png
 from dpstudy.config import ReportRules, load_section
 from dpstudy.figures import FIGURES
 from dpstudy.report import (CLAIMS, INCONCLUSIVE, MLFLOW_NOTE, NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, StageRun,
@@ -494,9 +494,7 @@ def test_report_links_figures_relatively_and_sends_mlflow_readers_to_the_html():
 
 
 def png(path, width: int, height: int) -> bytes:
-    from PIL import Image
-
-    Image.new("RGB", (width, height), "white").save(path)
+    path.write_bytes(make_png(width, height))
     return path.read_bytes()
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import time
@@ -25,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import png_size
 from dpstudy.figures import FIGURES, INPUTS
-from mlflow_browser import Server, browser, expect, explained, page, serve  # noqa: F401
 from dpstudy.report import MLFLOW_NOTE, figure_anchor
+from mlflow_browser import Server, browser, expect, explained, page, serve  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -87,12 +87,6 @@ def server(plotted):
         yield srv
 
 
-def png_width(path: Path) -> int:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
-    return struct.unpack(">II", data[16:24])[0]
-
-
 def open_artifact(page, server: Server, plotted: Plotted, name: str) -> None:
     page.goto(f"{server.url}/#/experiments/{plotted.experiment_id}/runs/{plotted.run_id}")
     page.get_by_role("tab", name="Artifacts").click()
@@ -127,7 +121,7 @@ def test_report_html_shows_every_figure_and_no_dead_link(page, server, plotted, 
             image.scroll_into_view_if_needed()
             expect(image).to_be_visible()
             loaded = image.evaluate("img => [img.complete, img.naturalWidth, img.src.slice(0, 22)]")
-            assert loaded == [True, png_width(plotted.figures / name), "data:image/png;base64,"], (name, loaded)
+            assert loaded == [True, png_size((plotted.figures / name).read_bytes(), name)[0], "data:image/png;base64,"], (name, loaded)
         assert frame.locator("link, script[src], iframe, object, embed").count() == 0
 
         # Every link: an anchor inside the page that exists, or an address the server answers.
