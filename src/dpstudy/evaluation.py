@@ -13,15 +13,11 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import torch
-
-from .datasets import file_sha256, load_prepared
-from .engine import CHECKPOINT_FORMAT, EVAL_BATCH, evaluate
 from .errors import UserError
-from .loaders import ResidentLoader
-from .models import build_model, input_spec
-from .tasks import TASKS
 from .tracking import SWEEP_STUDY
+
+# torch and the training code are imported where a checkpoint is read or scored, not here: the
+# plot stage reads evaluations.csv back as Evaluations without them (seconds of start-up).
 
 TRAINING_STAGES = ("train_dp", "train_ddp", "train_adaptive")
 # How far a re-evaluated figure may sit from the training stage's own (summation order on
@@ -85,6 +81,10 @@ def find_checkpoints(results: Path, stages: tuple[str, ...] = TRAINING_STAGES) -
 
 def read_checkpoint(path: Path) -> dict:
     """The checkpoint, checked to be a finished one this code can rebuild."""
+    import torch
+
+    from .engine import CHECKPOINT_FORMAT
+
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
@@ -101,11 +101,13 @@ def read_checkpoint(path: Path) -> dict:
 class Evaluator:
     """Scores checkpoints; each prepared dataset is read and checksummed once."""
 
-    def __init__(self, data_dir: Path, device: torch.device):
+    def __init__(self, data_dir: Path, device):
         self.data_dir, self.device = data_dir, device
         self._data: dict[str, tuple] = {}
 
     def _dataset(self, name: str):
+        from .datasets import file_sha256, load_prepared
+
         if name not in self._data:
             path = self.data_dir / f"{name}.pt"
             if not path.is_file():
@@ -114,6 +116,11 @@ class Evaluator:
         return self._data[name]
 
     def __call__(self, stage: str, path: Path) -> Evaluation:
+        from .engine import EVAL_BATCH, evaluate
+        from .loaders import ResidentLoader
+        from .models import build_model, input_spec
+        from .tasks import TASKS
+
         ckpt = read_checkpoint(path)
         meta, config = ckpt["model_meta"], ckpt["config"]
         data, sha = self._dataset(meta["dataset"])
