@@ -109,6 +109,21 @@ def test_configurations_whose_lr_rule_changes_nothing_are_twins_and_train_identi
     assert learned(none.history) == learned(sqrt.history) and none.step_loss == sqrt.step_loss
 
 
+def test_on_the_cpu_dataparallel_configurations_are_twins_of_single_and_train_identically(digits, tmp_path):
+    from dpstudy.sweep import split_twins, twin_reason
+
+    grid = [spec(mode=m, batch=b, recipe=ONE_EPOCH) for m in ("single", "dp") for b in (64, 128)]
+    trained, copies = split_twins(grid, torch.device("cpu"))
+    assert trained == grid[:2]
+    assert [(t.name, o.name) for t, o in copies] == [(grid[2].name, grid[0].name), (grid[3].name, grid[1].name)]
+    assert twin_reason(*copies[0]) == "on the CPU nn.DataParallel calls the module itself"
+    # a GPU (or several) makes DataParallel a different computation: every mode trains
+    assert split_twins(grid, torch.device("cuda", 0)) == (grid, [])
+    # the premise, checked: on the CPU dp trains the very same network as single
+    single, dp = (train(s, digits, CPU, tmp_path / f"{s.mode}.pt") for s in (grid[0], grid[2]))
+    assert learned(single.history) == learned(dp.history) and single.step_loss == dp.step_loss
+
+
 @pytest.mark.slow
 def test_a_twin_is_recorded_with_its_own_checkpoint_row_and_run_not_trained_again(digits_dir, tmp_path):
     params = _tiny_train_dp(tmp_path / "p.yaml", [16], **{"train_dp.lenet_lr_scaling.lr_rules": ["none", "linear", "sqrt"]})

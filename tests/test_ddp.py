@@ -241,6 +241,50 @@ def test_ddp_stage_under_torchrun_writes_results_once_with_all_reduced_figures(t
     assert {r.info.status for r in parents + children} == {"FINISHED"}
 
 
+def test_one_process_configurations_train_side_by_side_on_both_ranks_and_as_alone(tmp_path, digits_dir):
+    """On the CPU, world-1 configurations are dealt out to ranks 0 and 1, which train them at the
+    same time (no core idles at a barrier); each trains exactly what it trains in a plain process,
+    and rank 0 logs both runs, tagged with the rank that trained them."""
+    params = write_params(tmp_path / "params.yaml", {**SMALL_DDP, "train_ddp.vgg.world_sizes": [1],
+                                                     "train_ddp.seeds": [0, 1]})
+    uri, env = mlflow_env(tmp_path)
+    res = subprocess.run(torchrun_cmd(2, *stage_args(params, digits_dir, tmp_path / "two")), cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr
+    names = [f"vgg-ddp1-resident-b32-linear-s{seed}" for seed in (0, 1)]
+    assert [res.stdout.count(f"[vgg] {name}: finished") for name in names] == [1, 1]
+    _, children = study_b_runs(uri)
+    assert {r.data.tags["configuration"]: r.data.tags["trained_by_rank"] for r in children} == {
+        names[0]: "0", names[1]: "1"}
+    assert {r.info.status for r in children} == {"FINISHED"}
+    alone = subprocess.run([sys.executable, *stage_args(params, digits_dir, tmp_path / "one")], cwd=tmp_path,
+                           env={**env, **ONE_THREAD, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'alone.db'}"},
+                           capture_output=True, text=True, timeout=180)
+    assert alone.returncode == 0, alone.stderr
+    for name in names:
+        a, b = (torch.load(tmp_path / d / "checkpoints" / f"{name}.pt", weights_only=False) for d in ("two", "one"))
+        assert a["step_loss"] == b["step_loss"]
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    rows = {r["name"]: r for r in read_csv(tmp_path / "two" / "runs.csv")}
+    assert sorted(rows) == names and {r["outcome"] for r in rows.values()} == {"finished"}
+
+
+def test_batchnorm_statistics_stay_per_rank_while_training_and_are_rank_0s_once_synced(tmp_path):
+    """DDP no longer broadcasts buffers before every forward (a collective per step): after two
+    steps on different batches the ranks' BatchNorm running statistics differ while their weights
+    agree, and `sync_buffers` (the engine calls it before each evaluation) makes them rank 0's."""
+    res = subprocess.run(torchrun_cmd(2, str(REPO / "tests" / "ddp_buffers.py"), str(tmp_path / "b.pt")),
+                         cwd=tmp_path, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    saved = torch.load(tmp_path / "b.pt", weights_only=False)
+    assert saved["syncs_each_forward"] is False
+    (w0, w1), (b0, b1), (a0, a1) = saved["weights"], saved["before"], saved["after"]
+    assert all(torch.equal(p, q) for p, q in zip(w0, w1))  # gradients are still averaged
+    floats = [i for i, b in enumerate(b0) if b.is_floating_point()]
+    assert any(not torch.equal(b0[i], b1[i]) for i in floats)  # each rank's own batches
+    assert all(torch.equal(x, y) for x, y in zip(a0, b0)) and all(torch.equal(x, y) for x, y in zip(a1, b0))
+
+
 def test_crashed_rank_fails_the_launch_quickly_and_marks_runs_failed(tmp_path, digits_dir):
     """SIGKILL of rank 1 mid-training: torchrun stops rank 0 and exits non-zero within 25 s, and
     neither the parent nor the configuration's MLflow run is left RUNNING."""

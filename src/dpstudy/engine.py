@@ -50,7 +50,7 @@ from .config import RecipeConfig, as_dict
 from .datasets import Prepared
 from .loaders import Augment, ResidentLoader, channel_stats, make_loader
 from .models import build_model, input_spec, model_task
-from .parallel import GradSync, wrap
+from .parallel import GradSync, sync_buffers, wrap
 from .profiling import synchronize
 from .schedules import LRSchedule, scale_lr, set_lr
 from .tasks import TASKS
@@ -477,6 +477,7 @@ def train(spec: RunSpec, data: TrainData, ctx: Context, checkpoint: Path, on_epo
             result.samples += sampler.stop()
 
         t_eval = time.perf_counter()
+        sync_buffers(model, group)  # every rank evaluates with rank 0's BatchNorm statistics
         test = evaluate(model, test_loader, loss_fn, task)
         totals = torch.cat([per_step.flatten(), score.view(1), test,
                             torch.tensor([sum(data_s), sum(compute_s), comm_s], device=device)])

@@ -88,7 +88,7 @@ def run_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Tracker,
     rank = dist.rank if dist else 0
     device = dist.device if dist else device
     tracker.run_names.update(run_names(specs))
-    trained, copies = split_twins(specs)
+    trained, copies = split_twins(specs, device)
     results = _train_grid(trained, data, tracker, out / "checkpoints", dist, device, sync_timing,
                           sample_interval_s, cpu_processes)
     if rank != 0:
@@ -102,13 +102,19 @@ def run_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Tracker,
     return results
 
 
-def split_twins(specs: list[RunSpec]) -> tuple[list[RunSpec], list[tuple[RunSpec, RunSpec]]]:
+def split_twins(specs: list[RunSpec], device=None) -> tuple[list[RunSpec], list[tuple[RunSpec, RunSpec]]]:
     """The configurations to train, and (twin, original) for each one whose training is exactly
-    an earlier one's: a fixed batch equal to the recipe's ref_batch scales the lr by 1 under every
-    lr rule, so e.g. A4's smallest batch trains once, not once per rule (DDP's world 1 likewise)."""
+    an earlier one's:
+    - a fixed batch equal to the recipe's ref_batch scales the lr by 1 under every lr rule, so e.g.
+      A4's smallest batch trains once, not once per rule (DDP's world 1 likewise);
+    - on the CPU (``device``), mode dp calls the module itself (`parallel.wrap`), so it trains
+      what mode single trains, step for step."""
     def key(spec: RunSpec) -> RunSpec:
-        same_lr = spec.growth is None and spec.global_batch == spec.recipe.ref_batch
-        return dataclasses.replace(spec, lr_rule="none") if same_lr else spec
+        if spec.growth is None and spec.global_batch == spec.recipe.ref_batch:
+            spec = dataclasses.replace(spec, lr_rule="none")
+        if spec.mode == "dp" and device is not None and device.type == "cpu":
+            spec = dataclasses.replace(spec, mode="single")
+        return spec
 
     first: dict[str, RunSpec] = {}
     trained, copies = [], []
@@ -121,6 +127,16 @@ def split_twins(specs: list[RunSpec]) -> tuple[list[RunSpec], list[tuple[RunSpec
     return trained, copies
 
 
+def twin_reason(twin: RunSpec, original: RunSpec) -> str:
+    """Why ``twin`` trains exactly what ``original`` does (`split_twins`), in words."""
+    reasons = []
+    if twin.mode != original.mode:
+        reasons.append("on the CPU nn.DataParallel calls the module itself")
+    if twin.lr_rule != original.lr_rule:
+        reasons.append(f"global batch {twin.global_batch} = ref_batch: lr {twin.peak_lr:g} under every rule")
+    return "; ".join(reasons)
+
+
 def _record_twin(twin: RunSpec, original: Result, data: TrainData, tracker: Tracker, folder: Path) -> Result:
     """``original``'s result and checkpoint under ``twin``'s name (evaluate scores each), and its
     MLflow run, tagged with the run it was trained as."""
@@ -129,8 +145,8 @@ def _record_twin(twin: RunSpec, original: Result, data: TrainData, tracker: Trac
         copy_checkpoint(folder / f"{original.spec.name}.pt", path, twin)
     result = dataclasses.replace(original, spec=twin, run_id=None)
     _log_finished(result, tracker, {"trained_as": original.spec.name})
-    say(f"[{twin.sweep}] {twin.name}: the same training as {original.spec.name} (global batch "
-        f"{twin.global_batch} = ref_batch: lr {twin.peak_lr:g} under every rule); recorded under both names")
+    say(f"[{twin.sweep}] {twin.name}: the same training as {original.spec.name} "
+        f"({twin_reason(twin, original.spec)}); recorded under both names")
     return result
 
 
@@ -154,6 +170,10 @@ def _train_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Track
         finally:
             bar.close()
     results = []
+    if dist and dist.solo_ranks:
+        results += _train_side_by_side([s for s in specs if s.world == 1], data, tracker, checkpoints, dist,
+                                       sync_timing, sample_interval_s)
+        specs = [s for s in specs if s.world != 1]
     for spec in progress(specs, desc=tracker.stage) if rank == 0 else specs:
         if rank < spec.world:
             group = dist.group(spec.world) if dist and spec.mode == "ddp" else None
@@ -165,6 +185,31 @@ def _train_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Track
         if dist and dist.world > 1:
             dist.barrier()
     return results
+
+
+def _train_side_by_side(specs: list[RunSpec], data: dict[str, TrainData], tracker: Tracker, checkpoints: Path,
+                        dist: Dist, sync_timing: bool, sample_interval_s: float) -> list[Result]:
+    """One-process configurations dealt out over `Dist.solo_ranks` in turn, each rank training its
+    own alone at the same time as the others; rank 0 logs the others' runs once all are done
+    (tag ``trained_by_rank``). Returns every result on rank 0."""
+    ranks = dist.solo_ranks
+    mine = [spec for i, spec in enumerate(specs) if ranks[i % len(ranks)] == dist.rank]
+    own = []
+    for spec in mine:
+        ctx = Context(dist.device, dist.solo_group(), 0, sync_timing, sample_interval_s)
+        own.append(_run_one(spec, data[spec.dataset], ctx, tracker, checkpoints / f"{spec.name}.pt",
+                            tags={"trained_by_rank": dist.rank}))
+        if dist.rank == 0:
+            say(_one_line(own[-1]))
+    gathered = dist.all_gather_object([] if dist.rank == 0 else own)
+    if dist.rank != 0:
+        return []
+    for other, results in enumerate(gathered):
+        for result in results:
+            _log_finished(result, tracker, {"trained_by_rank": other})
+            say(_one_line(result))
+            own.append(result)
+    return own
 
 
 def run_names(specs: Iterable[RunSpec]) -> dict[str, str]:
@@ -185,14 +230,15 @@ def run_names(specs: Iterable[RunSpec]) -> dict[str, str]:
     return names
 
 
-def _run_one(spec: RunSpec, data: TrainData, ctx: Context, tracker: Tracker, checkpoint: Path) -> Result:
+def _run_one(spec: RunSpec, data: TrainData, ctx: Context, tracker: Tracker, checkpoint: Path,
+             tags: dict | None = None) -> Result:
     ended: dict[int, float] = {}  # epoch -> when it was reported (its step metrics' timestamp)
 
     def on_epoch(row: dict) -> None:
         ended[row["epoch"]] = time.time()
         run.log_metrics(numeric(row), step=row["epoch"], timestamp=ended[row["epoch"]])
 
-    with tracker.child(spec.name, spec.params(), tags=_tags(spec)) as run:
+    with tracker.child(spec.name, spec.params(), tags={**_tags(spec), **(tags or {})}) as run:
         result = train(spec, data, ctx, checkpoint, on_epoch=on_epoch)
         result.run_id = run.run_id
         _log_result(run, result, logged=len(result.history) - result.restored_epochs, ended=ended)

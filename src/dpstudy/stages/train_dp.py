@@ -5,7 +5,9 @@ LeNet-5 over mode (single | dp) × loader × batch size (A1: utilisation and dat
 size), LeNet-5 over batch size × lr rule (A4: loss curves and accuracy with and without lr
 scaling), and VGG16 over mode × batch size (B1–B3: epoch time, per-device memory and
 utilisation). DataParallel spans every visible GPU;
-with fewer than two it still runs, on one device, and the run is tagged so.
+with fewer than two it still runs, on one device, and the run is tagged so. On the CPU it calls
+the module itself, so each dp configuration is single's training recorded under its own name
+(tag trained_as), not trained twice.
 
 Reads params: preset, telemetry, train_dp. Reads <data>/<dataset>.pt. Writes into <out>:
 metrics.json, runs.csv, epochs.csv and checkpoints/<configuration>.pt; MLflow: a parent run in
