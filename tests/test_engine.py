@@ -130,6 +130,37 @@ def test_a_noise_scale_run_resumes_with_its_batch_schedule_and_estimator_state(d
     assert repr(resumed.step_series) == repr(full.step_series)  # repr: nan (estimate undefined) == nan
 
 
+def test_growth_schedules_continue_from_fixed_smalls_first_epoch_and_end_as_if_trained_alone(digits, tmp_path):
+    """step_growth and noise_scale start like fixed_small (same batch = ref_batch, so the same lr
+    under any rule, same seed): in a grid they continue from its checkpoint after epoch 1 instead
+    of training that epoch again, and end exactly where training them alone ends."""
+    from mlflow.tracking import MlflowClient
+
+    from dpstudy.config import StepGrowthConfig
+    from dpstudy.sweep import FIRST_EPOCHS, shared_first_epochs
+
+    small = spec(schedule="fixed_small", lr_rule="none", noise_ema=0.9)
+    growth = spec(schedule="step_growth", growth=StepGrowthConfig(batch=64, lr_rule="linear", factor=2,
+                                                                  at_epochs=[1], max_batch=128), noise_ema=0.9)
+    noise = spec(schedule="noise_scale", growth=NoiseScaleConfig(batch=64, lr_rule="linear", factor=2,
+                                                                 max_batch=128, ema=0.9), noise_ema=0.9)
+    other_seed = dataclasses.replace(growth, seed=1)  # its own first epoch: nothing to take
+    assert shared_first_epochs([small, growth, noise, other_seed]) == {growth.name: small, noise.name: small}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with Tracker("C", "test", preset="quick", params={}, uri=uri, root=tmp_path) as tracker:
+        grid = run_grid([small, growth, noise, other_seed], {"digits": digits}, tracker, tmp_path / "grid",
+                        device=torch.device("cpu"))
+    for shared, alone in zip(grid[1:3], (train(s, digits, CPU, tmp_path / f"{s.schedule}.pt") for s in (growth, noise))):
+        assert shared.restored_epochs == 1 and alone.restored_epochs == 0
+        assert learned(shared.history) == learned(alone.history) and shared.step_loss == alone.step_loss
+        assert shared.history[0]["epoch_time_s"] == grid[0].history[0]["epoch_time_s"]  # fixed_small's epoch
+        assert [r["global_batch"] for r in shared.history] == [r["global_batch"] for r in alone.history]
+    assert grid[3].restored_epochs == 0
+    assert (tmp_path / "grid" / "checkpoints" / FIRST_EPOCHS / f"{small.name}.pt").is_file()
+    runs = MlflowClient(uri).search_runs([tracker.experiment_id], "tags.first_epoch_from = '" + small.name + "'")
+    assert sorted(r.data.tags["configuration"] for r in runs) == sorted([growth.name, noise.name])
+
+
 def test_divergence_ends_the_configuration_and_the_sweep_goes_on(digits, tmp_path):
     blowup = spec(recipe=dataclasses.replace(RECIPE, lr=1e4, warmup_epochs=0))
     healthy = spec(lr_rule="none")

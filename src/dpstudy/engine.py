@@ -587,6 +587,26 @@ def _payload(spec, data, net, optimizer, schedule, batches, noise, epoch, result
     }
 
 
+def continue_from_first_epoch(source: Path, target: Path, spec: RunSpec) -> bool:
+    """Write ``spec``'s checkpoint after its first epoch from ``source``, the checkpoint another
+    configuration wrote after its own first epoch, which trained exactly what ``spec``'s does
+    (`sweep.shared_first_epochs`): weights, optimizer, RNG states, noise estimate and the epoch's
+    figures (its measured time included) carry over; the identity and the batch schedule's
+    decision for the next epoch are ``spec``'s. False (nothing written) unless ``source`` is a
+    finished first epoch of a longer run."""
+    ckpt = checkpoints.read(source)
+    if ckpt is None or ckpt["epoch"] != 0 or ckpt["complete"] or ckpt["outcome"] != "finished" \
+            or spec.recipe.epochs < 2:
+        return False
+    batches = batch_schedule(spec)
+    batches.end_epoch(0, ckpt["history"][0].get("noise_scale", float("nan")))
+    ckpt["spec"] = spec.identity()
+    ckpt["config"] = {**spec.params(), "recipe": as_dict(spec.recipe)}
+    ckpt["schedule"]["batches"] = batches.state_dict()
+    checkpoints.save(target, ckpt)
+    return True
+
+
 def copy_checkpoint(source: Path, target: Path, spec: RunSpec) -> None:
     """``source``'s checkpoint as ``spec``'s, whose training is the same (`sweep.split_twins`)."""
     ckpt = checkpoints.read(source)

@@ -28,8 +28,8 @@ from typing import Callable, Iterable
 from .config import DDPSweepConfig, DPSweepConfig, GridConfig
 from .console import format_table, progress, say
 from .datasets import file_sha256, load_prepared
-from .engine import (CHECKPOINT_FORMAT, Context, Result, RunSpec, TrainData, code_fingerprint, copy_checkpoint,
-                     train)
+from .engine import (CHECKPOINT_FORMAT, Context, Result, RunSpec, TrainData, code_fingerprint,
+                     continue_from_first_epoch, copy_checkpoint, train)
 from .errors import UserError
 from . import checkpoints
 from .fsutil import csv_text, json_text
@@ -127,6 +127,45 @@ def split_twins(specs: list[RunSpec], device=None) -> tuple[list[RunSpec], list[
     return trained, copies
 
 
+FIRST_EPOCHS = "first_epoch"  # checkpoints/<this>/<configuration>.pt: a checkpoint after epoch 1
+
+
+def shared_first_epochs(specs: list[RunSpec]) -> dict[str, RunSpec]:
+    """configuration name -> the earlier configuration whose first epoch trains exactly what its
+    own does: the same network, data, seed and starting batch, and the same lr (the same rule, or
+    a starting batch of ref_batch, where every rule gives the recipe's lr); only the batch
+    schedule differs, and it changes nothing before the first epoch ends (step growth grows at
+    epoch 2 at the earliest; the noise-scale rule decides after each epoch). Study C's
+    step_growth and noise_scale runs thus continue from fixed_small's first epoch."""
+    def key(spec: RunSpec) -> RunSpec:
+        same_lr = spec.global_batch == spec.recipe.ref_batch
+        return dataclasses.replace(spec, schedule="", growth=None, lr_rule="none" if same_lr else spec.lr_rule)
+
+    first: dict[str, RunSpec] = {}
+    shared = {}
+    for spec in specs:
+        donor = first.setdefault(repr(key(spec)), spec)
+        if donor is not spec and spec.recipe.epochs > 1:
+            shared[spec.name] = donor
+    return shared
+
+
+def _first_epoch_from(spec: RunSpec, donor: RunSpec, data: TrainData, folder: Path) -> bool:
+    """Start ``spec`` from ``donor``'s first epoch when it has no checkpoint of its own and the
+    donor's is at hand (rank 0, before training). Whether it did."""
+    ours = (spec.identity(), data.sha256, code_fingerprint(), CHECKPOINT_FORMAT)
+    if checkpoints.open_for(folder / f"{spec.name}.pt", *ours) is not None:
+        return False  # its own checkpoint: it resumes or is reused as usual
+    source = folder / FIRST_EPOCHS / f"{donor.name}.pt"
+    if checkpoints.open_for(source, donor.identity(), *ours[1:]) is None:
+        return False
+    if not continue_from_first_epoch(source, folder / f"{spec.name}.pt", spec):
+        return False
+    say(f"[{spec.sweep}] {spec.name}: epoch 1 is {donor.name}'s (same network, data, seed, batch and lr); "
+        "continuing from it")
+    return True
+
+
 def twin_reason(twin: RunSpec, original: RunSpec) -> str:
     """Why ``twin`` trains exactly what ``original`` does (`split_twins`), in words."""
     reasons = []
@@ -174,11 +213,20 @@ def _train_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Track
         results += _train_side_by_side([s for s in specs if s.world == 1], data, tracker, checkpoints, dist,
                                        sync_timing, sample_interval_s)
         specs = [s for s in specs if s.world != 1]
+    shared = shared_first_epochs(specs)
+    donors = {donor.name for donor in shared.values()}
     for spec in progress(specs, desc=tracker.stage) if rank == 0 else specs:
         if rank < spec.world:
             group = dist.group(spec.world) if dist and spec.mode == "ddp" else None
             ctx = Context(device, group, rank, sync_timing, sample_interval_s)
-            result = _run_one(spec, data[spec.dataset], ctx, tracker, checkpoints / f"{spec.name}.pt")
+            tags, keep = {}, None
+            if rank == 0 and spec.name in shared and _first_epoch_from(spec, shared[spec.name],
+                                                                       data[spec.dataset], checkpoints):
+                tags["first_epoch_from"] = shared[spec.name].name
+            if rank == 0 and spec.name in donors:
+                keep = checkpoints / FIRST_EPOCHS / f"{spec.name}.pt"
+            result = _run_one(spec, data[spec.dataset], ctx, tracker, checkpoints / f"{spec.name}.pt",
+                              tags=tags, first_epoch_copy=keep)
             if rank == 0:
                 results.append(result)
                 say(_one_line(result))
@@ -231,12 +279,17 @@ def run_names(specs: Iterable[RunSpec]) -> dict[str, str]:
 
 
 def _run_one(spec: RunSpec, data: TrainData, ctx: Context, tracker: Tracker, checkpoint: Path,
-             tags: dict | None = None) -> Result:
+             tags: dict | None = None, first_epoch_copy: Path | None = None) -> Result:
+    """Train ``spec`` in its MLflow run; ``first_epoch_copy``: where to keep its checkpoint after
+    epoch 1 for configurations that share that epoch (`shared_first_epochs`)."""
     ended: dict[int, float] = {}  # epoch -> when it was reported (its step metrics' timestamp)
 
     def on_epoch(row: dict) -> None:
         ended[row["epoch"]] = time.time()
         run.log_metrics(numeric(row), step=row["epoch"], timestamp=ended[row["epoch"]])
+        if first_epoch_copy is not None and row["epoch"] == 0:
+            first_epoch_copy.parent.mkdir(parents=True, exist_ok=True)
+            checkpoints.save(first_epoch_copy, checkpoints.read(checkpoint))
 
     with tracker.child(spec.name, spec.params(), tags={**_tags(spec), **(tags or {})}) as run:
         result = train(spec, data, ctx, checkpoint, on_epoch=on_epoch)
