@@ -89,14 +89,21 @@ def run_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Tracker,
     device = dist.device if dist else device
     tracker.run_names.update(run_names(specs))
     trained, copies = split_twins(specs, device)
+    by_name: dict[str, Result] = {}
+
+    def record_twins(original: Result) -> None:  # rank 0, once the original's training is done
+        by_name[original.spec.name] = original
+        for twin, source in copies:
+            if source.name == original.spec.name:
+                by_name[twin.name] = _record_twin(twin, original, data[twin.dataset], tracker, out / "checkpoints")
+
     results = _train_grid(trained, data, tracker, out / "checkpoints", dist, device, sync_timing,
-                          sample_interval_s, cpu_processes)
+                          sample_interval_s, cpu_processes, record_twins)
     if rank != 0:
         return results
-    by_name = {r.spec.name: r for r in results}
-    for twin, original in copies:
-        by_name[twin.name] = _record_twin(twin, by_name[original.name], data[twin.dataset], tracker,
-                                          out / "checkpoints")
+    for result in results:
+        if result.spec.name not in by_name:
+            record_twins(result)
     results = [by_name[spec.name] for spec in specs]
     _log_headline(tracker, results)
     return results
@@ -191,7 +198,9 @@ def _record_twin(twin: RunSpec, original: Result, data: TrainData, tracker: Trac
 
 def _train_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Tracker, checkpoints: Path,
                 dist: Dist | None, device, sync_timing: bool, sample_interval_s: float,
-                cpu_processes: int) -> list[Result]:
+                cpu_processes: int, record_twins=None) -> list[Result]:
+    """Train ``specs``; with `cpupool`, ``record_twins(result)`` runs as each result arrives, so
+    the twins' MLflow runs are written while the workers train the rest, not after them."""
     rank = dist.rank if dist else 0
     if dist is None and device.type == "cpu" and cpu_processes > 1 and len(specs) > 1:
         from .cpupool import train_all
@@ -201,6 +210,8 @@ def _train_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Track
         def done(result: Result) -> None:
             _log_finished(result, tracker)
             say(_one_line(result))
+            if record_twins:
+                record_twins(result)
             bar.update()
 
         try:
