@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
-from torchvision.transforms import functional as TF
 
 from .names import LOADER_NAMES
+
+# torchvision (as long to import as torch itself) is imported by the standard loader's functions
+# only: the resident loader, evaluation and `dpstudy launch`'s checks never need it.
 
 MIN_PER_RANK = 2
 # ITU-R 601-2 luma weights, the ones PIL's convert("L") uses, so both loaders agree.
@@ -168,6 +169,8 @@ class _PILImages(Dataset):
 
 def _crop_flip(image: Image.Image, augment: Augment, rng: random.Random) -> Image.Image:
     """torchvision's RandomCrop(size, padding) + RandomHorizontalFlip, drawn from ``rng``."""
+    from torchvision.transforms import functional as TF
+
     if augment.crop_padding:
         p = augment.crop_padding
         w, h = image.size
@@ -205,6 +208,8 @@ class _ShardBatchSampler:
 def pil_transforms(source_channels: int, source_size: int, spec: InputSpec, mean: list[float], std: list[float]):
     """(prepare, finish): resize and channel conversion before augmentation; tensor and
     normalisation after it."""
+    from torchvision import transforms
+
     steps = []
     if source_size != spec.size:
         steps.append(transforms.Resize((spec.size, spec.size), antialias=True))

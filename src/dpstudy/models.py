@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.vgg import cfgs, make_layers
 
 from .loaders import InputSpec
 from .names import MODEL_NAMES
@@ -63,6 +62,8 @@ class VGG16(nn.Module):
         super().__init__()
         if size < 32 or size % 32:
             raise ValueError(f"VGG16 halves its input 5 times and needs a multiple of 32 pixels, got {size}")
+        from torchvision.models.vgg import cfgs, make_layers  # here: torchvision takes as long to import as torch
+
         cfg = [v if v == "M" else _scaled(v, width) for v in cfgs["D"]]
         self.features = make_layers(cfg, batch_norm=True)
         self.features[0] = nn.Conv2d(in_channels, cfg[0], kernel_size=3, padding=1)  # make_layers assumes 3
