@@ -39,26 +39,49 @@ def _train(spec: RunSpec, checkpoint: Path, ctx: Context) -> Result:
     return train(spec, _data[spec.dataset], ctx, checkpoint)
 
 
-def train_all(specs: list[RunSpec], data: dict[str, TrainData], checkpoints: Path, processes: int,
-              ctx: Context, on_done) -> list[Result]:
-    """Train ``specs`` on ``processes`` single-thread workers; ``on_done(result)`` runs in this
-    process as each one finishes; ``ctx``: how each trains (the CPU, timing, sampling), as one
-    process would. Returns the results in the order of ``specs``."""
-    results: list[Result | None] = [None] * len(specs)
-    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start_worker, initargs=(data,))
-    try:
-        futures = {pool.submit(_train, spec, checkpoints / f"{spec.name}.pt", ctx): i
-                   for i, spec in enumerate(specs)}
-        for future in as_completed(futures):
-            result = future.result()
-            results[futures[future]] = result
-            on_done(result)
-    except BaseException:  # an error, or SIGTERM/Ctrl-C in this process: stop the workers now
-        workers = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
+class Pool:
+    """``processes`` single-thread workers, each holding ``data``, for one grid or several in a
+    row (train_dp's studies share one: starting workers costs seconds of imports each time)."""
+
+    def __init__(self, processes: int, data: dict[str, TrainData]):
+        self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_start_worker, initargs=(data,))
+
+    def train_all(self, specs: list[RunSpec], checkpoints: Path, ctx: Context, on_done) -> list[Result]:
+        """Train ``specs``; ``on_done(result)`` runs in this process as each one finishes; ``ctx``:
+        how each trains (the CPU, timing, sampling), as one process would. Returns the results in
+        the order of ``specs``. On an error, SIGTERM or Ctrl-C the workers are stopped at once."""
+        results: list[Result | None] = [None] * len(specs)
+        try:
+            futures = {self._pool.submit(_train, spec, checkpoints / f"{spec.name}.pt", ctx): i
+                       for i, spec in enumerate(specs)}
+            for future in as_completed(futures):
+                result = future.result()
+                results[futures[future]] = result
+                on_done(result)
+        except BaseException:
+            self.terminate()
+            raise
+        return results
+
+    def terminate(self) -> None:
+        workers = list((getattr(self._pool, "_processes", None) or {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
         for process in workers:
             process.terminate()
-        raise
-    pool.shutdown()
-    return results
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._pool.shutdown()
+        else:
+            self.terminate()
+
+
+def train_all(specs: list[RunSpec], data: dict[str, TrainData], checkpoints: Path, processes: int,
+              ctx: Context, on_done) -> list[Result]:
+    """`Pool.train_all` on a pool of its own."""
+    with Pool(processes, data) as pool:
+        return pool.train_all(specs, checkpoints, ctx, on_done)

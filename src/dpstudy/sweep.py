@@ -79,12 +79,12 @@ def ddp_grid(name: str, cfg: DDPSweepConfig, seeds: Iterable[int], launched: int
 
 def run_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Tracker, out: Path, *,
              dist: Dist | None = None, device=None, sync_timing: bool = False,
-             sample_interval_s: float = 0.5, cpu_processes: int = 1) -> list[Result]:
+             sample_interval_s: float = 0.5, cpu_processes: int = 1, pool=None) -> list[Result]:
     """Train every configuration (rank 0 logs and reports); ranks a configuration does not use
     wait for it at a barrier. Returns the results rank 0 holds (empty on other ranks).
 
     Without DDP on the CPU, ``cpu_processes`` > 1 trains that many configurations at once, one
-    single-thread process each (`cpupool`)."""
+    single-thread process each (`cpupool`), on ``pool`` if given (a `cpupool.Pool`)."""
     rank = dist.rank if dist else 0
     device = dist.device if dist else device
     tracker.run_names.update(run_names(specs))
@@ -98,7 +98,7 @@ def run_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Tracker,
                 by_name[twin.name] = _record_twin(twin, original, data[twin.dataset], tracker, out / "checkpoints")
 
     results = _train_grid(trained, data, tracker, out / "checkpoints", dist, device, sync_timing,
-                          sample_interval_s, cpu_processes, record_twins)
+                          sample_interval_s, cpu_processes, record_twins, pool)
     if rank != 0:
         return results
     for result in results:
@@ -198,7 +198,7 @@ def _record_twin(twin: RunSpec, original: Result, data: TrainData, tracker: Trac
 
 def _train_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Tracker, checkpoints: Path,
                 dist: Dist | None, device, sync_timing: bool, sample_interval_s: float,
-                cpu_processes: int, record_twins=None) -> list[Result]:
+                cpu_processes: int, record_twins=None, pool=None) -> list[Result]:
     """Train ``specs``; with `cpupool`, ``record_twins(result)`` runs as each result arrives, so
     the twins' MLflow runs are written while the workers train the rest, not after them."""
     rank = dist.rank if dist else 0
@@ -214,9 +214,11 @@ def _train_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Track
                 record_twins(result)
             bar.update()
 
+        ctx = Context(device, None, 0, sync_timing, sample_interval_s)
         try:
-            return train_all(specs, data, checkpoints, cpu_processes,
-                             Context(device, None, 0, sync_timing, sample_interval_s), done)
+            if pool is not None:
+                return pool.train_all(specs, checkpoints, ctx, done)
+            return train_all(specs, data, checkpoints, cpu_processes, ctx, done)
         finally:
             bar.close()
     results = []

@@ -18,6 +18,7 @@ configuration from its checkpoint and reuses finished ones.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from ..config import as_dict, load_section
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     preset, cfg = load_section(STAGE, args.params)
     _, telemetry = load_section("telemetry", args.params)
     # torch and the engine: only once the params are known to be good
+    from ..cpupool import Pool
     from ..sweep import (check_batches, dp_grid, load_data, print_table, results_files, run_grid,
                          set_aside_checkpoints)
 
@@ -73,14 +75,18 @@ def run(args: argparse.Namespace) -> int:
     params = {"preset": preset, "telemetry": as_dict(telemetry), STAGE: as_dict(cfg)}
     set_aside_checkpoints(out, [spec for grid in grids.values() for spec in grid])
     results, parents = [], []
-    for study in dict.fromkeys(STUDY.values()):  # one parent run per study's experiment
-        names = [name for name in grids if STUDY[name] == study]
-        with Tracker(study, STAGE, preset=preset, params=params, devices=device_names(device)) as tracker:
-            tracker.parent.set_tags({"sweep": ",".join(names), "device": str(device)})
-            results += run_grid([spec for name in names for spec in grids[name]], data, tracker, out,
-                                device=device, sync_timing=cfg.sync_timing, sample_interval_s=telemetry.interval_s,
-                                cpu_processes=cfg.cpu_processes)
-            parents.append(tracker.parent)
+    # One pool of CPU workers for every study (`cpupool`), or none on a GPU.
+    with (Pool(cfg.cpu_processes, data) if device.type == "cpu" and cfg.cpu_processes > 1
+          else contextlib.nullcontext()) as pool:
+        for study in dict.fromkeys(STUDY.values()):  # one parent run per study's experiment
+            names = [name for name in grids if STUDY[name] == study]
+            with Tracker(study, STAGE, preset=preset, params=params, devices=device_names(device)) as tracker:
+                tracker.parent.set_tags({"sweep": ",".join(names), "device": str(device)})
+                results += run_grid([spec for name in names for spec in grids[name]], data, tracker, out,
+                                    device=device, sync_timing=cfg.sync_timing,
+                                    sample_interval_s=telemetry.interval_s, cpu_processes=cfg.cpu_processes,
+                                    pool=pool)
+                parents.append(tracker.parent)
     # Only now, with every grid done: the tables change together, never to a partial set.
     write_files_atomic(results_files(results, out, headline))
     for parent in parents:
