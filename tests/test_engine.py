@@ -157,8 +157,14 @@ def test_growth_schedules_continue_from_fixed_smalls_first_epoch_and_end_as_if_t
         assert [r["global_batch"] for r in shared.history] == [r["global_batch"] for r in alone.history]
     assert grid[3].restored_epochs == 0
     assert (tmp_path / "grid" / "checkpoints" / FIRST_EPOCHS / f"{small.name}.pt").is_file()
-    runs = MlflowClient(uri).search_runs([tracker.experiment_id], "tags.first_epoch_from = '" + small.name + "'")
+    client = MlflowClient(uri)
+    runs = client.search_runs([tracker.experiment_id], "tags.first_epoch_from = '" + small.name + "'")
     assert sorted(r.data.tags["configuration"] for r in runs) == sorted([growth.name, noise.name])
+    # the epoch taken over is stamped before the epochs trained here: MLflow's time order is step order
+    run = next(r for r in runs if r.data.tags["configuration"] == growth.name)
+    history = client.get_metric_history(run.info.run_id, "step_global_batch")
+    assert [m.step for m in history] == sorted(m.step for m in history)
+    assert history[0].value == 64 and history[-1].value == 128
 
 
 def test_divergence_ends_the_configuration_and_the_sweep_goes_on(digits, tmp_path):

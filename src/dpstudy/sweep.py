@@ -305,9 +305,11 @@ def _run_one(spec: RunSpec, data: TrainData, ctx: Context, tracker: Tracker, che
             checkpoints.save(first_epoch_copy, checkpoints.read(checkpoint))
 
     with tracker.child(spec.name, spec.params(), tags={**_tags(spec), **(tags or {})}) as run:
+        resumed = time.time()
         result = train(spec, data, ctx, checkpoint, on_epoch=on_epoch)
         result.run_id = run.run_id
-        _log_result(run, result, logged=len(result.history) - result.restored_epochs, ended=ended)
+        _log_result(run, result, logged=len(result.history) - result.restored_epochs, ended=ended,
+                    restored_at=resumed)
     return result
 
 
@@ -349,16 +351,18 @@ def _tags(spec: RunSpec) -> dict:
     return tags
 
 
-def _log_result(run: Run, result: Result, logged: int, ended: dict[int, float] | None = None) -> None:
+def _log_result(run: Run, result: Result, logged: int, ended: dict[int, float] | None = None,
+                restored_at: float | None = None) -> None:
     """Everything about a finished configuration; ``logged``: its last epochs already logged
     while it trained (the others come from a checkpoint, or from a worker process).
 
     Epoch metrics are at step = epoch, step metrics (``step_loss``, ``step_lr``, ...) at step =
     optimizer step 0..n-1, telemetry as ``system/...`` metrics at each sample's time. The engine
     does not time single steps: a step metric's timestamp is when its epoch was reported
-    (``ended``: epoch -> time, for the epochs trained here), or now for epochs from a checkpoint
-    or a worker process. Its curves also go in the run as ``curves.csv`` (one row per epoch) and
-    ``steps.csv`` (one row per optimizer step)."""
+    (``ended``: epoch -> time, for the epochs trained here); epochs taken from a checkpoint are
+    stamped ``restored_at`` (when training resumed, before the epochs trained here, so time order
+    is step order), and all epochs of a worker process's run now. Its curves also go in the run as
+    ``curves.csv`` (one row per epoch) and ``steps.csv`` (one row per optimizer step)."""
     run.set_tags({
         "outcome": result.outcome,
         "devices": ", ".join(result.devices),
@@ -368,9 +372,10 @@ def _log_result(run: Run, result: Result, logged: int, ended: dict[int, float] |
            if result.spec.mode == "dp" and len(result.devices) < 2 else {}),
     })
     now = time.time()
+    before = now if restored_at is None else restored_at
     for row in result.history[:len(result.history) - logged]:
-        run.log_metrics(numeric(row), step=row["epoch"], timestamp=now)
-    stamps = [(ended or {}).get(h["epoch"], now) for h in result.history for _ in range(h["steps"])]
+        run.log_metrics(numeric(row), step=row["epoch"], timestamp=before)
+    stamps = [(ended or {}).get(h["epoch"], before) for h in result.history for _ in range(h["steps"])]
     series = {"step_loss": result.step_loss, **{f"step_{k}": v for k, v in result.step_series.items()}}
     for key, values in series.items():
         run.log_series(key, values, timestamps=(stamps + [now] * len(values))[:len(values)])
