@@ -109,6 +109,18 @@ def run_grid(specs: list[RunSpec], data: dict[str, TrainData], tracker: Tracker,
     return results
 
 
+def _at_ref_lr(spec: RunSpec) -> RunSpec:
+    """``spec`` with lr rule none where its starting global batch is the recipe's ref_batch, at
+    which every lr rule gives the recipe's lr."""
+    return dataclasses.replace(spec, lr_rule="none") if spec.global_batch == spec.recipe.ref_batch else spec
+
+
+def _first_alike(specs: list[RunSpec], key: Callable[[RunSpec], RunSpec]) -> list[tuple[RunSpec, RunSpec]]:
+    """(spec, the first spec with the same key) for each spec, in order (a spec may be its own)."""
+    first: dict[str, RunSpec] = {}
+    return [(spec, first.setdefault(repr(key(spec)), spec)) for spec in specs]
+
+
 def split_twins(specs: list[RunSpec], device=None) -> tuple[list[RunSpec], list[tuple[RunSpec, RunSpec]]]:
     """The configurations to train, and (twin, original) for each one whose training is exactly
     an earlier one's:
@@ -117,21 +129,14 @@ def split_twins(specs: list[RunSpec], device=None) -> tuple[list[RunSpec], list[
     - on the CPU (``device``), mode dp calls the module itself (`parallel.wrap`), so it trains
       what mode single trains, step for step."""
     def key(spec: RunSpec) -> RunSpec:
-        if spec.growth is None and spec.global_batch == spec.recipe.ref_batch:
-            spec = dataclasses.replace(spec, lr_rule="none")
+        if spec.growth is None:
+            spec = _at_ref_lr(spec)
         if spec.mode == "dp" and device is not None and device.type == "cpu":
             spec = dataclasses.replace(spec, mode="single")
         return spec
 
-    first: dict[str, RunSpec] = {}
-    trained, copies = [], []
-    for spec in specs:
-        original = first.setdefault(repr(key(spec)), spec)
-        if original is spec:
-            trained.append(spec)
-        else:
-            copies.append((spec, original))
-    return trained, copies
+    pairs = _first_alike(specs, key)
+    return [s for s, o in pairs if o is s], [(s, o) for s, o in pairs if o is not s]
 
 
 FIRST_EPOCHS = "first_epoch"  # checkpoints/<this>/<configuration>.pt: a checkpoint after epoch 1
@@ -145,16 +150,10 @@ def shared_first_epochs(specs: list[RunSpec]) -> dict[str, RunSpec]:
     epoch 2 at the earliest; the noise-scale rule decides after each epoch). Study C's
     step_growth and noise_scale runs thus continue from fixed_small's first epoch."""
     def key(spec: RunSpec) -> RunSpec:
-        same_lr = spec.global_batch == spec.recipe.ref_batch
-        return dataclasses.replace(spec, schedule="", growth=None, lr_rule="none" if same_lr else spec.lr_rule)
+        return dataclasses.replace(_at_ref_lr(spec), schedule="", growth=None)
 
-    first: dict[str, RunSpec] = {}
-    shared = {}
-    for spec in specs:
-        donor = first.setdefault(repr(key(spec)), spec)
-        if donor is not spec and spec.recipe.epochs > 1:
-            shared[spec.name] = donor
-    return shared
+    return {spec.name: donor for spec, donor in _first_alike(specs, key)
+            if donor is not spec and spec.recipe.epochs > 1}
 
 
 def _first_epoch_from(spec: RunSpec, donor: RunSpec, data: TrainData, folder: Path) -> bool:
