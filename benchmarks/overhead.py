@@ -116,7 +116,7 @@ def main() -> None:
         data = TrainData(load_prepared(path), file_sha256(path))
         recipe = RecipeConfig(epochs=args.epochs, optimizer="sgd", lr=0.05, ref_batch=args.batch, momentum=0.9,
                               weight_decay=5e-4, warmup_epochs=0, decay="none", milestones=[], gamma=0.1,
-                              augment=AugmentConfig(crop_padding=2, hflip=False))
+                              augment=AugmentConfig(crop_padding=2, hflip=False), step="eager")
         spec = RunSpec("overhead", args.model, args.width, MODELS[args.model].input_size, "digits", "single", 1, "resident", 0, args.batch,
                        "none", 0, recipe)
         warm = dataclasses.replace(spec, recipe=dataclasses.replace(recipe, epochs=1))

@@ -103,7 +103,7 @@ def loaders_main(out: str) -> None:
 def engine_main(data_path: str, out: str) -> None:
     recipe = config.RecipeConfig(epochs=3, optimizer="sgd", lr=0.01, ref_batch=16, momentum=0.9,
                                  weight_decay=5e-4, warmup_epochs=0, decay="none", milestones=[], gamma=0.1,
-                                 augment=config.AugmentConfig(0, False))
+                                 augment=config.AugmentConfig(0, False), step="eager")
     growth = config.StepGrowthConfig(batch=16, lr_rule="linear", factor=2, at_epochs=[1, 2], max_batch=48)
     with parallel.distributed("cpu") as d:
         if d.world != 2:

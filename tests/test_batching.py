@@ -19,7 +19,7 @@ from dpstudy.errors import UserError
 
 RECIPE = RecipeConfig(epochs=6, optimizer="sgd", lr=0.1, ref_batch=32, momentum=0.9, weight_decay=0.0,
                       warmup_epochs=0, decay="step", milestones=[4], gamma=0.1,
-                      augment=AugmentConfig(crop_padding=0, hflip=False))
+                      augment=AugmentConfig(crop_padding=0, hflip=False), step="eager")
 
 
 def growth_spec(rule="linear", recipe=RECIPE, **growth) -> RunSpec:

@@ -38,7 +38,7 @@ def test_per_preset_values_take_the_chosen_column(tmp_path):
     ("profile_dataloader.probe.steps", "ten", "profile_dataloader.probe.steps: expected an integer, got str"),
     ("profile_dataloader.pin_memory", 1, "profile_dataloader.pin_memory: expected true or false, got int"),
     ("profile_dataloader.warmup_batches", True, "profile_dataloader.warmup_batches: expected an integer"),
-    ("profile_dataloader.batch_sizes", {"quick": [8]}, "a per-preset value needs exactly the keys quick and paper"),
+    ("profile_dataloader.batch_sizes", {"quick": [8]}, "a per-preset value needs exactly the keys quick, gpu and paper"),
     ("profile_dataloader.batch_sizes", [], "profile_dataloader.batch_sizes: must not be empty"),
     ("profile_dataloader.batch_sizes", [8, 8], "must not repeat a value"),
     ("download.datasets", ["digits", "svhn"], "download.datasets[1]: must be one of digits, mnist, cifar10"),
@@ -62,7 +62,7 @@ def test_unknown_key_and_section_are_refused(tmp_path):
     with pytest.raises(UserError, match="unknown section 'profile_dataloder'"):
         read_params(path)
     path = write_params(tmp_path / "c.yaml", {"preset": "huge"})
-    with pytest.raises(UserError, match="preset must be one of quick, paper, got 'huge'"):
+    with pytest.raises(UserError, match="preset must be one of quick, gpu, paper, got 'huge'"):
         read_params(path)
 
 
@@ -114,7 +114,7 @@ def test_float_settings_must_be_finite(tmp_path, value, shown):
         load_section("train_dp", path)
     assert str(err.value) == f"params.yaml: {RECIPE_LR}: must be a finite number, got {shown}"
     # A per-preset column and a list item are checked the same way.
-    path = write_params(tmp_path / "p.yaml", {"train_dp.vgg.recipe.lr": {"quick": 0.02, "paper": value},
+    path = write_params(tmp_path / "p.yaml", {"train_dp.vgg.recipe.lr": {"quick": 0.02, "gpu": 0.05, "paper": value},
                                               "preset": "paper"})
     with pytest.raises(UserError, match=f"p.yaml: train_dp.vgg.recipe.lr: must be a finite number, got {shown}"):
         load_section("train_dp", path)

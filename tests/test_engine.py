@@ -25,7 +25,7 @@ from dpstudy.tracking import Tracker
 
 RECIPE = RecipeConfig(epochs=3, optimizer="sgd", lr=0.05, ref_batch=64, momentum=0.9, weight_decay=5e-4,
                       warmup_epochs=1, decay="cosine", milestones=[], gamma=0.1,
-                      augment=AugmentConfig(crop_padding=2, hflip=True))
+                      augment=AugmentConfig(crop_padding=2, hflip=True), step="eager")
 CPU = Context(torch.device("cpu"), sample_interval_s=0.05)
 
 

@@ -25,7 +25,7 @@ from dpstudy.sweep import run_grid
 from dpstudy.tracking import STUDIES, Tracker
 
 RECIPE = RecipeConfig(epochs=2, optimizer="sgd", lr=0.05, ref_batch=64, momentum=0.9, weight_decay=0.0,
-                      warmup_epochs=0, decay="none", milestones=[], gamma=0.1, augment=AugmentConfig(0, False))
+                      warmup_epochs=0, decay="none", milestones=[], gamma=0.1, augment=AugmentConfig(0, False), step="eager")
 ADAM = dataclasses.replace(RECIPE, epochs=1, optimizer="adam", lr=1e-3, ref_batch=32)
 CPU = torch.device("cpu")
 

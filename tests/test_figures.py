@@ -25,7 +25,7 @@ from dpstudy.sweep import results_files, tables
 from dpstudy.tasks import TASKS
 
 RECIPE = RecipeConfig(epochs=4, optimizer="sgd", lr=0.01, ref_batch=16, momentum=0.9, weight_decay=0.0,
-                      warmup_epochs=0, decay="none", milestones=[], gamma=0.1, augment=AugmentConfig(0, False))
+                      warmup_epochs=0, decay="none", milestones=[], gamma=0.1, augment=AugmentConfig(0, False), step="eager")
 SEEDS = (0, 1)
 
 

@@ -53,3 +53,30 @@ def test_launch_checks_the_whole_stage_before_torchrun_starts(tmp_path, digits_d
                   cwd=tmp_path, env={**ENV, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
     assert message in _refused(res, started)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("stage, overrides, message", [
+    ("profile_dataloader", {"profile_dataloader.probe.step": ["eager", "graph"]},
+     "profile_dataloader.probe.step: graph needs a CUDA GPU"),
+    ("train_dp", {"train_dp.lenet_lr_scaling.recipe.step": "graph"},
+     "train_dp.lenet_lr_scaling.recipe.step: graph needs a CUDA GPU"),
+])
+def test_a_cuda_graph_step_is_refused_on_the_cpu_before_any_work(tmp_path, digits_dir, stage, overrides, message):
+    params = write_params(tmp_path / "params.yaml", {f"{stage}.device": "cpu", **overrides})
+    started = time.monotonic()
+    res = run_cli(stage, "--params", str(params), "--data", str(digits_dir), "--out", "out", cwd=tmp_path,
+                  env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    line = _refused(res, started)
+    assert message in line and "set " in line and ": eager" in line, line  # says the fix
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("stage, key", [("train_adaptive", "train_adaptive.restoration.recipe.step"),
+                                        ("train_ddp", "train_ddp.vgg.recipe.step")])
+def test_launch_refuses_a_cuda_graph_step_before_torchrun_starts(tmp_path, digits_dir, stage, key):
+    params = write_params(tmp_path / "params.yaml", {f"{stage}.device": "cpu", key: "graph"})
+    started = time.monotonic()
+    res = run_cli("launch", stage, "--params", str(params), "--data", str(digits_dir), "--out", "out",
+                  cwd=tmp_path, env={**ENV, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    assert f"{key}: graph needs a CUDA GPU" in _refused(res, started)
+    assert not (tmp_path / "out").exists()

@@ -292,6 +292,12 @@ def test_stop_is_idempotent_and_context_manager_stops():
     assert not sampler._thread.is_alive()
 
 
+def ticking(*times):
+    """A clock for the sampler that answers these times in turn (then the last one)."""
+    values = list(times)
+    return lambda: values.pop(0) if len(values) > 1 else values[0]
+
+
 def test_summary_means_and_memory_maxima():
     device = {
         "name": "Fake",
@@ -300,15 +306,18 @@ def test_summary_means_and_memory_maxima():
         "mem_mib": [100, 300],
         "power_mw": [50_000, 70_000],
     }
-    sampler = ResourceSampler(interval_s=5, nvml=FakeNVML([device]), visible=None).start()
+    # start at 0 with a sample then; the stop sample at 2.5 s, its 1 s NVML period inside the window
+    sampler = ResourceSampler(interval_s=5, nvml=FakeNVML([device]), visible=None,
+                              clock=ticking(0.0, 0.0, 2.5, 2.5)).start()
     mark = sampler.mark()
     sampler.stop()
-    assert mark == 1
+    assert mark == 1 and sampler.window == (0.0, 2.5)
     assert sampler.summary() == {
         "gpu0_mem_used_mib_max": 300.0,
         "gpu0_mem_used_mib_mean": 200.0,
         "gpu0_power_w_mean": 60.0,
-        "gpu0_util_pct_mean": 25.0,
+        # the start sample's 10 % is NVML's average over the second before the window: not counted
+        "gpu0_util_pct_mean": 40.0,
     }
     assert sampler.summary(since=mark) == {
         "gpu0_mem_used_mib_max": 300.0,
@@ -317,6 +326,35 @@ def test_summary_means_and_memory_maxima():
         "gpu0_util_pct_mean": 40.0,
     }
     assert sampler.summary(since=2) == {}
+
+
+@pytest.mark.parametrize("length, counted", [(0.4, None), (0.999, None), (1.0, [80]), (3.0, [80])])
+def test_utilization_only_from_samples_whose_nvml_period_is_inside_the_window(length, counted):
+    device = {"name": "Fake", "uuid": "GPU-x", "util": [5, 80], "mem_mib": [100, 300], "power_mw": 50_000}
+    sampler = ResourceSampler(interval_s=60, nvml=FakeNVML([device]), visible=None,
+                              clock=ticking(10.0, 10.0, 10.0 + length, 10.0 + length)).start()
+    sampler.stop()
+    summary = sampler.summary()
+    assert summary["gpu0_mem_used_mib_max"] == 300.0  # memory is a reading of the moment: always counted
+    source, util = telemetry.utilization(summary)
+    assert source == "gpu_util_pct"
+    if counted is None:  # shorter than NVML's period: no number at all
+        assert math.isnan(summary["gpu0_util_pct_mean"]) and math.isnan(util)
+    else:
+        assert util == summary["gpu0_util_pct_mean"] == sum(counted) / len(counted)
+
+
+def test_one_gpu_too_short_makes_the_mean_over_gpus_too_short():
+    assert math.isnan(telemetry.utilization({"gpu0_util_pct_mean": 50.0, "gpu1_util_pct_mean": math.nan})[1])
+    assert telemetry.utilization({"gpu0_util_pct_mean": 50.0, "gpu1_util_pct_mean": 70.0}) == ("gpu_util_pct", 60.0)
+    assert telemetry.utilization({"cpu_util_pct_mean": 30.0}) == ("cpu_util_pct", 30.0)
+
+
+def test_cpu_utilization_is_not_held_to_the_nvml_window():
+    sampler = ResourceSampler(interval_s=0.05, nvml=FakeNVML([]), visible=None).start()
+    _busy(0.3)
+    sampler.stop()
+    assert sampler.mode == "cpu" and 0.0 <= sampler.summary()["cpu_util_pct_mean"] <= 100.0
 
 
 @pytest.mark.parametrize("interval", [0, -1, math.nan, math.inf])
@@ -333,7 +371,7 @@ def test_real_nvml_on_a_visible_gpu():
 
     sampler = ResourceSampler(interval_s=0.05, visible="0").start()
     x = torch.randn(8192, 8192, device="cuda")
-    end = time.perf_counter() + 1.0
+    end = time.perf_counter() + 2.0  # longer than NVML's period, so samples inside the window count
     while time.perf_counter() < end:  # keep the GPU busy while the sampler reads it
         x = torch.tanh(x @ x)
     torch.cuda.synchronize()

@@ -5,7 +5,7 @@ Each stage reads only its own section (plus ``preset`` and, where it measures de
 comment: the dataclasses carry types and allowed ranges, not defaults, so a missing key is an
 error rather than a silent second default.
 
-A value written as ``{quick: A, paper: B}`` takes the entry of the chosen preset. Everything else
+A value written as ``{quick: A, gpu: G, paper: B}`` takes the entry of the chosen preset. Everything else
 is checked strictly: an unknown key, a wrong type or an impossible value stops the stage before any
 work with one line naming the key and what is allowed (`UserError`).
 """
@@ -24,10 +24,10 @@ from typing import Any, ClassVar, Literal
 import yaml
 
 from .errors import UserError
-from .names import DATASET_NAMES, LOADER_NAMES, MODEL_NAMES
+from .names import DATASET_NAMES, LOADER_NAMES, MODEL_NAMES, STEP_NAMES
 from .schedules import DECAYS, LR_RULES
 
-PRESETS = ("quick", "paper")
+PRESETS = ("quick", "gpu", "paper")
 
 # Allowed names come from `names` (the modules that implement them check against it), not from
 # those modules: they import torch, and params must be checked before that 10-30 s import.
@@ -36,6 +36,7 @@ Model = Literal[MODEL_NAMES]
 Device = Literal["auto", "cpu", "cuda"]
 Loader = Literal[LOADER_NAMES]
 LRRule = Literal[LR_RULES]
+Step = Literal[STEP_NAMES]
 
 
 def _range(**bounds) -> dict:
@@ -75,6 +76,8 @@ class ProbeConfig:
     num_workers: int = field(metadata=_range(ge=0))
     lr: float = field(metadata=_range(gt=0))
     momentum: float = field(metadata=_range(ge=0, lt=1))
+    step: list[Step] = field(metadata={"nonempty": True, "unique": True})
+    min_seconds: float = field(metadata=_range(ge=0))
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class RecipeConfig:
     milestones: list[float] = field(metadata={**_range(ge=0), "unique": True})
     gamma: float = field(metadata=_range(gt=0, le=1))
     augment: AugmentConfig
+    step: Step
 
 
 @dataclass(frozen=True)
@@ -380,7 +384,7 @@ def build(cls: type, data: Any, preset: str, where: str):
         hint = hints[name]
         value = data[name]
         if dataclasses.is_dataclass(hint):
-            # A whole subsection may differ per preset too: {quick: {...}, paper: {...}}.
+            # A whole subsection may differ per preset too: {quick: {...}, gpu: {...}, paper: {...}}.
             if isinstance(value, dict) and set(value) == set(PRESETS):
                 value = value[preset]
             values[name] = build(hint, value, preset, key)
@@ -394,7 +398,7 @@ def _resolve_preset(value: Any, preset: str, key: str) -> Any:
     if not isinstance(value, dict):
         return value
     if set(value) != set(PRESETS):
-        raise UserError(f"{key}: a per-preset value needs exactly the keys {' and '.join(PRESETS)}, "
+        raise UserError(f"{key}: a per-preset value needs exactly the keys {', '.join(PRESETS[:-1])} and {PRESETS[-1]}, "
                         f"got {', '.join(map(str, value)) or 'none'}")
     return value[preset]
 

@@ -20,6 +20,17 @@ averaged one; in one process from two micro-batches of the step (whose BatchNorm
 then per half, as they are per rank under DDP). The norms stay on the device and are reduced with
 the epoch's other figures.
 
+With ``step: graph`` (CUDA, one process on one GPU: `graphstep.refusal`) the step is a CUDA graph
+captured per batch shape and replayed (`graphstep`); with the resident loader the graph also
+gathers and augments the batch, so the loader hands over only the step's plan of indices.
+
+Utilization is measured inside the training window only: NVML is sampled from the epoch's first
+step (`telemetry`: a window shorter than NVML's averaging period gives no number). With
+``Context.busy_steps`` on CUDA, the epoch's last few steps are watched by the profiler for the
+device's busy share (`devicebusy`), and NVML's window ends before them; the epoch's time and images/s
+still cover every step (the profiler's small cost included), so time-to-target and epoch-time ratios
+are those of the whole epoch.
+
 Every figure a rank holds is all-reduced before rank 0 records it. A non-finite loss ends the
 configuration as ``diverged`` at the first bad step, and the caller's sweep moves on. A checkpoint
 is written atomically after every epoch (unwrapped weights, optimizer, schedule position, RNG
@@ -48,6 +59,8 @@ from . import checkpoints
 from .batching import BatchSchedule, NoiseScaleEstimator
 from .config import RecipeConfig, as_dict
 from .datasets import Prepared
+from .devicebusy import BusyWindow
+from .graphstep import graph_optimizer, refusal, stepper
 from .loaders import Augment, ResidentLoader, channel_stats, make_loader
 from .models import build_model, input_spec, model_task
 from .parallel import GradSync, sync_buffers, wrap
@@ -60,8 +73,9 @@ CHECKPOINT_FORMAT = 2
 EVAL_BATCH = 512
 # The modules whose code decides what training computes: a checkpoint made by other code is not
 # resumed or reused (DVC reruns a stage when they change, and it must then really retrain).
-TRAINING_CODE = ("batching.py", "engine.py", "loaders.py", "models.py", "parallel.py", "schedules.py",
-                 "tasks.py")
+TRAINING_CODE = ("batching.py", "engine.py", "graphstep.py", "loaders.py", "models.py", "parallel.py",
+                 "schedules.py", "tasks.py")
+BUSY_STEPS = 8  # steps a stage asks the profiler to watch at the end of each CUDA epoch (`busy_steps`)
 
 
 @functools.cache  # read once per process, not at every checkpoint
@@ -132,6 +146,7 @@ class Context:
     rank: int = 0  # rank within the group
     sync_timing: bool = False  # synchronize the host every step (exact host timings on CUDA)
     sample_interval_s: float = 0.5
+    busy_steps: int = 0  # CUDA: the profiler watches up to this many of each epoch's last steps
 
 
 @dataclass
@@ -305,6 +320,35 @@ def train_step_micro_norms(model: nn.Module, optimizer, loss_fn, x, target, scor
         2 / (1 / h + 1 / (n - h)), big_sq
 
 
+def step_function(model: nn.Module, optimizer, loss_fn, task, micro: bool, sync: GradSync | None, measure: bool):
+    """The configuration's step ``(input, target) -> (loss, score)``; when measuring the noise
+    scale ``(loss, score, |small-batch gradient|², 1/small batch, |batch gradient|²)``: from two
+    micro-batches (``micro``), else from this rank's gradient, read in DDP's comm hook, and the
+    averaged one."""
+    if micro:
+        def step(inp, target):
+            loss, hits, small_sq, b_small, big_sq = train_step_micro_norms(model, optimizer, loss_fn, inp, target,
+                                                                           task.score)
+            return loss, hits, small_sq, 1 / b_small, big_sq
+    elif measure:
+        def step(inp, target):
+            loss, hits, (small_sq, big_sq) = train_step(
+                model, optimizer, loss_fn, inp, target, task.score,
+                grad_probe=lambda: (sync.take_local_sq(), _grad_sq(list(model.parameters()))))
+            return loss, hits, small_sq, 1 / len(target), big_sq
+    else:
+        def step(inp, target):
+            return train_step(model, optimizer, loss_fn, inp, target, task.score)[:2]
+    return step
+
+
+def busy_steps(wanted: int, steps: int, device: torch.device) -> int:
+    """How many of an epoch's last steps the profiler watches: up to ``wanted`` and a quarter of the
+    epoch, none on the CPU or when that leaves fewer than two."""
+    n = min(wanted, steps // 4) if device.type == "cuda" else 0
+    return n if n >= 2 else 0
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, loss_fn, task=TASKS["classification"]) -> torch.Tensor:
     """[sum of losses, sum of the task's figure, samples, sum of its baseline figure] over this
@@ -394,15 +438,22 @@ def train(spec: RunSpec, data: TrainData, ctx: Context, checkpoint: Path, on_epo
     test_loader = ResidentLoader(d.test_images, d.test_labels, spec=shape, batch_size=EVAL_BATCH, mean=mean,
                                  std=std, shuffle=False, rank=ctx.rank, world=spec.world, device=device)
 
+    graph = recipe.step == "graph"
+    gpus = torch.cuda.device_count() if spec.mode == "dp" and device.type == "cuda" else 1
+    why = refusal(recipe.step, "recipe.step", device, processes=spec.world, gpus=gpus)
+    if why:  # the stages refuse this before any work; a direct caller gets the same reason
+        raise ValueError(why)
     torch.manual_seed(spec.seed)  # identical initial weights on every rank and in every mode
     net = build_model(spec.model, d.channels, d.num_classes, width=spec.width, size=spec.size)
-    model, devices = wrap(net, spec.mode, device, group)
+    # A captured step runs on the module itself: one process on one GPU (`refusal`), where DDP's
+    # all-reduce over a group of one and DataParallel over one device change nothing.
+    model, devices = wrap(net, "single" if graph else spec.mode, device, group)
     optimizer = make_optimizer(net, recipe, spec.peak_lr)
     loss_fn = task.loss_fn()
     measure = spec.noise_ema is not None
     # One process (or a DDP group of one) has no second batch size: take two micro-batches.
     micro = measure and (spec.mode != "ddp" or spec.world == 1)
-    sync = GradSync(model, group, local_norms=measure and not micro) if spec.mode == "ddp" else None
+    sync = GradSync(model, group, local_norms=measure and not micro) if spec.mode == "ddp" and not graph else None
     batches = batch_schedule(spec)
     noise = NoiseScaleEstimator(spec.noise_ema) if measure else None
 
@@ -425,6 +476,10 @@ def train(spec: RunSpec, data: TrainData, ctx: Context, checkpoint: Path, on_epo
         result.restored_epochs = start_epoch = ckpt["epoch"] + 1
         if ckpt["complete"]:
             return result
+    if graph:
+        graph_optimizer(optimizer, device)
+    batches_of_epoch, run_step = stepper(step_function(model, optimizer, loss_fn, task, micro, sync, measure),
+                                         train_loader, task.pair, device, graph)
 
     model.train()
     for epoch in range(start_epoch, recipe.epochs):
@@ -441,40 +496,35 @@ def train(spec: RunSpec, data: TrainData, ctx: Context, checkpoint: Path, on_epo
         score = torch.zeros((), device=device)
         calls = sync.calls if sync else 0
         sampler = ResourceSampler(ctx.sample_interval_s) if ctx.rank == 0 else None
+        timed = steps - busy_steps(ctx.busy_steps, steps, device)  # NVML's window; the profiler's after
+        busy = BusyWindow(device)
+        inputs_of_epoch = batches_of_epoch()
         if sampler:
             sampler.start()
-        loader_it = iter(train_loader)
         t_epoch = time.perf_counter()
         for i in range(steps):
+            if i == timed:  # NVML's window ends; the profiler watches the rest
+                _stop_sampler(device, sampler, result)
+                busy.start()
             set_lr(optimizer, lrs[i])
             timer.start()
-            x, y = next(loader_it)
+            inputs = next(inputs_of_epoch)
             timer.batch_ready()
-            inp, target = task.pair(x, y)
-            if micro:
-                loss, hits, small_sq, b_small, big_sq = train_step_micro_norms(
-                    model, optimizer, loss_fn, inp, target, task.score)
-            elif measure:  # DDP: this rank's gradient (read in the comm hook) and the averaged one
-                loss, hits, (small_sq, big_sq) = train_step(
-                    model, optimizer, loss_fn, inp, target, task.score,
-                    grad_probe=lambda: (sync.take_local_sq(), _grad_sq(list(model.parameters()))))
-                b_small = len(target)
-            else:
-                loss, hits, _ = train_step(model, optimizer, loss_fn, inp, target, task.score)
-            if measure:  # separate writes: a Python scalar is filled in place, no host-to-device copy
-                per_step[2, i] = small_sq
-                per_step[3, i] = 1 / b_small
-                per_step[4, i] = big_sq
+            out = run_step(*inputs)
             timer.step_done()
-            per_step[0, i] = loss * len(target)
-            per_step[1, i] = len(target)
-            score += hits
+            if measure:  # separate writes: a Python scalar is filled in place, no host-to-device copy
+                per_step[2, i], per_step[3, i], per_step[4, i] = out[2:5]
+            n = inputs[-1].shape[-1]  # labels (b,) or a batch plan (4, b)
+            per_step[0, i] = out[0] * n
+            per_step[1, i] = n
+            score += out[1]
+        if timed == steps:
+            _stop_sampler(device, sampler, result)
+        busy_pct = busy.stop()
         data_s, compute_s = timer.collect()
         epoch_s = time.perf_counter() - t_epoch
         comm_s = sync.take() if sync and sync.measurable else float("nan")
         calls = sync.calls - calls if sync else 0
-        if sampler:
-            result.samples += sampler.stop()
 
         t_eval = time.perf_counter()
         sync_buffers(model, group)  # every rank evaluates with rank 0's BatchNorm statistics
@@ -501,6 +551,7 @@ def train(spec: RunSpec, data: TrainData, ctx: Context, checkpoint: Path, on_epo
             "test_loss": test_loss / test_n, f"test_{metric}": test_score / test_n,
             **({f"test_{metric}_bicubic": test_base / test_n} if task.name == "restoration" else {}),
             "epoch_time_s": epoch_s, "eval_time_s": eval_s, "images_per_s": images / epoch_s,
+            "busy_steps": steps - timed, "device_busy_pct": busy_pct,
             "data_wait_s": data_all, "compute_s": compute_all,
             "data_wait_fraction": data_all / (data_all + compute_all),
             "allreduce_s": comm_all, "allreduce_fraction": comm_all / compute_all,
@@ -532,6 +583,13 @@ def train(spec: RunSpec, data: TrainData, ctx: Context, checkpoint: Path, on_epo
         if done:
             break
     return result
+
+
+def _stop_sampler(device: torch.device, sampler, result: Result) -> None:
+    """End NVML's window once the work queued so far has run."""
+    if sampler:
+        synchronize(device)
+        result.samples += sampler.stop()
 
 
 def _noise_scale(noise: NoiseScaleEstimator, per_step: torch.Tensor, world: int) -> list[float]:

@@ -300,30 +300,43 @@ class ResidentLoader:
         self.batch = per_rank_batch
 
     def __iter__(self):
+        for plan in self.plans():
+            yield self.gather(plan)
+
+    def plans(self):
+        """This epoch's batches for this rank as plans: ``(4, b)`` int64 tensors on the device whose
+        rows are each sample's index, mirror flag, crop top and crop left. `gather` turns a plan into
+        the batch; iterating the loader does both. A CUDA-graph step (`graphstep`) copies the plan
+        into its static input and gathers inside the graph, so the batch is part of the step.
+
+        The epoch's augmentation is drawn in one go, per position of the permutation, from a
+        generator of its own (the global RNG is not disturbed), with the rank mixed into its seed
+        so ranks do not share crop offsets."""
         n = len(self.labels)
         if self.shuffle:
             perm = epoch_permutation(n, self.seed, self.epoch, self.device)
         else:
             perm = torch.arange(n, device=self.device)
-        # Augmentation draws come from their own generator so they do not disturb the global RNG;
-        # the rank is mixed in so ranks do not share crop offsets.
-        gen = torch.Generator(device=self.device).manual_seed(
-            (epoch_seed(self.seed, self.epoch) * 1_000_003 + self.rank) % (2**63))
-        for idx in rank_batches(perm, self.batch, self.world, self.rank):
-            yield self._images(idx, gen), self.labels[idx]
-
-    def _images(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        b, span = len(idx), 2 * self.pad + 1
-        zeros = torch.zeros(b, dtype=torch.long, device=self.device)
-        top = left = flip = zeros
+        table = torch.zeros(4, n, dtype=torch.long, device=self.device)
+        table[0] = perm
         if self.augment:
-            top = torch.randint(0, span, (b,), generator=gen, device=self.device)
-            left = torch.randint(0, span, (b,), generator=gen, device=self.device)
+            gen = torch.Generator(device=self.device).manual_seed(
+                (epoch_seed(self.seed, self.epoch) * 1_000_003 + self.rank) % (2**63))
+            span = 2 * self.pad + 1
+            top = torch.randint(0, span, (n,), generator=gen, device=self.device)
+            left = torch.randint(0, span, (n,), generator=gen, device=self.device)
             if self.augment.hflip:
-                flip = torch.randint(0, 2, (b,), generator=gen, device=self.device)
-                left = torch.where(flip.bool(), span - 1 - left, left)  # the mirror's window
+                table[1] = torch.randint(0, 2, (n,), generator=gen, device=self.device)
+                left = torch.where(table[1].bool(), span - 1 - left, left)  # the mirror's window
+            table[2], table[3] = top, left
+        for a, b in step_bounds(n, self.batch, self.world):
+            yield table[:, a:b][:, self.rank::self.world]
+
+    def gather(self, plan: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch a plan describes: normalised float images and their labels."""
+        idx, flip, top, left = plan
         x = self.windows[flip, idx, :, top, left]
-        return torch.addcmul(self._shift, x.float(), self._scale)
+        return torch.addcmul(self._shift, x.float(), self._scale), self.labels[idx]
 
 
 LOADERS = LOADER_NAMES  # make_loader below builds each; names.py lets config.py check them torch-free

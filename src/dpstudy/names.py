@@ -16,3 +16,6 @@ LOADER_NAMES = ("standard", "resident")
 
 # models.py: the keys of MODELS, in this order (the order error messages list them in).
 MODEL_NAMES = ("lenet", "vgg16", "resnet20", "srnet")
+
+# graphstep.py: how a training step runs (STEPS): eager, or captured as a CUDA graph and replayed.
+STEP_NAMES = ("eager", "graph")

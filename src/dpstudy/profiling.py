@@ -65,12 +65,14 @@ class ProbeResult:
     """Per-step timings of one short training run, warm-up steps excluded."""
 
     batch_size: int
+    step: str = "eager"
     data_wait_s: list[float] = field(default_factory=list)
     compute_s: list[float] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     images: int = 0
     samples: list[Sample] = field(default_factory=list)
     utilization: dict[str, float] = field(default_factory=dict)
+    device_busy_pct: float = float("nan")  # the profiler's busy share after the timed steps (CUDA)
 
     @property
     def total_s(self) -> float:
@@ -86,42 +88,75 @@ class ProbeResult:
 
 
 def run_probe(model: nn.Module, loader, device: torch.device, *, batch_size: int, steps: int,
-              warmup_steps: int, lr: float, momentum: float, sample_interval_s: float) -> ProbeResult:
-    """Train ``model`` for ``warmup_steps + steps`` SGD steps and time each timed step.
+              warmup_steps: int, lr: float, momentum: float, sample_interval_s: float, step: str = "eager",
+              min_seconds: float = 0.0, busy_steps: int = 8) -> ProbeResult:
+    """Train ``model`` with SGD: warm-up steps, then timed steps (at least ``steps``, and on until
+    ``min_seconds`` have passed), then on CUDA ``busy_steps`` steps watched by the profiler.
 
-    data wait = blocked in ``next(loader)`` until the batch is on the device;
-    compute   = forward + backward + optimizer step until the device is idle.
-    A resource sampler (NVML utilisation on a GPU, CPU otherwise) runs over the timed steps only.
+    data wait = blocked until the step's input is on the device (for a graph step with the resident
+    loader: the batch plan; the gather is part of the step);
+    compute   = the step (forward, backward, update; or the graph's replay) until the device is idle.
+    NVML (or the CPU) is sampled over the timed steps only. ``step``: eager or graph (`graphstep`;
+    a graph's capture happens during warm-up, which is extended to cover it).
     """
+    from .devicebusy import BusyWindow
+    from .graphstep import WARMUP_STEPS, graph_optimizer, stepper
+
+    graph = step == "graph"
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    if graph:
+        graph_optimizer(opt, device)
     loss_fn = nn.CrossEntropyLoss()
-    result = ProbeResult(batch_size=batch_size)
-    batches = endless(loader)
+
+    def train_step(x, y):
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return (loss.detach(),)
+
+    batches_of_epoch, run = stepper(train_step, loader, lambda x, y: (x, y), device, graph)
+    result = ProbeResult(batch_size=batch_size, step=step)
+    batches = _endless(loader, batches_of_epoch)
     sampler = ResourceSampler(interval_s=sample_interval_s)
+    busy = BusyWindow(device)
+    warmup = max(warmup_steps, WARMUP_STEPS + 1) if graph else warmup_steps
     try:
-        for i in range(warmup_steps + steps):
-            timed = i >= warmup_steps
-            if i == warmup_steps:
-                synchronize(device)
-                sampler.start()
+        for _ in range(warmup):
+            run(*next(batches))
+        synchronize(device)
+        sampler.start()
+        start = time.perf_counter()
+        while len(result.compute_s) < steps or time.perf_counter() - start < min_seconds:
             t0 = time.perf_counter()
-            x, y = next(batches)
+            inputs = next(batches)
             synchronize(device)
             t1 = time.perf_counter()
-            loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            (loss,) = run(*inputs)
             synchronize(device)
             t2 = time.perf_counter()
-            if timed:
-                result.data_wait_s.append(t1 - t0)
-                result.compute_s.append(t2 - t1)
-                result.loss.append(loss.item())  # a sync point, but the step is already synced
-                result.images += y.shape[0]
+            result.data_wait_s.append(t1 - t0)
+            result.compute_s.append(t2 - t1)
+            result.loss.append(loss.item())  # a sync point, but the step is already synced
+            result.images += inputs[-1].shape[-1]  # labels (b,) or a batch plan (4, b)
+        result.samples = sampler.stop()
+        if device.type == "cuda" and busy_steps:
+            busy.start()
+            for _ in range(busy_steps):
+                run(*next(batches))
+            result.device_busy_pct = busy.stop()
     finally:
         batches.close()
         result.samples = sampler.stop()
     result.utilization = sampler.summary()
     return result
+
+
+def _endless(loader, batches_of_epoch) -> Iterator:
+    """Step inputs across epoch boundaries, calling ``set_epoch`` at the start of each epoch."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from batches_of_epoch()
+        epoch += 1

@@ -66,4 +66,7 @@ class LRSchedule:
 
 def set_lr(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if hasattr(group["lr"], "fill_"):  # a device tensor a CUDA graph reads (`graphstep`)
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+import torch
+
 from .config import DDPSweepConfig, DPSweepConfig, GridConfig
 from .console import format_table, progress, say
 from .datasets import file_sha256, load_prepared
@@ -33,6 +35,7 @@ from .engine import (CHECKPOINT_FORMAT, Context, Result, RunSpec, TrainData, cod
 from .errors import UserError
 from . import checkpoints
 from .fsutil import csv_text, json_text
+from .graphstep import refusal
 from .models import MODELS, build_model
 from .parallel import Dist
 from .tasks import TASKS
@@ -126,12 +129,13 @@ def split_twins(specs: list[RunSpec], device=None) -> tuple[list[RunSpec], list[
     an earlier one's:
     - a fixed batch equal to the recipe's ref_batch scales the lr by 1 under every lr rule, so e.g.
       A4's smallest batch trains once, not once per rule (DDP's world 1 likewise);
-    - on the CPU (``device``), mode dp calls the module itself (`parallel.wrap`), so it trains
-      what mode single trains, step for step."""
+    - on the CPU (``device``), mode dp calls the module itself (`parallel.wrap`), and a CUDA-graph
+      step (one GPU: `graphstep.refusal`) captures the module itself, so dp trains what mode single
+      trains, step for step."""
     def key(spec: RunSpec) -> RunSpec:
         if spec.growth is None:
             spec = _at_ref_lr(spec)
-        if spec.mode == "dp" and device is not None and device.type == "cpu":
+        if spec.mode == "dp" and ((device is not None and device.type == "cpu") or spec.recipe.step == "graph"):
             spec = dataclasses.replace(spec, mode="single")
         return spec
 
@@ -176,7 +180,8 @@ def twin_reason(twin: RunSpec, original: RunSpec) -> str:
     """Why ``twin`` trains exactly what ``original`` does (`split_twins`), in words."""
     reasons = []
     if twin.mode != original.mode:
-        reasons.append("on the CPU nn.DataParallel calls the module itself")
+        reasons.append("a CUDA-graph step captures the module itself on its one GPU" if twin.recipe.step == "graph"
+                       else "on the CPU nn.DataParallel calls the module itself")
     if twin.lr_rule != original.lr_rule:
         reasons.append(f"global batch {twin.global_batch} = ref_batch: lr {twin.peak_lr:g} under every rule")
     return "; ".join(reasons)
@@ -458,6 +463,16 @@ def set_aside_checkpoints(out: Path, specs: Iterable[RunSpec]) -> None:
     """Move checkpoints of configurations no longer in the grid to ``checkpoints/kept/`` (never
     deleted: they come back if their settings do), so ``checkpoints/*.pt`` is the grid."""
     checkpoints.set_aside(out / "checkpoints", [spec.name for spec in specs], code_fingerprint(), CHECKPOINT_FORMAT)
+
+
+def check_steps(stage: str, specs: Iterable[RunSpec], device: torch.device) -> None:
+    """Refuse, before any work, a step kind that cannot run here (`graphstep.refusal`): a CUDA
+    graph on the CPU, or shared by several processes or GPUs."""
+    for spec in specs:
+        gpus = torch.cuda.device_count() if spec.mode == "dp" and device.type == "cuda" else 1
+        why = refusal(spec.recipe.step, f"{stage}.{spec.sweep}.recipe.step", device, processes=spec.world, gpus=gpus)
+        if why:
+            raise UserError(why)
 
 
 def check_batches(stage: str, specs: Iterable[RunSpec], data: dict[str, TrainData]) -> None:

@@ -6,6 +6,13 @@ no GPU can be seen through NVML, the system's CPU utilisation and this process's
 A stage wraps its work in the sampler and logs `summary()` (means, plus maxima for memory) with
 its other metrics, so every run says how busy the hardware was.
 
+NVML's utilization is the share of its own averaging period (1/6 s to 1 s, by product) during which
+a kernel ran, so a sample speaks for the period before it. A sampler's window is from start() to
+stop(), and a utilization sample counts only when its whole period lies inside the window (taken
+at `NVML_PERIOD_S`, the longest): the work before the window cannot leak in, and a window shorter
+than the period has no utilization at all (its mean is nan, reported as "window too short", never
+as a number). Memory and power are readings of the moment and count from every sample.
+
 Telemetry is an observer: nothing here may stop or crash the run it watches. A sample that fails
 is dropped and counted in `errors`, and the sampler carries on.
 """
@@ -22,6 +29,10 @@ from dataclasses import dataclass
 # Linux sources for the CPU fallback; module constants so a test can point them elsewhere.
 PROC_STAT = "/proc/stat"
 PROC_SELF_STATM = "/proc/self/statm"
+
+# NVML averages utilization over the past 1/6 s to 1 s depending on the board (nvml.h,
+# nvmlDeviceGetUtilizationRates): a sample is inside a window only if the longest period fits.
+NVML_PERIOD_S = 1.0
 
 # The CPU-fallback notice is printed once per process: a study starts many samplers, and the
 # reason (no GPU, no driver) is the same for all of them.
@@ -140,6 +151,19 @@ def utilization_keys(summary: dict[str, float]) -> list[str]:
     return [k for k in ("cpu_util_pct_mean",) if k in summary]
 
 
+def utilization(summary: dict[str, float]) -> tuple[str, float]:
+    """(source, percent) of a `ResourceSampler.summary()`: the mean over GPUs from NVML (nan when
+    the window was too short for NVML on any of them), else the system CPU's utilization."""
+    keys = utilization_keys(summary)
+    if keys and keys[0].startswith("gpu"):
+        values = [summary[k] for k in keys]
+        return "gpu_util_pct", (math.nan if any(math.isnan(v) for v in values) else sum(values) / len(values))
+    return "cpu_util_pct", summary.get("cpu_util_pct_mean", math.nan)
+
+
+TOO_SHORT = "window too short for NVML"  # how a nan GPU utilization is shown, never as a number
+
+
 # Sample keys as MLflow's own system metrics name them (mlflow/system_metrics), so the run page's
 # "System metrics" tab (every key under "system/") charts them: (MLflow name, factor to its unit).
 _MIB_TO_MB = 2**20 / 1e6  # MLflow reports memory in megabytes (10^6 bytes)
@@ -209,7 +233,8 @@ class ResourceSampler:
     reported as gpu0, gpu1, ... in that order, which is torch's numbering.
     """
 
-    def __init__(self, interval_s: float = 0.5, nvml=None, visible: str | None = None):
+    def __init__(self, interval_s: float = 0.5, nvml=None, visible: str | None = None, clock=time.time,
+                 nvml_period_s: float = NVML_PERIOD_S):
         if not (math.isfinite(interval_s) and interval_s > 0):
             raise ValueError(f"interval_s must be a positive number of seconds, got {interval_s!r}")
         self.interval_s = float(interval_s)
@@ -226,6 +251,8 @@ class ResourceSampler:
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._clock, self.nvml_period_s = clock, nvml_period_s
+        self.window: tuple[float, float] | None = None  # (start, stop) times once stopped
 
     def start(self) -> ResourceSampler:
         if self._thread is not None:
@@ -237,6 +264,7 @@ class ResourceSampler:
         if reason is not None:
             _announce_fallback(reason)
             self.mode, self._cpu = "cpu", _CpuMeter()
+        self._t_start = self._clock()
         self._take_sample()
         self._thread = threading.Thread(target=self._run, name="dpstudy-telemetry", daemon=True)
         self._thread.start()
@@ -248,6 +276,7 @@ class ResourceSampler:
             self._stop_event.set()
             self._thread.join()
             self._take_sample()  # the end of the window, so a short stage still gets two points
+            self.window = (self._t_start, self._clock())
             self._close_nvml()
         return self.samples()
 
@@ -261,15 +290,22 @@ class ResourceSampler:
             return len(self._samples)
 
     def summary(self, since: int = 0) -> dict[str, float]:
-        """Mean of each metric over samples[since:] ("<metric>_mean"), plus "<metric>_max" for memory."""
+        """Mean of each metric over samples[since:] ("<metric>_mean"), plus "<metric>_max" for memory.
+
+        A GPU utilization mean takes only samples whose NVML period lies inside the window (module
+        doc); it is nan when none does: the window was too short to measure utilization."""
         columns: dict[str, list[float]] = {}
         for sample in self.samples()[since:]:
+            counts = self.mode != "nvml" or sample.t - self.nvml_period_s >= self._t_start
             for key, value in sample.values.items():
+                if key.endswith("_util_pct") and self.mode == "nvml" and not counts:
+                    columns.setdefault(key, [])
+                    continue
                 columns.setdefault(key, []).append(value)
         out: dict[str, float] = {}
         for key in sorted(columns):
             values = columns[key]
-            out[f"{key}_mean"] = sum(values) / len(values)
+            out[f"{key}_mean"] = sum(values) / len(values) if values else math.nan
             if key.endswith("_mib"):  # peak memory is what decides whether a run fits
                 out[f"{key}_max"] = max(values)
         return out
@@ -323,7 +359,7 @@ class ResourceSampler:
             self._take_sample()
 
     def _take_sample(self) -> None:
-        t = time.time()
+        t = self._clock()
         try:
             values = self._read_gpus() if self.mode == "nvml" else self._read_cpu()
         except Exception:

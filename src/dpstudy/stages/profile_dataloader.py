@@ -14,9 +14,10 @@ from pathlib import Path
 
 from ..config import as_dict, flatten, load_section
 from ..console import format_table, progress, say
+from ..errors import UserError
 from ..devices import device_names, resolve_device
 from ..fsutil import csv_text, json_text, write_files_atomic
-from ..telemetry import utilization_keys
+from ..telemetry import utilization
 from ..tracking import Tracker
 from .args import data_stage_arguments
 
@@ -32,10 +33,15 @@ def run(args: argparse.Namespace) -> int:
     _, telemetry = load_section("telemetry", args.params)
     # torch and the loaders: only once the params are known to be good
     from ..datasets import load_prepared
+    from ..graphstep import refusal
     from ..loaders import Augment, channel_stats
     from ..models import input_spec
 
     device = resolve_device(cfg.device)
+    for step in cfg.probe.step:  # before any work: a CUDA graph needs a GPU
+        why = refusal(step, f"{STAGE}.probe.step", device)
+        if why:
+            raise UserError(why)
     data = load_prepared(Path(args.data) / f"{cfg.dataset}.pt")
     out = Path(args.out)
 
@@ -101,46 +107,50 @@ def _probes(cfg, telemetry, data, images, labels, common, device, tracker) -> li
     from ..models import build_model
     from ..profiling import run_probe
 
-    configs = [(kind, bs) for kind in ("standard", "resident") for bs in cfg.batch_sizes]
+    configs = [(kind, step, bs) for kind in ("standard", "resident") for step in cfg.probe.step
+               for bs in cfg.batch_sizes]
     rows = []
-    for kind, bs in progress(configs, desc="probes"):
+    for kind, step, bs in progress(configs, desc="probes"):
         nw = cfg.probe.num_workers if kind == "standard" else 0
-        cfg_params = {"loader": kind, "batch_size": bs, "num_workers": nw, "model": cfg.model,
-                      "steps": cfg.probe.steps, "lr": cfg.probe.lr, "momentum": cfg.probe.momentum}
-        with tracker.child(f"probe {kind} bs={bs}", cfg_params, tags={"measurement": "probe"}) as run:
+        cfg_params = {"loader": kind, "step": step, "batch_size": bs, "num_workers": nw, "model": cfg.model,
+                      "steps": cfg.probe.steps, "min_seconds": cfg.probe.min_seconds, "lr": cfg.probe.lr,
+                      "momentum": cfg.probe.momentum}
+        with tracker.child(f"probe {_series(kind, step)} bs={bs}", cfg_params, tags={"measurement": "probe"}) as run:
             torch.manual_seed(cfg.seed)  # same initial weights for every probe
             model = build_model(cfg.model, data.channels, data.num_classes).to(device)
             loader = make_loader(kind, images, labels, batch_size=bs, num_workers=nw,
                                  pin_memory=cfg.pin_memory, **common)
             result = run_probe(model, loader, device, batch_size=bs, steps=cfg.probe.steps,
                                warmup_steps=cfg.probe.warmup_steps, lr=cfg.probe.lr,
-                               momentum=cfg.probe.momentum, sample_interval_s=telemetry.interval_s)
+                               momentum=cfg.probe.momentum, sample_interval_s=telemetry.interval_s,
+                               step=step, min_seconds=cfg.probe.min_seconds)
             del loader
             run.log_series("data_wait_s", result.data_wait_s)
             run.log_series("compute_s", result.compute_s)
             run.log_series("loss", result.loss)
             run.log_samples(result.samples)
             util_key, util = utilization(result.utilization)
-            run.log_metrics({"data_wait_fraction": result.data_wait_fraction,
-                             "images_per_s": result.images_per_s, util_key: util}, step=0)
-        rows.append({"series": kind, "loader": kind, "batch_size": bs, "num_workers": nw,
-                     "steps": len(result.compute_s),
+            run.log_metrics({k: v for k, v in {"data_wait_fraction": result.data_wait_fraction,
+                                               "images_per_s": result.images_per_s, util_key: util,
+                                               "device_busy_pct": result.device_busy_pct}.items()
+                             if not math.isnan(v)}, step=0)
+        rows.append({"series": _series(kind, step), "loader": kind, "step": step, "batch_size": bs,
+                     "num_workers": nw, "steps": len(result.compute_s),
+                     "window_s": round(result.total_s, 4),
                      "data_wait_s": round(sum(result.data_wait_s), 6),
                      "compute_s": round(sum(result.compute_s), 6),
                      "data_wait_fraction": round(result.data_wait_fraction, 4),
                      "images_per_s": round(result.images_per_s, 1),
-                     "utilization_pct": round(util, 1), "utilization_source": util_key})
-        say(f"[probe]      {kind:8s} batch {bs:5d}: data wait {result.data_wait_fraction:6.1%} of the step, "
-            f"{util_key} {util:5.1f}")
+                     "utilization_pct": round(util, 1), "utilization_source": util_key,
+                     "device_busy_pct": round(result.device_busy_pct, 1)})
+        say(f"[probe]      {_series(kind, step):14s} batch {bs:5d}: data wait {result.data_wait_fraction:6.1%} of "
+            f"the step, {util_key} {_percent(util)}, device busy {_percent(result.device_busy_pct)}")
     return rows
 
 
-def utilization(summary: dict[str, float]) -> tuple[str, float]:
-    """The utilisation the probe saw: mean over GPUs from NVML, else system CPU utilisation."""
-    keys = utilization_keys(summary)
-    if keys and keys[0].startswith("gpu"):
-        return "gpu_util_pct", sum(summary[k] for k in keys) / len(keys)
-    return "cpu_util_pct", summary.get("cpu_util_pct_mean", float("nan"))
+def _percent(value: float) -> str:
+    """A utilization for the console: nan is a window too short for NVML or no GPU, never a number."""
+    return "  n/a" if math.isnan(value) else f"{value:5.1f}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,16 +207,18 @@ def summarize(throughput: list[dict], probes: list[dict]) -> dict:
         "utilization_pct": {},
     }
     for r in probes:
-        key = f"bs{r['batch_size']}"
-        metrics["data_wait_fraction"].setdefault(r["loader"], {})[key] = r["data_wait_fraction"]
-        metrics["utilization_pct"].setdefault(r["loader"], {})[key] = r["utilization_pct"]
+        key, probe = f"bs{r['batch_size']}", r["loader"] + ("_graph" if r["step"] == "graph" else "")
+        metrics["data_wait_fraction"].setdefault(probe, {})[key] = r["data_wait_fraction"]
+        for name in ("utilization_pct", "device_busy_pct"):  # nan (too short, or no GPU) is not logged
+            if not math.isnan(r[name]):
+                metrics.setdefault(name, {}).setdefault(probe, {})[key] = r[name]
     return metrics
 
 
 def _throughput_by_batch(rows: list[dict]) -> list[dict]:
     """Long format for the `series` plot template: one line per loader (and worker count), the
     mean over repeats."""
-    return [{"series": _series(r), "batch_size": r["batch_size"], "images_per_s": r["images_per_s"]}
+    return [{"series": _throughput_series(r), "batch_size": r["batch_size"], "images_per_s": r["images_per_s"]}
             for r in _cell_means(rows)]
 
 
@@ -217,7 +229,12 @@ def _throughput_by_workers(rows: list[dict]) -> list[dict]:
              "images_per_s": r["images_per_s"]} for r in rows if r["loader"] == "standard"]
 
 
-def _series(row: dict) -> str:
+def _series(loader: str, step: str) -> str:
+    """A probe's line in the figures: its loader, and its step kind when that is a CUDA graph."""
+    return loader if step == "eager" else f"{loader}, graph"
+
+
+def _throughput_series(row: dict) -> str:
     if row["loader"] != "standard":
         return row["loader"]
     workers = row["num_workers"]
@@ -230,8 +247,9 @@ def _print_summary(preset, device, throughput, probes, out: Path) -> None:
                        [(r["loader"], r["batch_size"], r["num_workers"], r["images_per_s"])
                         for r in _cell_means(throughput)]))
     print("\ntraining probes: share of each step spent waiting for data")
-    print(format_table(["loader", "batch", "data wait", "images/s", "utilization %"],
-                       [(r["loader"], r["batch_size"], f"{r['data_wait_fraction']:.1%}", r["images_per_s"],
-                         f"{r['utilization_pct']:.1f} ({r['utilization_source'].split('_')[0]})")
-                        for r in probes]))
+    print(format_table(["probe", "batch", "steps", "data wait", "images/s", "utilization %", "device busy %"],
+                       [(r["series"], r["batch_size"], r["steps"], f"{r['data_wait_fraction']:.1%}", r["images_per_s"],
+                         f"{_percent(r['utilization_pct']).strip()} ({r['utilization_source'].split('_')[0]})",
+                         _percent(r["device_busy_pct"]).strip()) for r in probes]))
+    print("n/a: no number (a window shorter than NVML's averaging period, or no GPU for the busy share)")
     print(f"\nfiles: {out}/metrics.json, throughput.csv, workers.csv, probes.csv; runs in MLflow")

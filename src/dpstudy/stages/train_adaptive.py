@@ -43,9 +43,11 @@ def plan(args: argparse.Namespace, world: int) -> SimpleNamespace:
     preset, cfg = load_section(STAGE, args.params)
     _, telemetry = load_section("telemetry", args.params)
     from ..adaptive import adaptive_grid  # torch: only once the params are known to be good
-    from ..sweep import check_batches, load_data
+    from ..devices import resolve_device
+    from ..sweep import check_batches, check_steps, load_data
 
     grids = {task: adaptive_grid(task, getattr(cfg, task), cfg.seeds, world) for task in TASKS}
+    check_steps(STAGE, [spec for grid in grids.values() for spec in grid], resolve_device(cfg.device))
     data = load_data(Path(args.data), [getattr(cfg, task).dataset for task in grids])
     check_batches(STAGE, [spec for grid in grids.values() for spec in grid], data)
     return SimpleNamespace(preset=preset, cfg=cfg, telemetry=telemetry, grids=grids, data=data)

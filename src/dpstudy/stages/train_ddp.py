@@ -55,10 +55,12 @@ def plan(args: argparse.Namespace, world: int) -> SimpleNamespace:
     grid and data (`dpstudy launch` calls this before torchrun starts, each worker again)."""
     preset, cfg = load_section(STAGE, args.params)
     _, telemetry = load_section("telemetry", args.params)
-    from ..sweep import check_batches, check_model, ddp_grid, load_data  # torch: once the params are good
+    from ..devices import resolve_device
+    from ..sweep import check_batches, check_model, check_steps, ddp_grid, load_data  # torch: once the params are good
 
     check_model(f"{STAGE}.vgg", cfg.vgg)
     grid, skipped = ddp_grid("vgg", cfg.vgg, cfg.seeds, launched=world)
+    check_steps(STAGE, grid, resolve_device(cfg.device))
     data = load_data(Path(args.data), [cfg.vgg.dataset])
     check_batches(STAGE, grid, data)
     return SimpleNamespace(preset=preset, cfg=cfg, telemetry=telemetry, grid=grid, skipped=skipped, data=data)

@@ -64,11 +64,12 @@ def run(args: argparse.Namespace) -> int:
     _, telemetry = load_section("telemetry", args.params)
     # torch and the engine: only once the params are known to be good
     from ..cpupool import Pool
-    from ..sweep import (check_batches, dp_grid, load_data, print_table, results_files, run_grid,
+    from ..sweep import (check_batches, check_steps, dp_grid, load_data, print_table, results_files, run_grid,
                          set_aside_checkpoints)
 
     device = resolve_device(cfg.device)
     grids = {name: dp_grid(name, getattr(cfg, name), cfg.seeds) for name in STUDY}
+    check_steps(STAGE, [spec for grid in grids.values() for spec in grid], device)
     data = load_data(Path(args.data), [getattr(cfg, name).dataset for name in STUDY])
     check_batches(STAGE, [spec for grid in grids.values() for spec in grid], data)
     out = Path(args.out)
