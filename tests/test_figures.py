@@ -141,10 +141,13 @@ def write_results_tree(root: Path) -> Path:
     write_csv_atomic(pd / "throughput.csv", profile_dataloader._throughput_by_batch(throughput))
     write_csv_atomic(pd / "workers.csv", profile_dataloader._throughput_by_workers(throughput))
     write_csv_atomic(pd / "probes.csv", [
-        {"series": loader, "loader": loader, "batch_size": b, "num_workers": 0, "steps": 12, "data_wait_s": 0.1,
-         "compute_s": 0.1, "data_wait_fraction": wait_of(loader, b, 0), "images_per_s": 5000.0,
-         "utilization_pct": 80.0, "utilization_source": "gpu_util_pct"}
-        for loader in ("standard", "resident") for b in (16, 64, 256)])
+        {"series": loader + (", graph" if step == "graph" else ""), "loader": loader, "step": step, "batch_size": b,
+         "num_workers": 0, "repeat": rep, "steps": 12, "data_wait_s": 0.1, "compute_s": 0.1,
+         "data_wait_fraction": wait_of(loader, b, 0), "images_per_s": 5000.0,
+         "utilization_pct": (90.0 if step == "graph" else 80.0 - b / 8) + rep, "device_busy_pct": 85.0 + rep,
+         "utilization_source": "gpu_util_pct"}
+        for loader in ("standard", "resident") for step in ("eager", "graph") for b in (16, 64, 256)
+        for rep in range(2)])
     write_files_atomic(results_files(dp_results(), root / "train_dp", train_dp.headline))
     write_files_atomic(results_files(ddp_results(), root / "train_ddp", train_ddp.headline))
     summaries = {}
@@ -198,7 +201,7 @@ def test_every_figure_is_written_as_a_sane_png(drawn):
 
 def test_figures_map_to_the_studies_claims():
     claims = {c for ids in FIGURES.values() for c in ids}
-    assert claims == {"A1", "A2", "A3", "A4", "B1", "B2", "B3", "B4", "B5", "C1", "C2", "C3", "C4"}
+    assert claims == {"A1", "A2", "A3", "A4", "B1", "B2", "B3", "B4", "B5", "C1", "C2", "C3", "C4", "X1"}
     assert all(name.endswith(".png") and name.startswith(ids[0]) for name, ids in FIGURES.items())
 
 

@@ -21,7 +21,7 @@ from dpstudy.report import (CLAIMS, INCONCLUSIVE, MLFLOW_NOTE, NOT_SUPPORTED, NO
 
 RULES = ReportRules(confidence=0.95, a1_min_relative_drop=0.25, a2_min_wait_fraction=0.2, a2_resident_factor=2,
                     a3_min_gain=0.1, a4_accuracy_tolerance=0.02, b1_max_speedup=1.2, b2_min_imbalance=1.1,
-                    b4_min_speedup=1.1, b5_accuracy_drop=0.01, c3_min_throughput_gain=1.1)
+                    b4_min_speedup=1.1, b5_accuracy_drop=0.01, c3_min_throughput_gain=1.1, x1_max_relative_drop=0.1)
 SEEDS = (0, 1, 2)
 
 
@@ -110,6 +110,15 @@ def adaptive_rows(target, steps, allreduces, ips):
             for s in steps for seed in SEEDS]
 
 
+def probe_rows(source: str, graph_util: dict, eager_util: dict, repeats: int = 3) -> list[dict]:
+    """profile_dataloader/probes.csv: resident probes, eager and graph, ``repeats`` each (util +rep)."""
+    return [{"series": "resident" if step == "eager" else "resident, graph", "loader": "resident", "step": step,
+             "batch_size": str(b), "repeat": str(rep), "utilization_pct": str(util[b] + rep),
+             "utilization_source": source, "device_busy_pct": str(min(100.0, util[b] + 5)),
+             "data_wait_fraction": "0.1"}
+            for step, util in (("eager", eager_util), ("graph", graph_util)) for b in util for rep in range(repeats)]
+
+
 def base_tables(gpu: bool = False, dp_devices: int = 1) -> tuple[dict, list]:
     """A CPU-only run's shape with three seeds, numbers chosen so every testable rule clearly holds."""
     util = {16: 80.0, 64: 60.0, 256: 40.0}  # a 50% relative fall
@@ -129,7 +138,8 @@ def base_tables(gpu: bool = False, dp_devices: int = 1) -> tuple[dict, list]:
            for w in (1, 2) for seed in SEEDS]
     source = "gpu0_util_pct_mean" if gpu else "cpu_util_pct_mean"
     tables = {
-        "profile_dataloader/probes.csv": [{"utilization_source": source}],
+        "profile_dataloader/probes.csv": probe_rows("gpu_util_pct" if gpu else "cpu_util_pct",
+                                                    {32: 90.0, 2048: 93.0}, {32: 16.0, 2048: 2.0}),
         "profile_dataloader/workers.csv": [{"series": f"batch {b}", "num_workers": str(w), "repeat": str(rep),
                                             "images_per_s": str(v + (10 * rep if w == 0 else -10 * rep))}
                                            for b in (16, 256) for w, v in ((0, 1000), (1, 900), (2, 1500))
@@ -184,12 +194,41 @@ def test_cpu_run_every_claim_judged_and_gpu_claims_not_testable():
     result = judge(*base_tables(), RULES)
     assert [v.claim for v in result] == list(CLAIMS)
     got = {v.claim: v.verdict for v in result}
-    assert {c for c, v in got.items() if v == NOT_TESTABLE} == {"A1", "B1", "B2", "B3", "B4"}
+    assert {c for c, v in got.items() if v == NOT_TESTABLE} == {"A1", "B1", "B2", "B3", "B4", "X1"}
     assert all(got[c] == SUPPORTED for c in ("A2", "A3", "A4", "B5", "C1", "C2", "C3", "C4")), got
     v = {v.claim: v for v in result}
     assert "no GPU" in v["A1"].why and "spanned 1 device" in v["B1"].why
-    assert all(x.seeds.startswith("3 seeds (0, 1, 2)") for c, x in v.items() if c != "A3")  # every claim says so
-    assert "3 repeated measurements" in v["A3"].seeds
+    assert all(x.seeds.startswith("3 seeds (0, 1, 2)") for c, x in v.items() if c not in ("A3", "X1"))
+    assert "3 repeated measurements" in v["A3"].seeds and v["X1"].seeds.startswith("3 repeated probes")
+    assert "no GPU" in v["X1"].why
+
+
+@pytest.mark.parametrize("graph_util, repeats, verdict", [
+    ({32: 90.0, 2048: 93.0}, 3, SUPPORTED),          # flat (a rise): no fall with a CUDA graph
+    ({32: 90.0, 512: 60.0, 2048: 40.0}, 3, NOT_SUPPORTED),  # falls by half
+    ({32: 90.0, 2048: 93.0}, 1, INCONCLUSIVE),       # one repeat: no interval
+    ({32: 90.0}, 3, NOT_TESTABLE),                   # one batch size
+])
+def test_x1_judges_the_graph_probes_fall_in_utilization_over_repeats(graph_util, repeats, verdict):
+    tables, evals = base_tables(gpu=True)
+    tables["profile_dataloader/probes.csv"] = probe_rows("gpu_util_pct", graph_util, {32: 16.0, 2048: 2.0}, repeats)
+    v = by_claim(tables, evals)["X1"]
+    assert v.verdict == verdict, (v.effect, v.why)
+    assert "resident loader, eager step: NVML" in v.evidence and "device busy" in v.evidence
+    if verdict != NOT_TESTABLE:
+        assert f"from batch 32 to {max(graph_util)}" in v.effect and f"{repeats} repeat" in v.seeds
+
+
+def test_x1_counts_a_window_too_short_for_nvml_as_no_measurement():
+    tables, evals = base_tables(gpu=True)
+    rows = probe_rows("gpu_util_pct", {32: 90.0, 2048: 93.0}, {32: 16.0, 2048: 2.0})
+    for r in rows:
+        if r["step"] == "graph" and r["batch_size"] == "2048":
+            r["utilization_pct"] = "nan"
+    tables["profile_dataloader/probes.csv"] = rows
+    v = by_claim(tables, evals)["X1"]
+    assert v.verdict == INCONCLUSIVE and "no finite measurement" in v.why
+    assert "n/a at batch 2048" in v.evidence
 
 
 def test_cpu_wording_of_a1_and_a2_agrees():
@@ -410,11 +449,12 @@ def test_report_markdown_has_a_row_and_a_section_per_claim():
     assert text.startswith("# dpstudy claims report\n")
     rows = [line for line in text.splitlines() if line.startswith("| ") and "| **" in line]
     assert [r.split(" | ")[0][2:] for r in rows] == list(CLAIMS)
-    assert all(r.split(" | ")[3] == "3" for r in rows if not r.startswith("| A3"))  # the seeds column
-    assert text.count("- Not testable because:") == 5 and "(uncommitted changes)" in text
+    assert all(r.split(" | ")[3] == "3" for r in rows if not r.startswith(("| A3", "| X1")))  # the seeds column
+    assert [r.split(" | ")[3] for r in rows if r.startswith(("| A3", "| X1"))] == ["3 repeats"] * 2
+    assert text.count("- Not testable because:") == 6 and "(uncommitted changes)" in text
     assert text.count("- Seeds: ") == len(CLAIMS) and text.count("- Effect judged: ") == 8
     assert "- `x`: made up" in text and "| digits | seeded | 1438 / 359 |" in text
-    assert "Verdicts: 8 supported, 0 not supported, 0 inconclusive, 5 not testable here" in text
+    assert "Verdicts: 8 supported, 0 not supported, 0 inconclusive, 6 not testable here" in text
     assert "Report written 2026-12-01 10:40 UTC" in text and "pipeline duration 10 min 0 s" in text
     assert f"| train_dp | `{'a' * 32}` (A), `{'b' * 32}` (B) | 2026-12-01 10:30:00 UTC | 5 min 0 s |" in text
     assert "| download | no run in the MLflow store | | |" in text and "1 min 0 s (until this report)" in text
@@ -509,7 +549,7 @@ def test_report_html_is_the_markdown_with_its_figures_inside(tmp_path):
     for line in text.splitlines():
         if line.startswith("#"):
             heading = line.lstrip("#").strip()
-            m = re.match(r"([ABC]\d): (.+)", heading)
+            m = re.match(r"([ABCX]\d): (.+)", heading)
             assert (f'id="claim-{m.group(1)}"' in page and f">{m.group(2)}</span>" in page) if m else \
                 heading.replace("&", "&amp;") in page, heading
     assert page.count("<tr>") == text.count("\n| ") - text.count("\n| ---")

@@ -78,6 +78,7 @@ class ProbeConfig:
     momentum: float = field(metadata=_range(ge=0, lt=1))
     step: list[Step] = field(metadata={"nonempty": True, "unique": True})
     min_seconds: float = field(metadata=_range(ge=0))
+    repeats: int = field(metadata=_range(ge=1))
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,7 @@ class ReportRules:
     b4_min_speedup: float = field(metadata=_range(gt=0))
     b5_accuracy_drop: float = field(metadata=_range(ge=0, le=1))
     c3_min_throughput_gain: float = field(metadata=_range(gt=0))
+    x1_max_relative_drop: float = field(metadata=_range(ge=0, lt=1))
 
 
 @dataclass(frozen=True)

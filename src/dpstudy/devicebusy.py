@@ -9,12 +9,14 @@ the span from the first to the last of them. Gaps in that span are the device wa
 
 The profiler adds host work per kernel launch, so an eager, launch-bound step is a little slower
 while it is watched: the share it reports is a lower bound. A CUDA-graph step launches once and is
-barely affected. The window is kept short, and callers keep it out of their timed steps.
+barely affected. The window is kept short; starting and stopping the profiler (``overhead_s``) is
+host time callers take out of their timings.
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -53,21 +55,26 @@ class BusyWindow:
         self.device = device
         self.reason = "" if device.type == "cuda" else "no CUDA device: the busy share is a GPU figure"
         self._profiler = None
+        self.overhead_s = 0.0  # host seconds spent starting and stopping the profiler (not the work's)
 
     def start(self) -> BusyWindow:
         if not self.reason:
             torch.cuda.synchronize(self.device)
+            t = time.perf_counter()
             self._profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
             self._profiler.start()
+            self.overhead_s += time.perf_counter() - t
         return self
 
     def stop(self) -> float:
         if self._profiler is None:
             return math.nan
         torch.cuda.synchronize(self.device)
+        t = time.perf_counter()
         self._profiler.stop()
         events = self._profiler.profiler.kineto_results.events()
         self._profiler = None
+        self.overhead_s += time.perf_counter() - t
         intervals = [(e.start_ns(), e.end_ns()) for e in events
                      if e.device_type() == torch.autograd.DeviceType.CUDA
                      and _occupies_device(str(e.activity_type()).lower())]

@@ -25,11 +25,11 @@ captured per batch shape and replayed (`graphstep`); with the resident loader th
 gathers and augments the batch, so the loader hands over only the step's plan of indices.
 
 Utilization is measured inside the training window only: NVML is sampled from the epoch's first
-step (`telemetry`: a window shorter than NVML's averaging period gives no number). With
-``Context.busy_steps`` on CUDA, the epoch's last few steps are watched by the profiler for the
-device's busy share (`devicebusy`), and NVML's window ends before them; the epoch's time and images/s
-still cover every step (the profiler's small cost included), so time-to-target and epoch-time ratios
-are those of the whole epoch.
+step (`telemetry`: a window shorter than NVML's averaging period gives no number). On CUDA the
+epoch's last few steps (``Context.busy_steps``) are watched by the profiler for the device's busy
+share (`devicebusy`), and NVML's window ends before them. The epoch's time and images/s still cover
+every step, less the profiler's own start and stop, so time-to-target and epoch-time ratios are
+those of the whole epoch.
 
 Every figure a rank holds is all-reduced before rank 0 records it. A non-finite loss ends the
 configuration as ``diverged`` at the first bad step, and the caller's sweep moves on. A checkpoint
@@ -75,7 +75,7 @@ EVAL_BATCH = 512
 # resumed or reused (DVC reruns a stage when they change, and it must then really retrain).
 TRAINING_CODE = ("batching.py", "engine.py", "graphstep.py", "loaders.py", "models.py", "parallel.py",
                  "schedules.py", "tasks.py")
-BUSY_STEPS = 8  # steps a stage asks the profiler to watch at the end of each CUDA epoch (`busy_steps`)
+BUSY_STEPS = 8  # steps the profiler watches at the end of each CUDA epoch (`busy_steps`)
 
 
 @functools.cache  # read once per process, not at every checkpoint
@@ -146,7 +146,7 @@ class Context:
     rank: int = 0  # rank within the group
     sync_timing: bool = False  # synchronize the host every step (exact host timings on CUDA)
     sample_interval_s: float = 0.5
-    busy_steps: int = 0  # CUDA: the profiler watches up to this many of each epoch's last steps
+    busy_steps: int = BUSY_STEPS  # CUDA: the profiler watches up to this many of each epoch's last steps
 
 
 @dataclass
@@ -522,7 +522,7 @@ def train(spec: RunSpec, data: TrainData, ctx: Context, checkpoint: Path, on_epo
             _stop_sampler(device, sampler, result)
         busy_pct = busy.stop()
         data_s, compute_s = timer.collect()
-        epoch_s = time.perf_counter() - t_epoch
+        epoch_s = time.perf_counter() - t_epoch - busy.overhead_s
         comm_s = sync.take() if sync and sync.measurable else float("nan")
         calls = sync.calls - calls if sync else 0
 

@@ -41,8 +41,9 @@ _RUN = ("name", "sweep", "model", "dataset", "mode", "world", "devices", "loader
 _EPOCH = ("series", "epoch", "cum_steps", "cum_time_s", "global_batch", "lr", "train_loss")
 # Every input: relative path -> (the stage that writes it, the columns the figures read).
 INPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "profile_dataloader/probes.csv": ("profile_dataloader", ("loader", "batch_size", "data_wait_fraction",
-                                                             "utilization_pct", "utilization_source")),
+    "profile_dataloader/probes.csv": ("profile_dataloader", ("series", "loader", "step", "batch_size", "repeat",
+                                                             "data_wait_fraction", "utilization_pct",
+                                                             "utilization_source", "device_busy_pct")),
     "profile_dataloader/throughput.csv": ("profile_dataloader", ("series", "batch_size", "images_per_s")),
     "profile_dataloader/workers.csv": ("profile_dataloader", ("series", "num_workers", "images_per_s")),
     "train_dp/runs.csv": ("train_dp", _RUN + ("test_accuracy",)),
@@ -340,9 +341,10 @@ def _a1_a2(t: Tables, sizes: Sizes) -> Figure:
         _errorbar(wait, summarize(rows, batch, col("data_wait_fraction")), label, **dict(style))
         _errorbar(util, summarize(rows, batch, lambda r: device_mean(r["utilization_pct"])), label, **dict(style))
         batches += [batch(r) for r in rows]
-    for loader, rows in groups(probes, lambda r: r["loader"]).items():
-        label = f"probe (profile_dataloader), {LOADER.get(loader, loader)}"
-        style = dict(color=color[loader], linestyle=":", marker="x", alpha=0.8)
+    for (loader, step), rows in groups(probes, lambda r: (r["loader"], r["step"])).items():
+        label = f"probe (profile_dataloader), {LOADER.get(loader, loader)}" + (", CUDA graph" if step == "graph" else "")
+        style = dict(color=color[loader], linestyle=":" if step == "eager" else "-.",
+                     marker="x" if step == "eager" else "*", alpha=0.8)
         _errorbar(wait, summarize(rows, col("batch_size"), col("data_wait_fraction")), label, **dict(style))
         _errorbar(util, summarize(rows, col("batch_size"), col("utilization_pct")), label, **dict(style))
         batches += [num(r["batch_size"]) for r in rows]
@@ -357,8 +359,39 @@ def _a1_a2(t: Tables, sizes: Sizes) -> Figure:
     if not runs and not probes:
         _empty(wait, "train_dp lenet_utilization runs")
     _legend(util, loc="best")
-    _footnote(fig, f"train_dp runs: {over_seeds(runs)}; ×N: devices DataParallel used; dotted: "
-                   f"profile_dataloader's short training probes (one run per batch size and loader)")
+    _footnote(fig, f"train_dp runs: {over_seeds(runs)}; ×N: devices DataParallel used; dotted (dash-dot: CUDA-graph "
+                   f"step): profile_dataloader's short training probes (mean over their repeats); a utilization "
+                   f"missing from a line: its window was too short for NVML's averaging period")
+    return fig
+
+
+def _x1(t: Tables, sizes: Sizes) -> Figure:
+    probes = t["profile_dataloader/probes.csv"]
+    gpu = any(r["utilization_source"].startswith("gpu") for r in probes)
+    fig, (util, busy) = _figure(1, 2, "X1 — utilization vs batch size: eager vs CUDA-graph steps (training probes)",
+                                (12, 4.6))
+    util.set(title="NVML utilization over the timed steps", xlabel="batch size (images)", ylabel="utilization (%)",
+             ylim=(0, 105))
+    busy.set(title="device busy share (profiler: kernels over the window)", xlabel="batch size (images)",
+             ylabel="busy (% of the window)", ylim=(0, 105))
+    if not gpu:  # the CPU's utilization says nothing about a GPU's: no lines at all
+        for ax in (util, busy):
+            ax.text(0.5, 0.5, "not testable here: no GPU was visible to this run\n(X1 is about a GPU's utilization)",
+                    ha="center", va="center", transform=ax.transAxes, color="0.4")
+        return fig
+    batches = []
+    for i, ((loader, step), rows) in enumerate(groups(probes, lambda r: (r["loader"], r["step"])).items()):
+        label = f"{LOADER.get(loader, loader)}, {'CUDA graph' if step == 'graph' else 'eager'} step"
+        style = dict(color=_cycle(["standard", "resident"].index(loader) if loader in ("standard", "resident") else i),
+                     linestyle="-" if step == "graph" else ":", marker="*" if step == "graph" else "o")
+        _errorbar(util, summarize(rows, col("batch_size"), col("utilization_pct")), label, **dict(style))
+        _errorbar(busy, summarize(rows, col("batch_size"), col("device_busy_pct")), label, **dict(style))
+        batches += [num(r["batch_size"]) for r in rows]
+    for ax in (util, busy):
+        _log2_axis(ax, batches)
+    _legend(util, loc="best")
+    _footnote(fig, "profile_dataloader's probes, mean ± std over their repeats; a missing point: a window too short "
+                   "for NVML's averaging period (left) or no device activity recorded (right)")
     return fig
 
 
@@ -755,6 +788,7 @@ _DRAW: dict[str, tuple[tuple[str, ...], Callable[[Tables, Sizes], Figure]]] = {
     "B5_ddp_accuracy.png": (("B5",), _b5),
     "C1_C3_adaptive_classification.png": (("C1", "C2", "C3"), _c1_c3),
     "C4_adaptive_restoration.png": (("C4",), _c4),
+    "X1_graph_utilization.png": (("X1",), _x1),
 }
 FIGURES: dict[str, tuple[str, ...]] = {name: claims for name, (claims, _) in _DRAW.items()}
 

@@ -65,10 +65,13 @@ CLAIMS = {
           "fixed batch ...",
     "C3": "... while improving parallel scalability (fewer, larger steps: fewer all-reduces, higher throughput).",
     "C4": "This holds for image restoration (PSNR) as well as classification.",
+    "X1": "(a dpstudy claim, beyond the papers) With data resident on the device and the step captured as a CUDA "
+          "graph, utilization no longer falls as batch size grows.",
 }
 STUDY_TITLES = {"A": "Cao & Shen 2023: LeNet, GPU utilization, data loading, large-batch lr",
                 "B": "Xue 2023: VGG16, DataParallel vs DistributedDataParallel",
-                "C": "Lee et al. 2019: adaptive mini-batch size at run time"}
+                "C": "Lee et al. 2019: adaptive mini-batch size at run time",
+                "X": "dpstudy beyond the papers: feeding the GPU fully (a claim of this package, not of the seeds)"}
 
 
 @dataclass
@@ -290,6 +293,7 @@ def judge(tables: Tables, evaluations: Rows, rules: ReportRules) -> list[Verdict
     out = [_a1(tables, rules, gpu), _a2(tables, rules, gpu), _a3(tables, rules), _a4(tables, evaluations, rules)]
     out += _b(tables, evaluations, rules, dp_n)
     out += _c(tables, evaluations, rules)
+    out.append(_x1(tables, rules, gpu))
     return out
 
 
@@ -325,6 +329,52 @@ def _a1(tables: Tables, rules: ReportRules, gpu: bool) -> Verdict:
         return Verdict("A1", NOT_TESTABLE, evidence or "no runs", rule, "lenet_utilization needs two batch sizes",
                        seeds=_seeds(rows))
     return _from_parts("A1", parts, f"GPU utilization (NVML): {evidence}", rule, _seeds(rows))
+
+
+def _x1(tables: Tables, rules: ReportRules, gpu: bool) -> Verdict:
+    probes = tables["profile_dataloader/probes.csv"]
+    rule = (f"profile_dataloader's training probes with the resident loader and CUDA-graph steps: the relative fall "
+            f"of NVML utilization from the smallest to the largest batch (1 - largest/smallest), paired by probe "
+            f"repeat; supported if its {rules.confidence:.0%} interval over repeats lies entirely below "
+            f"{rules.x1_max_relative_drop:.0%}, not supported if entirely above. The eager probes' fall and the "
+            f"profiler's device busy share are quoted beside it. A ratio of utilizations means the same on any GPU")
+
+    def series(rows: Rows, value: Callable[[dict], float]) -> str:
+        return ", ".join(f"{_ms(stat, _util_pct)} at batch {int(b)}"
+                         for b, stat in summarize(rows, _probe_batch, value).items())
+
+    by = groups(probes, lambda r: (r["loader"], r.get("step", "eager")))
+    evidence = "; ".join(f"{loader} loader, {step} step: NVML {series(rows, _probe_util)}; device busy "
+                         f"{series(rows, lambda r: num(r.get('device_busy_pct', '')))}"
+                         for (loader, step), rows in by.items() if loader == "resident")
+    repeats = max((int(num(r.get("repeat", "0"))) + 1 for r in probes), default=0)
+    seeds = f"{repeats} repeated probe{'s' if repeats != 1 else ''} per (loader, step, batch size)"
+    if not gpu:
+        return Verdict("X1", NOT_TESTABLE, evidence or "no probes", rule,
+                       "no GPU: X1 is about a GPU's utilization, and a CUDA graph needs a GPU "
+                       "(profile_dataloader.probe.step: [eager, graph] on a GPU tests it)", seeds=seeds)
+    graph = by.get(("resident", "graph"), [])
+    batches = sorted({int(num(r["batch_size"])) for r in graph})
+    if len(batches) < 2:
+        return Verdict("X1", NOT_TESTABLE, evidence or "no probes", rule,
+                       "needs resident probes with CUDA-graph steps at two batch sizes or more "
+                       "(profile_dataloader.probe.step must hold graph)", seeds=seeds)
+    small, big = ({str(r.get("repeat", i)): _probe_util(r) for i, r in enumerate(graph)
+                   if int(num(r["batch_size"])) == b} for b in (batches[0], batches[-1]))
+    drops = _paired(small, big, lambda s, l: 1 - l / s if s > 0 else math.nan)
+    part = Part(f"resident loader, graph step, relative fall from batch {batches[0]} to {batches[-1]}",
+                decide(drops, rules.x1_max_relative_drop, above=False, confidence=rules.confidence, per="repeat"),
+                _pct1)
+    return _from_parts("X1", [part], evidence, rule, seeds)
+
+
+def _probe_batch(row: dict) -> float:
+    return num(row["batch_size"])
+
+
+def _probe_util(row: dict) -> float:
+    """A probe's NVML utilization (nan: its window was too short for NVML's averaging period)."""
+    return num(row["utilization_pct"])
 
 
 def _a2(tables: Tables, rules: ReportRules, gpu: bool) -> Verdict:
@@ -953,7 +1003,7 @@ document.addEventListener("click", function (event) {
 """
 _IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+)\)$")
 _LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
-_CLAIM_HEADING = re.compile(r"^(A|B|C)(\d): (.+)$")
+_CLAIM_HEADING = re.compile(r"^([A-Z])(\d): (.+)$")
 
 
 def render_html(markdown: str, figures: str | Path, *, exclude: Sequence[str] = (MLFLOW_NOTE,)) -> str:

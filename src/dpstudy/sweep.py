@@ -436,13 +436,22 @@ def summary_row(result: Result) -> dict:
         "data_wait_fraction": mean("data_wait_fraction"), "allreduce_fraction": mean("allreduce_fraction"),
         "device_mem_mib": ";".join(f"{m:.1f}" for m in memory),
         "utilization_pct": ";".join(f"{v:.1f}" for v in _utilization(timed)),
+        "device_busy_pct": _measured_mean([h.get("device_busy_pct", math.nan) for h in timed]),
     }
 
 
+def _measured_mean(values: list[float]) -> float:
+    """Mean of the figures that were measured; nan (shown as such) if none was: an epoch's NVML
+    window too short for its averaging period, or no GPU for the profiler's busy share."""
+    measured = [v for v in values if not math.isnan(v)]
+    return statistics.fmean(measured) if measured else math.nan
+
+
 def _utilization(rows: list[dict]) -> list[float]:
-    """Mean utilisation per GPU (NVML), else the system CPU, over the given epochs."""
+    """Mean utilisation per GPU (NVML), else the system CPU, over the given epochs (those whose
+    window NVML could measure)."""
     keys = utilization_keys(rows[0]) if rows else []
-    return [statistics.fmean(r[k] for r in rows if k in r) for k in keys]
+    return [_measured_mean([r[k] for r in rows if k in r]) for k in keys]
 
 
 def epoch_rows(results: list[Result]) -> list[dict]:

@@ -107,15 +107,16 @@ def _probes(cfg, telemetry, data, images, labels, common, device, tracker) -> li
     from ..models import build_model
     from ..profiling import run_probe
 
-    configs = [(kind, step, bs) for kind in ("standard", "resident") for step in cfg.probe.step
-               for bs in cfg.batch_sizes]
+    configs = [(kind, step, bs, repeat) for kind in ("standard", "resident") for step in cfg.probe.step
+               for bs in cfg.batch_sizes for repeat in range(cfg.probe.repeats)]
     rows = []
-    for kind, step, bs in progress(configs, desc="probes"):
+    for kind, step, bs, repeat in progress(configs, desc="probes"):
         nw = cfg.probe.num_workers if kind == "standard" else 0
         cfg_params = {"loader": kind, "step": step, "batch_size": bs, "num_workers": nw, "model": cfg.model,
-                      "steps": cfg.probe.steps, "min_seconds": cfg.probe.min_seconds, "lr": cfg.probe.lr,
-                      "momentum": cfg.probe.momentum}
-        with tracker.child(f"probe {_series(kind, step)} bs={bs}", cfg_params, tags={"measurement": "probe"}) as run:
+                      "steps": cfg.probe.steps, "min_seconds": cfg.probe.min_seconds, "repeat": repeat,
+                      "lr": cfg.probe.lr, "momentum": cfg.probe.momentum}
+        name = f"probe {_series(kind, step)} bs={bs}" + (f" #{repeat}" if cfg.probe.repeats > 1 else "")
+        with tracker.child(name, cfg_params, tags={"measurement": "probe"}) as run:
             torch.manual_seed(cfg.seed)  # same initial weights for every probe
             model = build_model(cfg.model, data.channels, data.num_classes).to(device)
             loader = make_loader(kind, images, labels, batch_size=bs, num_workers=nw,
@@ -135,7 +136,7 @@ def _probes(cfg, telemetry, data, images, labels, common, device, tracker) -> li
                                                "device_busy_pct": result.device_busy_pct}.items()
                              if not math.isnan(v)}, step=0)
         rows.append({"series": _series(kind, step), "loader": kind, "step": step, "batch_size": bs,
-                     "num_workers": nw, "steps": len(result.compute_s),
+                     "num_workers": nw, "repeat": repeat, "steps": len(result.compute_s),
                      "window_s": round(result.total_s, 4),
                      "data_wait_s": round(sum(result.data_wait_s), 6),
                      "compute_s": round(sum(result.compute_s), 6),
@@ -206,12 +207,14 @@ def summarize(throughput: list[dict], probes: list[dict]) -> dict:
         "data_wait_fraction": {},
         "utilization_pct": {},
     }
+    cells: dict[tuple, list[dict]] = {}
     for r in probes:
-        key, probe = f"bs{r['batch_size']}", r["loader"] + ("_graph" if r["step"] == "graph" else "")
-        metrics["data_wait_fraction"].setdefault(probe, {})[key] = r["data_wait_fraction"]
-        for name in ("utilization_pct", "device_busy_pct"):  # nan (too short, or no GPU) is not logged
-            if not math.isnan(r[name]):
-                metrics.setdefault(name, {}).setdefault(probe, {})[key] = r[name]
+        cells.setdefault((r["loader"] + ("_graph" if r["step"] == "graph" else ""), f"bs{r['batch_size']}"), []).append(r)
+    for (probe, key), repeats in cells.items():  # the mean over repeats; nan (too short, no GPU) is not logged
+        for name in ("data_wait_fraction", "utilization_pct", "device_busy_pct"):
+            values = [r[name] for r in repeats if not math.isnan(r[name])]
+            if values:
+                metrics.setdefault(name, {}).setdefault(probe, {})[key] = round(sum(values) / len(values), 4)
     return metrics
 
 
