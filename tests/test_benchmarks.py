@@ -3,6 +3,7 @@ are measured by `make bench` and recorded in benchmarks/RESULTS.md, never assert
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -28,3 +29,50 @@ def test_benchmark_runs_and_prints_its_figure(tmp_path, script, args, figure):
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert re.search(rf"^{figure}$", res.stdout, re.MULTILINE), res.stdout[-2000:]
+
+
+def test_gpu_benchmarks_say_there_is_no_gpu_and_exit_0(tmp_path):
+    """CI has no GPU: the GPU benchmarks must say so, not fail (their figures come from a lent GPU)."""
+    for script, line in (("gpu_util.py", "gpu_util: no CUDA GPU visible to PyTorch: nothing to measure"),
+                         ("graph_equality.py", "graph_equality: no CUDA GPU visible to PyTorch")):
+        res = subprocess.run([sys.executable, str(REPO / "benchmarks" / script)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert res.stdout.startswith(line), res.stdout
+
+
+def test_gpu_check_params_are_the_gpu_preset_on_mirrored_mnist(tmp_path):
+    """gpu_check.sh's params: valid for every stage, preset gpu, MNIST from the mirror only, graph steps kept."""
+    from dpstudy.config import SECTIONS, load_section
+
+    mirror = tmp_path / "mnist"
+    mirror.mkdir()
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check_params.py"), str(REPO / "params.yaml"),
+                          str(mirror)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "t10k-images-idx3-ubyte.gz" in res.stderr  # an empty mirror is refused
+    (mirror / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check_params.py"), str(REPO / "params.yaml"),
+                          str(mirror)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    path = tmp_path / "check.yaml"
+    path.write_text(res.stdout)
+    configs = {name: load_section(name, path) for name in SECTIONS}
+    assert {preset for preset, _ in configs.values()} == {"gpu"}
+    download = configs["download"][1]
+    assert download.datasets == ["mnist"] and download.mirror == str(mirror) and download.upstream_split == "test_only"
+    dp, adaptive = configs["train_dp"][1], configs["train_adaptive"][1]
+    assert {dp.vgg.dataset, configs["train_ddp"][1].vgg.dataset, adaptive.classification.dataset,
+            adaptive.restoration.dataset} == {"mnist"}
+    assert dp.lenet_utilization.recipe.step == "graph" and adaptive.classification.recipe.step == "graph"
+    assert configs["profile_dataloader"][1].probe.step == ["eager", "graph"]
+    assert configs["profile_dataloader"][1].probe.min_seconds > 1.0  # NVML's averaging period
+    assert adaptive.classification.recipe.epochs == 8 and adaptive.classification.recipe.milestones == [4, 6]
+
+
+def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path):
+    res = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(tmp_path), str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable})
+    assert res.returncode == 0, res.stderr
+    assert "gpu_check: no CUDA GPU visible to PyTorch" in res.stdout
+    assert (tmp_path / "out" / "log.txt").read_text().startswith("gpu_check: no CUDA GPU")
