@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # dpstudy on any NVIDIA GPU host: the pipeline, DVC and MLflow in one image (README, "Docker").
 #   docker build --build-arg VCS_REF="$(git rev-parse HEAD)" -t dpstudy .
-#   docker run --gpus all --rm --shm-size=8g dpstudy        # dvc exp run -S preset=paper
+#   docker run --gpus all --rm --shm-size=8g dpstudy        # dvc exp run -S preset=gpu
 #
 # Base: requirements.lock pins torch 2.14.1, the CUDA 13.0 build (nvidia-cuda-runtime 13.0.*), so
 # NVIDIA's CUDA 13.0.2 runtime image on Ubuntu 24.04 (Python 3.12; host driver >= 580).
@@ -66,6 +66,7 @@ LABEL org.opencontainers.image.revision="${VCS_REF}"
 RUN DPSTUDY_SOURCE_REVISION="${VCS_REF}" dpstudy-entrypoint true
 
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/dpstudy-entrypoint"]
-# The whole pipeline at paper scale; DVC records the preset change as an experiment. Any
-# `dpstudy ...`, `dvc ...` or `mlflow ...` command can be given instead.
-CMD ["dvc", "exp", "run", "-S", "preset=paper"]
+# The whole pipeline on the gpu preset (real MNIST and CIFAR-10, every claim's grid, sized for one
+# H100-class GPU; README, "Presets"); DVC records the preset change as an experiment. Any
+# `dpstudy ...`, `dvc ...` or `mlflow ...` command can be given instead (`dvc exp run -S preset=paper`).
+CMD ["dvc", "exp", "run", "-S", "preset=gpu"]

@@ -20,19 +20,22 @@ if [[ $# -lt 1 || $# -gt 2 ]]; then
   exit 2
 fi
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-mirror=$(cd "$1" && pwd)
 out=$(mkdir -p "${2:-gpu_check}" && cd "${2:-gpu_check}" && pwd)
 python=${PYTHON:-python3}
-work=$(mktemp -d "${TMPDIR:-/tmp}/dpstudy-gpu-check.XXXXXX")
-export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db"
 : >"$out/times.txt"
 : >"$out/log.txt"
-
 if ! "$python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   echo "gpu_check: no CUDA GPU visible to PyTorch: this check is for a GPU machine" | tee -a "$out/log.txt"
   exit 0
 fi
+if [[ ! -d "$1" ]]; then
+  echo "error: $1: no such folder (give the folder holding torchvision's MNIST files)" >&2
+  exit 2
+fi
+mirror=$(cd "$1" && pwd)
+work=$(mktemp -d "${TMPDIR:-/tmp}/dpstudy-gpu-check.XXXXXX")
+export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db"
 "$python" "$repo/benchmarks/gpu_check_params.py" "$repo/params.yaml" "$mirror" >"$work/params.yaml"
 cd "$work"
 

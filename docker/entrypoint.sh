@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Container entry point: make the work tree usable by git and DVC, then exec the command
-# (the image's default `dvc exp run -S preset=paper`, or any `dpstudy`, `dvc`, `mlflow` command).
+# (the image's default `dvc exp run -S preset=gpu`, or any `dpstudy`, `dvc`, `mlflow` command).
 # Works on the image's own copy of the tree and on a checkout mounted over it from the host.
 set -euo pipefail
 

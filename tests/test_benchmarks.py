@@ -63,7 +63,8 @@ def test_gpu_check_params_are_the_gpu_preset_on_mirrored_mnist(tmp_path):
     dp, adaptive = configs["train_dp"][1], configs["train_adaptive"][1]
     assert {dp.vgg.dataset, configs["train_ddp"][1].vgg.dataset, adaptive.classification.dataset,
             adaptive.restoration.dataset} == {"mnist"}
-    assert dp.lenet_utilization.recipe.step == "graph" and adaptive.classification.recipe.step == "graph"
+    assert dp.lenet_lr_scaling.recipe.step == "graph" and adaptive.classification.recipe.step == "graph"
+    assert configs["train_adaptive"][1].nproc_per_node == 1  # graph steps: one process, on any host
     assert configs["profile_dataloader"][1].probe.step == ["eager", "graph"]
     assert configs["profile_dataloader"][1].probe.min_seconds > 1.0  # NVML's averaging period
     assert adaptive.classification.recipe.epochs == 8 and adaptive.classification.recipe.milestones == [4, 6]

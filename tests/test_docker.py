@@ -248,7 +248,7 @@ def test_dockerfile_user_workdir_labels_and_default_command():
     assert entry == ["/usr/bin/tini", "--", "/usr/local/bin/dpstudy-entrypoint"]
     assert any("install -m 755 docker/entrypoint.sh /usr/local/bin/dpstudy-entrypoint" in a for i, a in steps if i == "RUN")
     cmd = yaml.safe_load([a for i, a in steps if i == "CMD"][-1])
-    assert cmd == ["dvc", "exp", "run", "-S", "preset=paper"]
+    assert cmd == ["dvc", "exp", "run", "-S", "preset=gpu"]
     check_command(cmd)
 
 

@@ -38,6 +38,8 @@ NOT_RUN = [
     (r"(\.venv/bin/)?mlflow (server|ui)\b", "a server that runs until stopped (tests/test_mlflow_ui.py)"),
     (r".*\bdocker (build|run|compose)\b", "needs Docker and a GPU host (tests/test_docker.py checks these)"),
     (r"(sbatch|kubectl) ", "needs a Slurm or Kubernetes cluster (tests/test_docker.py checks these)"),
+    (r"bash benchmarks/gpu_check\.sh ", "needs a GPU and a folder of MNIST files; without a GPU it only says so "
+                                        "(tests/test_benchmarks.py checks that)"),
 ]
 
 
