@@ -10,7 +10,7 @@ from dpstudy.errors import UserError
 
 
 def test_repository_params_load_for_every_preset_and_section(tmp_path):
-    for preset in ("quick", "paper"):
+    for preset in ("quick", "gpu", "paper"):
         path = write_params(tmp_path / f"{preset}.yaml", {"preset": preset})
         for section in SECTIONS:
             got_preset, cfg = load_section(section, path)
@@ -27,6 +27,27 @@ def test_per_preset_values_take_the_chosen_column(tmp_path):
     assert quick.probe.lr == paper.probe.lr == 0.01  # a plain value applies to both presets
     _, dl = load_section("download", write_params(tmp_path / "d.yaml", {"preset": "paper"}))
     assert dl.datasets == ["mnist", "cifar10"]
+
+
+def test_the_gpu_preset_is_real_data_every_grid_and_graph_steps_where_one_process_trains(tmp_path):
+    path = write_params(tmp_path / "g.yaml", {"preset": "gpu"})
+    cfg = {name: load_section(name, path)[1] for name in SECTIONS}
+    assert cfg["download"].datasets == ["mnist", "cifar10"] and cfg["download"].upstream_split == "full"
+    dp, ddp, adaptive = cfg["train_dp"], cfg["train_ddp"], cfg["train_adaptive"]
+    assert [dp.lenet_utilization.dataset, dp.vgg.dataset, ddp.vgg.dataset, adaptive.classification.dataset,
+            adaptive.restoration.dataset] == ["mnist", "cifar10", "cifar10", "cifar10", "cifar10"]
+    assert dp.vgg.width == ddp.vgg.width == adaptive.classification.width == 1.0  # the papers' networks
+    # graph steps only where one process trains on one GPU (refused elsewhere), eager where DP/DDP span GPUs
+    assert dp.lenet_lr_scaling.modes == ["single"] and dp.lenet_lr_scaling.recipe.step == "graph"
+    assert adaptive.nproc_per_node == 1 and {adaptive.classification.recipe.step, adaptive.restoration.recipe.step} \
+        == {"graph"}
+    assert dp.lenet_utilization.recipe.step == dp.vgg.recipe.step == ddp.vgg.recipe.step == "eager"
+    assert cfg["profile_dataloader"].probe.step == ["eager", "graph"] and cfg["profile_dataloader"].probe.repeats >= 2
+    assert cfg["profile_dataloader"].probe.min_seconds > 1.0  # longer than NVML's averaging period
+    assert len(dp.seeds) == len(ddp.seeds) == len(adaptive.seeds) == 3  # an interval behind every claim
+    # accuracy claims need training that reaches something: ResNet-20 past both lr decays
+    r = adaptive.classification.recipe
+    assert r.epochs >= 10 and r.milestones == [r.epochs // 2, 3 * r.epochs // 4]
 
 
 @pytest.mark.parametrize("key, value, expected", [

@@ -39,7 +39,7 @@ def test_a_killed_dvc_repro_keeps_the_complete_old_tables_and_the_rerun_writes_n
     old_checkpoints = {p.name for p in (out / "checkpoints").glob("*.pt")}
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    set_key(params, "train_dp.lenet_lr_scaling.batch_sizes", {"quick": [16, 32], "paper": [64]})
+    set_key(params, "train_dp.lenet_lr_scaling.batch_sizes", {"quick": [16, 32], "gpu": [64], "paper": [64]})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     killed = _dvc_popen(repo, "repro", "train_dp")

@@ -212,9 +212,14 @@ def test_cpu_run_every_claim_judged_and_gpu_claims_not_testable():
 def test_x1_judges_the_graph_probes_fall_in_utilization_over_repeats(graph_util, repeats, verdict):
     tables, evals = base_tables(gpu=True)
     tables["profile_dataloader/probes.csv"] = probe_rows("gpu_util_pct", graph_util, {32: 16.0, 2048: 2.0}, repeats)
+    for r in tables["train_dp/runs.csv"]:
+        if r["sweep"] == "lenet_lr_scaling":
+            r.update(step="graph", device_busy_pct=str(90 + int(r["seed"])))
     v = by_claim(tables, evals)["X1"]
     assert v.verdict == verdict, (v.effect, v.why)
     assert "resident loader, eager step: NVML" in v.evidence and "device busy" in v.evidence
+    assert "train_dp lenet_lr_scaling (CUDA-graph steps, resident data, over seeds)" in v.evidence
+    assert "device busy 91.0% ± 0.9% at batch 16" in v.evidence  # 2 lr rules × 3 seeds per batch
     if verdict != NOT_TESTABLE:
         assert f"from batch 32 to {max(graph_util)}" in v.effect and f"{repeats} repeat" in v.seeds
 

@@ -347,6 +347,11 @@ def _x1(tables: Tables, rules: ReportRules, gpu: bool) -> Verdict:
     evidence = "; ".join(f"{loader} loader, {step} step: NVML {series(rows, _probe_util)}; device busy "
                          f"{series(rows, lambda r: num(r.get('device_busy_pct', '')))}"
                          for (loader, step), rows in by.items() if loader == "resident")
+    trained = [r for r in tables["train_dp/runs.csv"] if r.get("step") == "graph"]
+    for sweep, rows in groups(trained, lambda r: r["sweep"]).items():
+        evidence += (f"; train_dp {sweep} (CUDA-graph steps, resident data, over seeds): NVML "
+                     f"{_series_text(rows, _util, _util_pct)}; device busy "
+                     f"{_series_text(rows, lambda r: num(r.get('device_busy_pct', '')), _util_pct)}")
     repeats = max((int(num(r.get("repeat", "0"))) + 1 for r in probes), default=0)
     seeds = f"{repeats} repeated probe{'s' if repeats != 1 else ''} per (loader, step, batch size)"
     if not gpu:

@@ -422,7 +422,7 @@ def summary_row(result: Result) -> dict:
         "series": f"{spec.sweep} {spec.mode} {spec.loader} {spec.lr_rule}",
         "sweep": spec.sweep, "task": spec.task, "schedule": spec.schedule, "model": spec.model,
         "dataset": spec.dataset, "mode": spec.mode, "world": spec.world, "devices": len(result.devices) * spec.world, "loader": spec.loader,
-        "num_workers": spec.num_workers, "batch": spec.batch, "global_batch": spec.global_batch,
+        "step": spec.recipe.step, "num_workers": spec.num_workers, "batch": spec.batch, "global_batch": spec.global_batch,
         "lr_rule": spec.lr_rule, "peak_lr": round(spec.peak_lr, 6), "seed": spec.seed,
         "outcome": result.outcome, "diverged_step": "" if result.diverged_step is None else result.diverged_step,
         "epochs": len(hist), "steps": sum(h["steps"] for h in hist),
