@@ -89,6 +89,32 @@ def test_failures_mark_runs_failed(store):
     assert {r.info.run_name: r.info.status for r in runs} == {"train_ddp": "FAILED", "bad config": "FAILED"}
 
 
+@pytest.mark.parametrize("cut", ["parent", "child"])
+def test_an_interruption_right_after_a_run_is_created_still_ends_it_killed(store, monkeypatch, cut):
+    """A Ctrl-C landing while a new run's params are written (the run already exists, RUNNING)
+    ends that run KILLED, and every run above it; none is left RUNNING (a race CI once hit)."""
+    from dpstudy.tracking import Run
+
+    real = Run.log_params
+
+    def interrupted(self, params):
+        if params.get("which") == cut:
+            raise KeyboardInterrupt
+        return real(self, params)
+
+    monkeypatch.setattr(Run, "log_params", interrupted)
+    root, _ = store
+    with pytest.raises(KeyboardInterrupt):
+        with Tracker("A", "profile_dataloader", preset="quick", params={"which": "parent"} if cut == "parent" else {},
+                     root=root) as tr:
+            with tr.child("probe", {"which": "child"}):
+                pass
+    client = MlflowClient(tracking_uri(root))
+    runs = client.search_runs([client.get_experiment_by_name(STUDIES["A"]).experiment_id])
+    expected = {"profile_dataloader": "KILLED"} | ({"probe": "KILLED"} if cut == "child" else {})
+    assert {r.info.run_name: r.info.status for r in runs} == expected
+
+
 def test_only_rank_zero_logs(store):
     root, _ = store
     with Tracker("C", "train_adaptive", preset="quick", params={"a": 1}, rank=1, root=root) as tr:

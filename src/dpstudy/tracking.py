@@ -349,10 +349,12 @@ class Tracker:
         self.experiment_id = self._experiment_id()
         self._end_stale_runs()
         self._tags = self._base_tags()  # once per stage: git is asked here, not per child run
-        run = self._client.create_run(self.experiment_id, run_name=self.stage, tags=self._tags)
-        _OPEN_RUNS.add(run.info.run_id)
-        self.parent = Run(self._client, run.info.run_id)
-        self.parent.log_params(self.params)
+        self.parent = Run(self._client, self._create(self.stage, self._tags))
+        try:  # __exit__ only runs once __enter__ has returned: end the run here if this is cut short
+            self.parent.log_params(self.params)
+        except BaseException as exc:
+            self._terminate(self.parent.run_id, _end_status(type(exc)))
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -369,17 +371,14 @@ class Tracker:
             yield Run(None, None)
             return
         run_tags = {**self._tags, "mlflow.parentRunId": self.parent.run_id, "configuration": name, **(tags or {})}
-        info = self._client.create_run(self.experiment_id, run_name=self.run_names.get(name, name),
-                                       tags={k: str(v) for k, v in run_tags.items()}).info
-        _OPEN_RUNS.add(info.run_id)
-        run = Run(self._client, info.run_id)
-        run.log_params(params)
-        try:
+        run = Run(self._client, self._create(self.run_names.get(name, name), run_tags))
+        try:  # from its creation on, a signal (or any failure) ends the run, never leaves it RUNNING
+            run.log_params(params)
             yield run
         except BaseException as exc:
-            self._terminate(info.run_id, _end_status(type(exc)))
+            self._terminate(run.run_id, _end_status(type(exc)))
             raise
-        self._terminate(info.run_id, "FINISHED")
+        self._terminate(run.run_id, "FINISHED")
 
     def run(self, run_id: str | None) -> Run:
         """A handle on a run of this stage, e.g. a child that has ended, to add figures known only
@@ -402,6 +401,15 @@ class Tracker:
         return Run(self._client, None)
 
     # -- helpers ----------------------------------------------------------------------------
+    def _create(self, name: str, tags: Mapping[str, Any]) -> str:
+        """A new RUNNING run's id. SIGTERM/SIGINT are held until its id is known and it is among
+        this process's open runs: a signal landing in between would leave a run nobody ends."""
+        with signals_held():
+            run_id = self._client.create_run(self.experiment_id, run_name=name,
+                                             tags={k: str(v) for k, v in tags.items()}).info.run_id
+            _OPEN_RUNS.add(run_id)
+        return run_id
+
     def _terminate(self, run_id: str, status: str) -> None:
         """Record a run's final status without being cut short by SIGTERM/SIGINT: when a DDP
         peer dies, torchrun's SIGTERM often lands while the failure is being recorded. A signal
