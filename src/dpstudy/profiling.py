@@ -23,12 +23,13 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def endless(loader) -> Iterator:
-    """Batches across epoch boundaries, calling ``set_epoch`` at the start of each epoch."""
+def endless(loader, batches_of_epoch=None) -> Iterator:
+    """Batches (or ``batches_of_epoch()``'s step inputs) across epoch boundaries, calling
+    ``set_epoch`` at the start of each epoch."""
     epoch = 0
     while True:
         loader.set_epoch(epoch)
-        yield from loader
+        yield from (batches_of_epoch() if batches_of_epoch else loader)
         epoch += 1
 
 
@@ -118,7 +119,7 @@ def run_probe(model: nn.Module, loader, device: torch.device, *, batch_size: int
 
     batches_of_epoch, run = stepper(train_step, loader, lambda x, y: (x, y), device, graph)
     result = ProbeResult(batch_size=batch_size, step=step)
-    batches = _endless(loader, batches_of_epoch)
+    batches = endless(loader, batches_of_epoch)
     sampler = ResourceSampler(interval_s=sample_interval_s)
     busy = BusyWindow(device)
     warmup = max(warmup_steps, WARMUP_STEPS + 1) if graph else warmup_steps
@@ -151,12 +152,3 @@ def run_probe(model: nn.Module, loader, device: torch.device, *, batch_size: int
         result.samples = sampler.stop()
     result.utilization = sampler.summary()
     return result
-
-
-def _endless(loader, batches_of_epoch) -> Iterator:
-    """Step inputs across epoch boundaries, calling ``set_epoch`` at the start of each epoch."""
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        yield from batches_of_epoch()
-        epoch += 1
