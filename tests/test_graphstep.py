@@ -78,7 +78,7 @@ class CpuReplay(graphstep.CapturedStep):
 def emulated_graphs(monkeypatch):
     """The engine's graph path on the CPU: refusal lifted, capture emulated."""
     CpuReplay.made, CpuReplay.never = [], False
-    monkeypatch.setattr(engine, "refusal", lambda *a, **k: None)
+    monkeypatch.setattr(engine, "spec_refusal", lambda *a, **k: None)
     monkeypatch.setattr(graphstep, "CapturedStep", CpuReplay)
     return CpuReplay.made
 

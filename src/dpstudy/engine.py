@@ -60,7 +60,7 @@ from .batching import BatchSchedule, NoiseScaleEstimator
 from .config import RecipeConfig, as_dict
 from .datasets import Prepared
 from .devicebusy import BusyWindow
-from .graphstep import graph_optimizer, refusal, stepper
+from .graphstep import graph_optimizer, spec_refusal, stepper
 from .loaders import Augment, ResidentLoader, channel_stats, make_loader
 from .models import build_model, input_spec, model_task
 from .parallel import GradSync, sync_buffers, wrap
@@ -439,8 +439,7 @@ def train(spec: RunSpec, data: TrainData, ctx: Context, checkpoint: Path, on_epo
                                  std=std, shuffle=False, rank=ctx.rank, world=spec.world, device=device)
 
     graph = recipe.step == "graph"
-    gpus = torch.cuda.device_count() if spec.mode == "dp" and device.type == "cuda" else 1
-    why = refusal(recipe.step, "recipe.step", device, processes=spec.world, gpus=gpus)
+    why = spec_refusal(spec, "recipe.step", device)
     if why:  # the stages refuse this before any work; a direct caller gets the same reason
         raise ValueError(why)
     torch.manual_seed(spec.seed)  # identical initial weights on every rank and in every mode

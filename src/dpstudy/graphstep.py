@@ -62,6 +62,13 @@ def refusal(step: str, key: str, device: torch.device | None, *, processes: int 
     return None
 
 
+def spec_refusal(spec, key: str, device: torch.device) -> str | None:
+    """`refusal` for one configuration (a `RunSpec`): its step, its processes, and the GPUs its
+    DataParallel would span."""
+    gpus = torch.cuda.device_count() if spec.mode == "dp" and device.type == "cuda" else 1
+    return refusal(spec.recipe.step, key, device, processes=spec.world, gpus=gpus)
+
+
 def graph_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) -> torch.optim.Optimizer:
     """``optimizer`` made capturable in place: fused, with each group's lr a device tensor (the
     value it had), so `set_lr` writes the new rate into the tensor the graph reads."""

@@ -35,7 +35,7 @@ from .engine import (CHECKPOINT_FORMAT, Context, Result, RunSpec, TrainData, cod
 from .errors import UserError
 from . import checkpoints
 from .fsutil import csv_text, json_text
-from .graphstep import refusal
+from .graphstep import spec_refusal
 from .models import MODELS, build_model
 from .parallel import Dist
 from .tasks import TASKS
@@ -478,8 +478,7 @@ def check_steps(stage: str, specs: Iterable[RunSpec], device: torch.device) -> N
     """Refuse, before any work, a step kind that cannot run here (`graphstep.refusal`): a CUDA
     graph on the CPU, or shared by several processes or GPUs."""
     for spec in specs:
-        gpus = torch.cuda.device_count() if spec.mode == "dp" and device.type == "cuda" else 1
-        why = refusal(spec.recipe.step, f"{stage}.{spec.sweep}.recipe.step", device, processes=spec.world, gpus=gpus)
+        why = spec_refusal(spec, f"{stage}.{spec.sweep}.recipe.step", device)
         if why:
             raise UserError(why)
 
