@@ -20,9 +20,25 @@ $(VENV)/.deps: requirements.lock
 	$(PIP) install -r requirements.lock
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.deps pyproject.toml
+$(VENV)/.installed: $(VENV)/.deps pyproject.toml $(VENV)/.location
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@
+
+# A venv copied or moved with its checkout (`cp -a`) would run the original's code: its scripts
+# start the original's python (absolute shebangs) and its editable install points at the
+# original's src/. .location records where the venv was made; when it differs, the scripts are
+# pointed here and the rule above reinstalls this checkout's src/ (no download: seconds).
+# `dpstudy` itself refuses, in one line, to run code that is not its checkout's (dpstudy.checkout).
+$(VENV)/.location: $(VENV)/.deps FORCE
+	@here="$(abspath $(VENV))"; old="$$(cat $@ 2>/dev/null || true)"; \
+	if [ -n "$$old" ] && [ "$$old" != "$$here" ]; then \
+	    echo "$(VENV) was made at $$old: pointing its scripts at $$here"; \
+	    grep -rlIZ -F "$$old" $(BIN) | xargs -0 -r sed -i "s|$$old|$$here|g"; \
+	fi; \
+	[ "$$old" = "$$here" ] || echo "$$here" > $@
+
+.PHONY: FORCE
+FORCE:
 
 # `dvc plots show` offline (clusters, containers): DVC's own page loads vega, vega-lite and
 # vega-embed from a CDN, so without internet every interactive plot is blank. .dvc/config names

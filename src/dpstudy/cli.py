@@ -26,6 +26,7 @@ import sys
 import threading
 
 from . import __version__, launch
+from .checkout import PACKAGE, check_own_code
 from .errors import UserError
 
 NO_TRACKING = {"download"}  # stages that never talk to MLflow
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "one command per DVC stage. `dvc repro` runs them all in order; run one by hand "
                     "with the same arguments dvc.yaml gives it.",
     )
-    parser.add_argument("--version", action="version", version=f"dpstudy {__version__}")
+    parser.add_argument("--version", action="version", version=f"dpstudy {__version__} (code: {PACKAGE})")
     sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
     for name, module in STAGES.items():
         doc = (module.__doc__ or "").strip()
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     signals = _Signals()
     signals.install()
     try:
+        check_own_code()  # a copied checkout must not run the original's code (dpstudy.checkout)
         if _talks_to_mlflow(args):
             from .tracking import check_reachable
 
