@@ -1,5 +1,5 @@
 """dvc.yaml's deps cover the code each stage runs, exactly, so no code change can leave a stale
-result: the static import closure of each stage (tests/import_closure.py) is its list of
+result: the static import closure of each stage (dpstudy.codebase) is its list of
 src/dpstudy deps, and an edited module makes `dvc status` name exactly the stages that run it."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, dvc, tracked_copy
-from import_closure import REGISTRY, SRC, closure, imports_of, stage_files
+
+from dpstudy.codebase import REGISTRY, SRC, closure, fingerprint, imports_of, stage_files
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
@@ -110,3 +111,26 @@ def test_editing_a_module_makes_dvc_status_name_exactly_the_stages_that_run_it(t
     lock = repo / "requirements.lock"
     lock.write_text(lock.read_text() + "# an edit\n")
     assert _changed_stages(repo) == every
+
+
+def test_checkpoints_are_stamped_with_the_engines_whole_closure(tmp_path):
+    """A checkpoint is reused only by the code that made it: every module the engine imports counts
+    (checkpoints.py and datasets.py were missing from a hand-written list), and an edit anywhere in
+    that closure gives another stamp."""
+    import shutil
+
+    from dpstudy import engine
+
+    src = tmp_path / "src"
+    shutil.copytree(SRC / "dpstudy", src / "dpstudy")
+    assert fingerprint("dpstudy.engine", src) == engine.code_fingerprint()
+    covered = {m.split(".")[-1] for m in closure(["dpstudy.engine"], src)}
+    assert {"checkpoints", "datasets", "graphstep", "devicebusy", "models", "batching"} <= covered
+    for module in ("checkpoints.py", "datasets.py"):
+        path = src / "dpstudy" / module
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# an edit\n")
+        assert fingerprint("dpstudy.engine", src) != engine.code_fingerprint(), module
+        path.write_bytes(original)
+    (src / "dpstudy" / "report.py").write_text("# not imported by the engine\n")
+    assert fingerprint("dpstudy.engine", src) == engine.code_fingerprint()

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import math
 import random
 import time
@@ -55,7 +54,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import checkpoints
+from . import checkpoints, codebase
 from .batching import BatchSchedule, NoiseScaleEstimator
 from .config import RecipeConfig, as_dict
 from .datasets import Prepared
@@ -71,19 +70,15 @@ from .telemetry import ResourceSampler, rss_mib
 
 CHECKPOINT_FORMAT = 2
 EVAL_BATCH = 512
-# The modules whose code decides what training computes: a checkpoint made by other code is not
-# resumed or reused (DVC reruns a stage when they change, and it must then really retrain).
-TRAINING_CODE = ("batching.py", "engine.py", "graphstep.py", "loaders.py", "models.py", "parallel.py",
-                 "schedules.py", "tasks.py")
+# What training computes is decided by the engine's whole import closure in src/dpstudy (imports
+# inside functions too, `codebase`): a checkpoint made by other code is not resumed or reused (DVC
+# reruns a stage when that code changes, and it must then really retrain).
 BUSY_STEPS = 8  # steps the profiler watches at the end of each CUDA epoch (`busy_steps`)
 
 
 @functools.cache  # read once per process, not at every checkpoint
 def code_fingerprint() -> str:
-    digest = hashlib.sha256()
-    for name in TRAINING_CODE:
-        digest.update((Path(__file__).parent / name).read_bytes())
-    return digest.hexdigest()
+    return codebase.fingerprint(__name__)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,14 @@
-"""The code each DVC stage runs: the static import closure of its entry point inside src/dpstudy.
+"""The code a command runs: the static import closure of its entry points inside src/dpstudy.
 
 Every ``import`` and ``from ... import`` in a module counts, at any depth (imports inside
-functions too), since a stage may take any branch. Roots of stage ``X``: the command line that
-dvc.yaml's ``cmd`` runs (``dpstudy`` -> `dpstudy.cli`, ``python -m dpstudy`` -> `dpstudy.__main__`,
-which torchrun starts in each worker) and the stage's own module ``dpstudy.stages.X``.
+functions too), since a run may take any branch. Two users, so that no code change can leave a
+stale result:
+
+- dvc.yaml: each stage depends on `stage_files` (tests/test_dvc_deps.py checks the lists). Roots
+  of stage ``X``: the command line that its ``cmd`` runs (``dpstudy`` -> `dpstudy.cli`, ``python -m
+  dpstudy`` -> `dpstudy.__main__`, which torchrun starts in each worker) and ``dpstudy.stages.X``.
+- checkpoints: `fingerprint` of the engine's closure stamps each one, and a checkpoint made by
+  other code is neither resumed nor reused.
 
 One edge is not followed: the stage registry (``dpstudy/stages/__init__.py``) imports every stage
 module so that the command line can list them all in its help. That import runs only their
@@ -14,9 +19,10 @@ is in every stage's closure, so a change to it reruns them all.
 from __future__ import annotations
 
 import ast
+import hashlib
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[1]  # the folder holding the dpstudy package
 PACKAGE = "dpstudy"
 ENTRY = ("dpstudy.__main__", "dpstudy.cli")
 REGISTRY = "dpstudy.stages"
@@ -90,3 +96,12 @@ def stage_files(stage: str, src: Path = SRC) -> set[Path]:
     modules = closure([*ENTRY, f"{REGISTRY}.{stage}"], src, stage)
     root = src.parent
     return {module_file(m, src).relative_to(root) for m in modules}
+
+
+def fingerprint(module: str, src: Path = SRC) -> str:
+    """SHA-256 over the files of ``module``'s closure (their paths and bytes, in order)."""
+    digest = hashlib.sha256()
+    for name in sorted(closure([module], src)):
+        path = module_file(name, src)
+        digest.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
