@@ -2,9 +2,14 @@
 launch <stage>`` starts a torchrun stage (`dpstudy.launch`).
 
 Errors a user can fix are printed as one line (``error: ...``) with exit status 2; anything else
-is a bug and keeps its traceback. Before a stage that logs to MLflow starts (and before `launch`
-starts torchrun), the tracking store is checked, so an unreachable server is one line within
-seconds, not minutes of silent retries.
+is a bug and keeps its traceback. Before a stage starts (and before `launch` starts torchrun),
+in this order and before its params are read:
+- every folder it writes into (`OUTPUT_ARGS`: --out, download's --raw) must be writable
+  (`fsutil.unwritable`: a read-only mount is refused here, not after the training);
+- the tracking store must be usable (`tracking.check_reachable`), so a server that is down or
+  hangs is one line within seconds, not minutes of silent retries.
+A disk that fills up during a stage is one line too (`fsutil.DiskFull` where the stage writes its
+files; any other "no space left" here), and the stage's runs end FAILED.
 
 SIGTERM (what ``timeout``, Slurm and Kubernetes send) and SIGINT (Ctrl-C) end a stage the same
 way: an `Interrupted` exception unwinds it, its MLflow runs end KILLED, one line
@@ -20,6 +25,7 @@ matplotlib (seconds of imports): the stages import them in ``run`` once their pa
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -30,6 +36,8 @@ from .checkout import PACKAGE, check_own_code
 from .errors import UserError
 
 NO_TRACKING = {"download"}  # stages that never talk to MLflow
+# The stages' arguments that name folders they write into (checked before a stage starts).
+OUTPUT_ARGS = ("out", "raw")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -90,11 +98,53 @@ class _Signals:
 def _talks_to_mlflow(args: argparse.Namespace) -> bool:
     """Whether this command is about to use the tracking store: every stage but download, on rank 0
     only (torchrun workers of other ranks never log), and `launch` unless it only prints."""
-    if os.environ.get("RANK", "0") not in ("", "0"):
+    if not _rank_zero():
         return False
     if args.run is launch.run:  # `launch <stage>`: args.stage is the launched stage
         return not args.dry_run
     return args.stage not in NO_TRACKING
+
+
+def _rank_zero() -> bool:
+    """Whether this process writes files and logs: every process but torchrun's workers of rank > 0."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+class _ArgumentsOnly(argparse.ArgumentParser):
+    """A stage's parser that raises instead of printing and exiting (`launch` reports bad arguments)."""
+
+    def error(self, message):
+        raise ValueError(message)
+
+
+def _output_folders(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(option, folder) for every folder this command's stage writes into; for `launch`, the
+    launched stage's, read from its passed-through arguments."""
+    if args.run is launch.run:
+        if args.dry_run:  # only prints
+            return []
+        from .stages import STAGES
+
+        parser = _ArgumentsOnly(add_help=False)
+        STAGES[args.stage].add_arguments(parser)
+        try:
+            args = parser.parse_args(args.stage_args)
+        except ValueError:
+            return []  # launch itself says what is wrong with them
+    return [(f"--{name}", value) for name in OUTPUT_ARGS if (value := getattr(args, name, None))]
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Raise `UserError` (the folder, the option, why, the fix) unless every folder the command
+    writes into can be written: before any work, rather than once the results are ready."""
+    from .fsutil import unwritable
+
+    for option, folder in _output_folders(args):
+        problem = unwritable(folder)
+        if problem:
+            at, why, fix = problem
+            raise UserError(f"output folder {folder} ({option}) cannot be written: {at} {why}: {fix}, "
+                            f"or pass {option} a writable folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     signals.install()
     try:
         check_own_code()  # a copied checkout must not run the original's code (dpstudy.checkout)
+        if _rank_zero():
+            check_outputs(args)
         if _talks_to_mlflow(args):
             from .tracking import check_reachable
 
@@ -137,6 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A full disk met outside the stages' own file writes (an MLflow artifact, a log).
+        where = f" writing {exc.filename}" if exc.filename else ""
+        folders = ", ".join(folder for _, folder in _output_folders(args))
+        print(f"error: no space left on device{where}: free some space on the disk of {folders or 'the outputs'} "
+              "or of the MLflow store, and run the stage again", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as exc:
         signals.done()
         signum = getattr(exc, "signum", signal.SIGINT)

@@ -339,12 +339,17 @@ def load_yaml(text: str) -> Any:
 def read_params(path: str | Path = "params.yaml") -> tuple[str, dict[str, Any]]:
     """Parse params.yaml; return (preset, raw mapping). Checks the top-level shape only."""
     path = Path(path)
+    text = _params_text(path)
     try:
-        raw = load_yaml(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file (run from the repository root or pass --params)")
+        raw = load_yaml(text)
     except DuplicateKeyError as exc:
         raise UserError(f"{path} line {exc.line}: duplicate key {exc.key!r} (each key may appear once in a mapping)")
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, other controls)
+        # its first occurrence is where the reader stopped (libyaml's position counts bytes)
+        line = text.count("\n", 0, max(text.find(chr(exc.character)), 0)) + 1
+        binary = "; a binary file?" if exc.character in _CONTROL else ""
+        raise UserError(f"{path}: line {line} is not valid YAML (character #x{exc.character:04x} is not allowed"
+                        f"{binary})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -359,6 +364,31 @@ def read_params(path: str | Path = "params.yaml") -> tuple[str, dict[str, Any]]:
     if preset not in PRESETS:
         raise UserError(f"{path}: preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     return preset, raw
+
+
+_CONTROL = {*range(0x20), 0x7F} - {0x09, 0x0A, 0x0D}  # characters no text file of ours holds
+_BOMS = {b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}  # UTF-32 LE starts like UTF-16 LE
+
+
+def _params_text(path: Path) -> str:
+    """The file's text, which must be UTF-8 (what DVC reads it as, too)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file (run from the repository root or pass --params)") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: a folder, not a params file: pass --params a YAML file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror or exc}): fix its permissions or pass --params "
+                        "another file") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bom = next((name for bom, name in _BOMS.items() if data.startswith(bom)), None)
+        guess = (f"{bom}?" if bom else "a binary file?" if any(b in _CONTROL for b in data[:4096])
+                 else "another encoding?")
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}; {guess}): "
+                        "save it as UTF-8 YAML") from None
 
 
 def load_section(name: str, path: str | Path = "params.yaml"):

@@ -43,7 +43,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from . import __version__
 from .config import flatten
 from .errors import UserError
-from .fsutil import signals_held
+from .fsutil import signals_held, unwritable
 
 # MLflow's HTTP client retries a failed call 7 times with exponential back-off and waits 120 s per
 # try: minutes of silence per call when the server is down. These bounds apply to every call of
@@ -101,9 +101,13 @@ def _artifact_root(uri: str, experiment: str) -> str | None:
 def check_reachable(uri: str | None = None, timeout_s: float = 5) -> None:
     """Raise `UserError` (one line: the store, why, the fix) unless the tracking store can be used.
 
-    http(s): one GET of ``<uri>/health``, no retries, ``timeout_s`` at most; any answer below 500
-    but 404 counts as reachable (a login required is MLflow's to report). sqlite: the database's
-    folder must exist and be writable (nothing is created). Other stores are not checked.
+    http(s): one GET of ``<uri>/health``, then one real API call (a search for one experiment),
+    each without retries and ``timeout_s`` at most: a server whose API hangs (a stuck backend
+    database) would otherwise hold the stage for MLflow's retries, minutes, before a traceback.
+    Any answer below 500 counts (a login required is MLflow's to report), but 404 for /health.
+    sqlite: the database's folder must exist and be writable (`fsutil.unwritable`: not on a
+    read-only mount, a file really creatable there; nothing is left behind), and the database
+    itself, if there, writable. Other stores are not checked.
     """
     uri = uri or tracking_uri()
     parts = urllib.parse.urlsplit(uri)
@@ -113,15 +117,21 @@ def check_reachable(uri: str | None = None, timeout_s: float = 5) -> None:
         problem = _http_problem(shown, timeout_s)
         if problem:
             raise UserError(f"MLflow tracking server {shown} is not reachable ({problem}): start it, or {unset}")
+        problem = _http_problem(shown, timeout_s, api=True)
+        if problem:
+            raise UserError(f"MLflow tracking server {shown} answers /health but not its API ({problem} to "
+                            f"{_API_CHECK[0]} {_API_CHECK[1]}): restart it or check its backend store, or {unset}")
         return
     db = _sqlite_path(uri)
     if db is None:
         return
     folder = db.parent.resolve()
+    cannot = unwritable(folder) if folder.is_dir() else None
     if not folder.is_dir():
         problem, fix = f"folder {folder} does not exist", "create it"
-    elif not os.access(folder, os.W_OK | os.X_OK):
-        problem, fix = f"folder {folder} is not writable", "fix its permissions"
+    elif cannot:
+        at, why, fix = cannot
+        problem = f"{at} {why}"
     elif db.exists() and not os.access(db, os.W_OK):
         problem, fix = f"{db.resolve()} is not writable", "fix its permissions"
     else:
@@ -136,17 +146,29 @@ def _without_credentials(parts: urllib.parse.SplitResult) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
-def _http_problem(base: str, timeout_s: float) -> str | None:
-    """Why ``<base>/health`` got no usable answer within ``timeout_s``; None if it did."""
+# The API call of the start-up check: cheap on any backend, read-only, answered by every MLflow
+# server version of the 2.0 REST API.
+_API_CHECK = ("POST", "/api/2.0/mlflow/experiments/search", b'{"max_results": 1}')
+
+
+def _http_problem(base: str, timeout_s: float, api: bool = False) -> str | None:
+    """Why ``<base>/health`` (``api``: the `_API_CHECK` call) got no usable answer within
+    ``timeout_s``; None if it did."""
     import urllib.request  # ~35 ms (http.client, ssl, email): not at `dpstudy --help` time
 
-    request = urllib.request.Request(f"{base}/health", headers={"User-Agent": f"dpstudy/{__version__}"})
+    headers = {"User-Agent": f"dpstudy/{__version__}"}
+    if api:
+        method, path, body = _API_CHECK
+        request = urllib.request.Request(f"{base}{path}", data=body, method=method,
+                                         headers={**headers, "Content-Type": "application/json"})
+    else:
+        request = urllib.request.Request(f"{base}/health", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             response.read(256)
         return None
     except urllib.error.HTTPError as exc:
-        if exc.code == 404:  # every MLflow server answers /health: something else is there
+        if exc.code == 404 and not api:  # every MLflow server answers /health: something else is there
             return "HTTP 404 for /health: not an MLflow server?"
         return None if exc.code < 500 else f"HTTP {exc.code} {exc.reason}".strip()
     except urllib.error.URLError as exc:

@@ -10,6 +10,11 @@ Reads params: preset, evaluate. Reads <results>/<training stage>/checkpoints/*.p
 differs from training's; what `dvc metrics show` prints) and evaluations.csv (one row per
 checkpoint, with its test figure and the agreement check). MLflow: an `evaluate` parent run in each study, and
 eval_test_<metric> / eval_test_loss added to every configuration's run of its training stage.
+
+evaluations.csv is the record: it is written first, from the checkpoints alone. A configuration
+whose training run is not in the store (mlflow.db deleted or replaced since training) gets its
+figures on a child run of evaluate's own instead (tag training_run: not in store), and one line
+says how many and where.
 """
 
 from __future__ import annotations
@@ -45,13 +50,26 @@ def run(args: argparse.Namespace) -> int:
                         out / "metrics.json": json_text(headline(evaluations))})
 
     params = {"preset": preset, STAGE: as_dict(cfg)}
+    orphans: list = []  # evaluations whose training run the store does not hold
     for study in dict.fromkeys(e.study for e in evaluations):
         with Tracker(study, STAGE, preset=preset, params=params, devices=device_names(device)) as tracker:
             for e in (e for e in evaluations if e.study == study):
-                tracker.find(e.name, e.stage).log_metrics(
-                    {f"eval_test_{e.metric}": e.test_metric, "eval_test_loss": e.test_loss}, step=e.epochs)
+                figures = {f"eval_test_{e.metric}": e.test_metric, "eval_test_loss": e.test_loss}
+                run = tracker.find(e.name, e.stage)
+                if run.active or not tracker.parent.active:
+                    run.log_metrics(figures, step=e.epochs)
+                    continue
+                orphans.append(e)
+                with tracker.child(e.name, {"training_stage": e.stage, "checkpoint": e.checkpoint},
+                                   tags={"training_stage": e.stage, "training_run": "not in store"}) as own:
+                    own.log_metrics(figures, step=e.epochs)
             tracker.parent.log_metrics({"checkpoints": sum(e.study == study for e in evaluations)}, step=0)
             tracker.parent.log_artifact(out / "evaluations.csv")
+    if orphans:
+        n, stages = len(orphans), ", ".join(dict.fromkeys(e.stage for e in orphans))
+        say(f"[mlflow] the training runs of {n} configuration{'s' if n != 1 else ''} of {stages} are not in "
+            f"{tracker.uri} (deleted or replaced since training?): their eval_test figures are logged on "
+            f"evaluate's own runs instead; {out / 'evaluations.csv'} has every figure")
 
     check = checks(evaluations)
     print(f"\n{STAGE} ({preset} preset, {device}): {check['checkpoints']} checkpoints on their test splits")

@@ -76,21 +76,25 @@ def run(args: argparse.Namespace) -> int:
     params = {"preset": preset, "telemetry": as_dict(telemetry), STAGE: as_dict(cfg)}
     set_aside_checkpoints(out, [spec for grid in grids.values() for spec in grid])
     results, parents = [], []
-    # One pool of CPU workers for every study (`cpupool`), or none on a GPU.
-    with (Pool(cfg.cpu_processes, data) if device.type == "cpu" and cfg.cpu_processes > 1
-          else contextlib.nullcontext()) as pool:
+    # One pool of CPU workers for every study (`cpupool`), or none on a GPU. Each study's parent run
+    # stays open until the tables are written: a stage that fails writing them (a full disk) ends
+    # every one of its runs FAILED, not the studies trained first FINISHED.
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(Pool(cfg.cpu_processes, data) if device.type == "cpu" and cfg.cpu_processes > 1
+                                   else contextlib.nullcontext())
         for study in dict.fromkeys(STUDY.values()):  # one parent run per study's experiment
             names = [name for name in grids if STUDY[name] == study]
-            with Tracker(study, STAGE, preset=preset, params=params, devices=device_names(device)) as tracker:
-                tracker.parent.set_tags({"sweep": ",".join(names), "device": str(device)})
-                results += run_grid([spec for name in names for spec in grids[name]], data, tracker, out,
-                                    device=device, sync_timing=cfg.sync_timing,
-                                    sample_interval_s=telemetry.interval_s, cpu_processes=cfg.cpu_processes,
-                                    pool=pool)
-                parents.append(tracker.parent)
-    # Only now, with every grid done: the tables change together, never to a partial set.
-    write_files_atomic(results_files(results, out, headline))
-    for parent in parents:
-        parent.log_artifact(out / "runs.csv")
+            tracker = stack.enter_context(Tracker(study, STAGE, preset=preset, params=params,
+                                                  devices=device_names(device)))
+            tracker.parent.set_tags({"sweep": ",".join(names), "device": str(device)})
+            results += run_grid([spec for name in names for spec in grids[name]], data, tracker, out,
+                                device=device, sync_timing=cfg.sync_timing,
+                                sample_interval_s=telemetry.interval_s, cpu_processes=cfg.cpu_processes,
+                                pool=pool)
+            parents.append(tracker.parent)
+        # Only now, with every grid done: the tables change together, never to a partial set.
+        write_files_atomic(results_files(results, out, headline))
+        for parent in parents:
+            parent.log_artifact(out / "runs.csv")
     print_table(f"{STAGE} ({preset} preset, {device})", results, out)
     return 0
