@@ -3,11 +3,14 @@
 ``dpstudy launch <stage> [stage arguments]`` reads ``<stage>.nproc_per_node`` and ``<stage>.launch``
 (nnodes, rdzv_endpoint, rdzv_id, max_restarts) from the stage's params file, lets the environment
 override each of them for one launch (DPSTUDY_NPROC_PER_NODE, DPSTUDY_NNODES, DPSTUDY_RDZV_ENDPOINT,
-DPSTUDY_RDZV_ID, DPSTUDY_MAX_RESTARTS), prints the torchrun command and replaces itself by it:
+DPSTUDY_RDZV_ID, DPSTUDY_MAX_RESTARTS), prints the torchrun command and runs it in this process
+(the torchrun agent keeps this pid: a scheduler's signals reach it directly):
 
-  one node, no endpoint:  torchrun --standalone --nproc-per-node P --max-restarts R -m dpstudy <stage> ...
-  otherwise:              torchrun --nproc-per-node P --nnodes N --rdzv-backend c10d --rdzv-endpoint E
-                                   --rdzv-id I --max-restarts R -m dpstudy <stage> ...
+  one node, no endpoint:  torchrun --local-addr 127.0.0.1 --nproc-per-node P --standalone
+                                   --max-restarts R -m dpstudy <stage> ...
+  otherwise:              torchrun [--local-addr 127.0.0.1 if one node] --nproc-per-node P --nnodes N
+                                   --rdzv-backend c10d --rdzv-endpoint E --rdzv-id I --max-restarts R
+                                   -m dpstudy <stage> ...
 
 Every node runs the same command with the same settings; the c10d rendezvous at host:port E
 (hosted by the node whose address E is) assigns the ranks, so there is no node rank to set.
@@ -17,15 +20,38 @@ TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, see `torchrun_env`). The stage arguments a
 stage's own parser, and the whole stage (params, grids against the total process count, data,
 batches against the training split) by the stage's own `plan`, before torchrun starts: a bad
 setting is one line and exit status 2 here, not one traceback per worker a minute later.
+
+Faults, each one line from the launch instead of minutes of waiting or a traceback per process:
+- SIGTERM (a scheduler, ``timeout``) or SIGINT (Ctrl-C) sent to the launch: torchrun stops every
+  worker as Ctrl-C stops a plain stage (SIGINT to each worker's process group, so their MLflow runs
+  end KILLED and their epoch checkpoints stay for the next launch to resume from), then the launch
+  prints ``interrupted (SIGTERM)`` and exits with 128 + the signal (143, 130). The workers know
+  they run under a launch (DPSTUDY_LAUNCHED, see `parallel.distributed`) and leave that line to it.
+  Restarts are not spent on it: an interrupted launch ends.
+- A one-node job meets on loopback (``--local-addr 127.0.0.1``: the address the workers get as
+  MASTER_ADDR), so it runs where this machine's hostname does not resolve (a container whose
+  hostname is missing from /etc/hosts), instead of c10d waiting minutes for that name.
+- A rendezvous on another node that cannot be reached (its name does not resolve, or nothing
+  accepts connections at E) is refused with exit status 2 once DPSTUDY_RDZV_WAIT_S seconds (default
+  20, to let that node start) have passed, rather than after c10d's minutes of retries. The node
+  whose own address E is hosts the store, so there it is not waited for.
+- A multi-node launch on a machine whose hostname does not resolve (c10d looks it up to decide
+  which node hosts the store) is refused in one line too.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
+import logging
 import os
 import shlex
+import signal
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Mapping
 
@@ -37,6 +63,12 @@ STAGES = ("train_ddp", "train_adaptive")  # the stages that run under torchrun
 ENV = {"nproc_per_node": "DPSTUDY_NPROC_PER_NODE", "nnodes": "DPSTUDY_NNODES",
        "rdzv_endpoint": "DPSTUDY_RDZV_ENDPOINT", "rdzv_id": "DPSTUDY_RDZV_ID",
        "max_restarts": "DPSTUDY_MAX_RESTARTS"}
+# Set for the workers of a launch: the launch itself reports an interruption (`parallel.distributed`).
+LAUNCHED = "DPSTUDY_LAUNCHED"
+# How long a node waits for a rendezvous hosted elsewhere to resolve and accept connections.
+RDZV_WAIT = "DPSTUDY_RDZV_WAIT_S"
+RDZV_WAIT_DEFAULT_S = 20.0
+LOOPBACK = "127.0.0.1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,14 +151,237 @@ def torchrun_env(launch: Launch, environ: Mapping[str, str] = os.environ) -> dic
 
 
 def torchrun_command(stage: str, launch: Launch, stage_args: list[str]) -> list[str]:
-    """``python -m torch.distributed.run ... -m dpstudy <stage> <stage_args>`` for ``launch``."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(launch.nproc_per_node)]
+    """``python -m torch.distributed.run ... -m dpstudy <stage> <stage_args>`` for ``launch``.
+
+    A one-node job is all on this machine: its workers meet on loopback (``--local-addr``, which
+    torchrun hands them as MASTER_ADDR instead of this machine's fully qualified hostname, a name
+    that need not resolve, e.g. in a container missing from its own /etc/hosts)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    if launch.nnodes == 1:
+        cmd += ["--local-addr", LOOPBACK]
+    cmd += ["--nproc-per-node", str(launch.nproc_per_node)]
     if launch.nnodes == 1 and not launch.rdzv_endpoint:
         cmd.append("--standalone")
     else:
         cmd += ["--nnodes", str(launch.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", launch.rdzv_endpoint,
                 "--rdzv-id", launch.rdzv_id]
     return [*cmd, "--max-restarts", str(launch.max_restarts), "-m", "dpstudy", stage, *stage_args]
+
+
+# --------------------------------------------------------------------------------------------
+# A rendezvous on another node: reachable, or one line
+
+
+def check_rendezvous(endpoint: str, where: str, wait_s: float) -> None:
+    """Return once the c10d rendezvous at ``endpoint`` (host:port, set in ``where``) can be joined
+    from here; raise `UserError` if it still cannot after ``wait_s`` seconds.
+
+    On the node that hosts the store (the endpoint is one of its own addresses, as torchrun
+    decides), torchrun creates it: only this machine's hostname is checked there, which c10d
+    resolves to make that decision. Elsewhere the endpoint must resolve and accept a TCP
+    connection; both are retried until ``wait_s`` has passed, since its node may start later."""
+    host, port = _split(endpoint)
+    this = socket.gethostname()
+    if not _loopback_name(host) and host != this and _resolve(this, None) is None:
+        raise UserError(f"this machine's hostname {this!r} does not resolve, and torchrun's c10d rendezvous "
+                        f"({where}: {endpoint}) looks it up: add it to /etc/hosts (e.g. '127.0.1.1 {this}') "
+                        "or run on one node")
+    deadline = time.monotonic() + wait_s
+    waiting = False
+    while True:
+        addresses = _resolve(host, port)
+        if addresses is not None and (host == this or any(_local(a) for a in addresses)):
+            return  # this node hosts the store: torchrun starts it here
+        problem = "does not resolve" if addresses is None else _connect_problem(addresses, deadline)
+        if problem is None:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise UserError(f"rendezvous endpoint {endpoint} ({where}) {problem} from this node after {wait_s:g} s: "
+                            "it must be host:port of the node that hosts the rendezvous (e.g. the first node), "
+                            f"reachable from every node, with the launch started there too; {RDZV_WAIT}=<seconds> "
+                            "waits longer for that node")
+        if not waiting:
+            print(f"[launch] rendezvous {endpoint} {problem} yet: waiting up to {wait_s:g} s for its node", flush=True)
+            waiting = True
+        time.sleep(min(0.5, left))
+
+
+def rendezvous_problem(host: str, port: int, timeout_s: float = 2.0) -> str | None:
+    """Why ``host:port`` cannot be connected to now (None: it can): one attempt, for each address."""
+    addresses = _resolve(host, port)
+    if addresses is None:
+        return "does not resolve"
+    return _connect_problem(addresses, time.monotonic() + timeout_s)
+
+
+def _split(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _loopback_name(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _resolve(host: str, port: int | None) -> list[tuple] | None:
+    """(family, sockaddr) of each TCP address ``host`` resolves to; None if it does not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return None
+    return [(family, sockaddr) for family, _, _, _, sockaddr in infos] or None
+
+
+def _local(address: tuple) -> bool:
+    """Whether an address is one of this machine's (it can be bound here)."""
+    family, sockaddr = address
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((sockaddr[0], 0, *sockaddr[2:]))
+        return True
+    except OSError:
+        return False
+
+
+def _connect_problem(addresses: list[tuple], deadline: float) -> str | None:
+    """None once a TCP connection to one of ``addresses`` succeeds (closed at once: c10d's store
+    takes a client that leaves), else what went wrong with the last one, briefly."""
+    problem = "is not reachable"
+    for family, sockaddr in addresses:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.settimeout(max(0.2, min(2.0, deadline - time.monotonic())))
+                s.connect(sockaddr)
+            return None
+        except ConnectionRefusedError:
+            problem = "refuses connections (nothing listens there)"
+        except (TimeoutError, socket.timeout):
+            problem = "does not answer"
+        except OSError as exc:
+            problem = f"is not reachable ({exc.strerror or exc})"
+    return problem
+
+
+def _rdzv_wait_s(environ: Mapping[str, str] = os.environ) -> float:
+    text = environ.get(RDZV_WAIT, "").strip()
+    if not text:
+        return RDZV_WAIT_DEFAULT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise UserError(f"{RDZV_WAIT}={text!r}: expected a number of seconds >= 0")
+    return value
+
+
+def _endpoint_source(stage: str, params: str, environ: Mapping[str, str] = os.environ) -> str:
+    var = ENV["rdzv_endpoint"]
+    return var if var in environ else f"{Path(params).name}: {stage}.launch.rdzv_endpoint"
+
+
+# --------------------------------------------------------------------------------------------
+# torchrun in this process, SIGTERM and SIGINT
+
+
+class _Interruption:
+    """SIGTERM/SIGINT while torchrun runs here: the exception torchrun's agent stops its workers
+    on, with SIGINT as the signal it sends them (what the workers take as "interrupted": their
+    runs end KILLED, a DataLoader worker leaves quietly), whichever of the two arrived.
+
+    Like the command line's own handler (`cli._Signals`), it is raised again every second until
+    it has reached `run_torchrun`, in case some ``except Exception`` swallowed it, but never while
+    it is being handled: that would cut torchrun's shutdown of the workers short."""
+
+    def __init__(self, exc_type: type[Exception]):
+        self.exc_type = exc_type
+        self.signum: int | None = None
+        self.done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def handle(self, signum, frame) -> None:
+        if self.done.is_set() or isinstance(sys.exc_info()[1], self.exc_type):
+            return
+        if self.signum is None:
+            self.signum = signum
+            self._thread = threading.Thread(target=self._redeliver, name="dpstudy-launch-interrupt", daemon=True)
+            self._thread.start()
+        raise self.exc_type(f"interrupted ({signal.Signals(self.signum).name})", sigval=signal.SIGINT)
+
+    def _redeliver(self) -> None:
+        main_thread = threading.main_thread().ident
+        while not self.done.wait(1.0):
+            signal.pthread_kill(main_thread, self.signum)
+
+    def stop(self) -> None:
+        self.done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+class _ShutdownNoise(logging.Filter):
+    """Drops torchrun's account of a shutdown this launch asked for (after an interruption only)."""
+
+    MESSAGES = ("Received %s death signal, shutting down workers", "Sending process %s closing signal %s")
+
+    def __init__(self, interruption: _Interruption):
+        super().__init__()
+        self.interruption = interruption
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.interruption.signum is None or record.msg not in self.MESSAGES
+
+
+def run_torchrun(cmd: list[str], env: Mapping[str, str]) -> int:
+    """Run ``cmd`` (``python -m torch.distributed.run ...``) in this process; its exit status.
+
+    torchrun handles SIGTERM and SIGINT itself by default (a traceback and status 1); here they are
+    left to `_Interruption` (torchrun keeps its other signals, SIGHUP and SIGQUIT by default).
+    A worker's failure is torchrun's own report of it, without the traceback around it."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    os.environ.update(env)
+    os.environ[LAUNCHED] = "1"
+    args = torchrun.parse_args(cmd[3:])
+    if hasattr(args, "signals_to_handle"):  # torch >= 2.8
+        kept = [s for s in args.signals_to_handle.split(",") if s.strip() not in ("", "SIGTERM", "SIGINT")]
+        args.signals_to_handle = ",".join(kept) or "SIGHUP"
+    interruption = _Interruption(SignalException)
+    noise = _ShutdownNoise(interruption)
+    loggers = [logging.getLogger(f"torch.distributed.elastic.{name}")
+               for name in ("agent.server.api", "multiprocessing.api")]
+    for logger in loggers:
+        logger.addFilter(noise)
+    previous = {s: signal.signal(s, interruption.handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        torchrun.run(args)
+        code = 0
+    except ChildFailedError as exc:
+        if interruption.signum is None:
+            print(str(exc), file=sys.stderr, flush=True)
+        code = 1
+    except BaseException:
+        if interruption.signum is None:
+            raise
+        code = 0  # replaced below
+    finally:
+        interruption.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for logger in loggers:
+            logger.removeFilter(noise)
+    if interruption.signum is not None:  # however torchrun ended, the launch was interrupted
+        print(f"interrupted ({signal.Signals(interruption.signum).name})", file=sys.stderr, flush=True)
+        return 128 + interruption.signum
+    return code
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,12 +405,13 @@ def run(args: argparse.Namespace) -> int:
     stage_args = stage_parser.parse_args(args.stage_args)
     launch = settings(args.stage, stage_args.params)
     if not args.dry_run:  # every check the workers would make (a dry run only prints)
+        wait_s = _rdzv_wait_s() if launch.rdzv_endpoint else 0.0
         MODULES[args.stage].plan(stage_args, world_size(launch))
+        if launch.rdzv_endpoint:  # last: the node hosting it has had the time of its own checks to start
+            check_rendezvous(launch.rdzv_endpoint, _endpoint_source(args.stage, stage_args.params), wait_s)
     cmd, env = torchrun_command(args.stage, launch, args.stage_args), torchrun_env(launch)
     print(f"[launch] {shlex.join([*(f'{k}={v}' for k, v in env.items()), *cmd])}", flush=True)
     if args.dry_run:
         return 0
     sys.stderr.flush()
-    # torchrun takes this process's place (same pid): a scheduler's signals reach it directly.
-    os.execve(cmd[0], cmd, {**os.environ, **env})
-    return 1  # not reached
+    return run_torchrun(cmd, env)

@@ -14,7 +14,11 @@ their checkpoints where rank 0 reads them, and no core waits idle at a barrier.
 
 When torchrun stops a job because one worker died, it sends SIGTERM to the others; that signal is
 turned into `Terminated` (a SystemExit), so ``finally`` blocks run and open MLflow runs are marked
-FAILED instead of being left RUNNING.
+FAILED instead of being left RUNNING. When `dpstudy launch` is interrupted it has torchrun send SIGINT
+instead: the command line's `Interrupted`, runs KILLED. Under a launch (DPSTUDY_LAUNCHED) a worker
+then ends quietly with 128 + the signal, as the launch prints the one ``interrupted (...)`` line,
+and a SIGTERM waits a moment for that SIGINT: a scheduler such as Slurm signals every process of
+the job at once, the launch included, and the job was then stopped, not failed.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import datetime
 import inspect
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -46,9 +51,31 @@ class Terminated(SystemExit):
         super().__init__(128 + signal.SIGTERM)
 
 
+# Under `dpstudy launch`, how long a SIGTERM waits for the launch's SIGINT (see the module doc).
+LAUNCH_GRACE_S = 1.0
+
+
 def _raise_terminated(signum, frame):
+    if isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit)):
+        return  # already stopping (interrupted, or an earlier SIGTERM): let that cleanup finish
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one exception is enough; let cleanup finish
+    if _launched():
+        time.sleep(LAUNCH_GRACE_S)  # the launch's SIGINT, if it comes, interrupts this sleep
     raise Terminated()
+
+
+def _launched() -> bool:
+    from .launch import LAUNCHED
+
+    return os.environ.get(LAUNCHED) == "1" and "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def _end_quietly(signum: int) -> SystemExit:
+    """The exit of a worker whose launch was interrupted: the launch says so, once for all."""
+    for s in (signal.SIGTERM, signal.SIGINT):  # nothing may interrupt the exit now
+        signal.signal(s, signal.SIG_IGN)
+    sys.stdout.flush()
+    return SystemExit(128 + signum)
 
 
 @dataclass
@@ -131,11 +158,19 @@ def distributed(device_choice: str, timeout_s: float = 1800) -> Iterator[Dist]:
     # FAILED. A plain process keeps the command line's handler: SIGTERM ends its runs KILLED.
     torchrun = "TORCHELASTIC_RUN_ID" in os.environ
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if torchrun else signal.getsignal(signal.SIGTERM)
+    quiet: SystemExit | None = None
     try:
         yield Dist(rank, world, local_rank, device, backend)
+    except KeyboardInterrupt as exc:  # its runs have ended KILLED on the way here
+        if not _launched():
+            raise
+        quiet = _end_quietly(getattr(exc, "signum", signal.SIGINT))
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if quiet is None:
+            signal.signal(signal.SIGTERM, previous)
         dist.destroy_process_group()
+    if quiet is not None:
+        raise quiet
 
 
 # --------------------------------------------------------------------------------------------

@@ -276,15 +276,17 @@ class Run:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:_MAX_PARAM_CHARS]) for k, v in flatten(dict(params)).items()]
-        for i in range(0, len(items), _MAX_PARAMS_PER_CALL):
-            self._client.log_batch(self.run_id, params=items[i:i + _MAX_PARAMS_PER_CALL])
+        with signals_held():  # see _log
+            for i in range(0, len(items), _MAX_PARAMS_PER_CALL):
+                self._client.log_batch(self.run_id, params=items[i:i + _MAX_PARAMS_PER_CALL])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not self.active:
             return
         from mlflow.entities import RunTag
 
-        self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        with signals_held():  # see _log
+            self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp: float | None = None) -> None:
         """Several metrics at one step."""
@@ -318,12 +320,14 @@ class Run:
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         if self.active:
-            self._client.log_artifact(self.run_id, str(path), artifact_path)
+            with signals_held():  # see _log
+                self._client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """``text`` as the artifact ``artifact_file`` (e.g. a run's own ``curves.csv``)."""
         if self.active:
-            self._client.log_text(self.run_id, text, artifact_file)
+            with signals_held():  # see _log
+                self._client.log_text(self.run_id, text, artifact_file)
 
     def _log(self, rows: list[tuple[str, float, int, float]]) -> None:
         if not self.active or not rows:
@@ -331,8 +335,12 @@ class Run:
         from mlflow.entities import Metric
 
         metrics = [Metric(k, float(v), int(ts * 1000), int(step)) for k, v, step, ts in rows]
-        for i in range(0, len(metrics), _MAX_METRICS_PER_CALL):
-            self._client.log_batch(self.run_id, metrics=metrics[i:i + _MAX_METRICS_PER_CALL])
+        # Every write holds SIGTERM/SIGINT until it is done: an exception raised inside an sqlite
+        # write left the store locked, so ending the runs KILLED then failed ("database is locked")
+        # and they stayed RUNNING (1 in 5 interruptions landing in a write). Delivered right after.
+        with signals_held():
+            for i in range(0, len(metrics), _MAX_METRICS_PER_CALL):
+                self._client.log_batch(self.run_id, metrics=metrics[i:i + _MAX_METRICS_PER_CALL])
 
 
 class Tracker:
