@@ -1,17 +1,22 @@
 # syntax=docker/dockerfile:1
 # dpstudy on any NVIDIA GPU host: the pipeline, DVC and MLflow in one image (README, "Docker").
+#   make image                       # docker, podman or buildah, whichever is here (docker/image.mk)
 #   docker build --build-arg VCS_REF="$(git rev-parse HEAD)" -t dpstudy .
-#   docker run --gpus all --rm --shm-size=8g dpstudy        # dvc exp run -S preset=gpu
+#   docker run --gpus all --rm --shm-size=8g --user "$(id -u):$(id -g)" -v "$PWD":/workspace/dpstudy dpstudy
 #
 # Base: requirements.lock pins torch 2.14.1, the CUDA 13.0 build (nvidia-cuda-runtime 13.0.*), so
-# NVIDIA's CUDA 13.0.2 runtime image on Ubuntu 24.04 (Python 3.12; host driver >= 580).
+# NVIDIA's CUDA 13.0.2 runtime image on Ubuntu 24.04 (Python 3.12; host driver >= 580). Any base
+# with apt-get, Python >= 3.11 and python3-venv works (BASE_IMAGE): torch's wheels bring their own
+# CUDA libraries, so `--build-arg BASE_IMAGE=ubuntu:24.04` is the smaller image (the ENV below sets
+# the two variables the NVIDIA Container Toolkit reads, which the CUDA base would have set); not yet
+# run on a GPU. `make image-test` builds on a Debian bookworm stand-in (docker/image_test.sh).
 # For bit-for-bit rebuilds pin the base by digest too:
 #   docker buildx imagetools inspect nvidia/cuda:13.0.2-runtime-ubuntu24.04   # prints the digest
-#   docker build --build-arg CUDA_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04@sha256:<digest> ...
-ARG CUDA_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04
-FROM ${CUDA_IMAGE}
+#   docker build --build-arg BASE_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04@sha256:<digest> ...
+ARG BASE_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04
+FROM ${BASE_IMAGE}
 
-ARG CUDA_IMAGE
+ARG BASE_IMAGE
 # The user the image runs as; match your own (--build-arg USER_UID="$(id -u)") to share a
 # mounted checkout without `docker run --user`.
 ARG USER_UID=1000
@@ -20,12 +25,16 @@ ARG USER_GID=1000
 LABEL org.opencontainers.image.title="dpstudy" \
       org.opencontainers.image.description="Data-parallel CNN training studies (DP, DDP, adaptive batch) reproduced with DVC and MLflow" \
       org.opencontainers.image.version="0.1.0" \
-      org.opencontainers.image.base.name="${CUDA_IMAGE}"
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
 
+# NVIDIA_*: which GPUs and driver libraries the NVIDIA Container Toolkit mounts in (the values
+# nvidia/cuda images set; a plain ubuntu base needs them to see the GPUs).
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     VENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH
+    PATH=/opt/venv/bin:$PATH \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 # Python for the venv, git and make for DVC and the Makefile, tini as PID 1 (forwards signals
 # to dvc/torchrun, reaps DataLoader workers).
@@ -48,6 +57,7 @@ WORKDIR /workspace/dpstudy
 # targets that `make test` and CI run; the venv lives outside the work tree, so a checkout
 # mounted over /workspace/dpstudy uses it too (the editable install points into its src/).
 COPY Makefile requirements.lock ./
+COPY docker/image.mk docker/
 RUN make deps VENV=/opt/venv
 
 COPY --chown=${USER_UID}:${USER_GID} . .
@@ -61,9 +71,11 @@ USER ${USER_UID}:${USER_GID}
 # RUN after the declaration, and the dependency layers must not follow each commit.
 ARG VCS_REF=unknown
 LABEL org.opencontainers.image.revision="${VCS_REF}"
-# .git stays out of the build context (.dockerignore); DVC needs a repository with a commit, so
-# the entry point snapshots the work tree once, here, and every container shares that commit.
-RUN DPSTUDY_SOURCE_REVISION="${VCS_REF}" dpstudy-entrypoint true
+# .git stays out of the build context (.dockerignore); DVC needs a repository with a commit, so the
+# image's own copy of the tree gets one snapshot commit, here, shared by every container that runs
+# without a mounted checkout. At run time nothing is ever committed for you: a mounted tree must be
+# a git clone (docker/entrypoint.sh refuses anything else).
+RUN docker/snapshot.sh "${VCS_REF}"
 
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/dpstudy-entrypoint"]
 # The whole pipeline on the gpu preset (real MNIST and CIFAR-10, every claim's grid, sized for one

@@ -89,3 +89,4 @@ lock:
 
 clean-env:
 	rm -rf $(VENV)
+include docker/image.mk

@@ -1,8 +1,10 @@
 """The container and cluster recipes, checked without a Docker engine: the Dockerfile (hadolint, the
-base matching the locked torch, installs through the Makefile), .dockerignore, docker/entrypoint.sh
-run for real on a build-context copy, the compose file's MLflow server run for real, the Slurm
-script run against stand-in srun/scontrol, the Kubernetes manifest's wiring through the real
-`dpstudy launch`, and the README's Docker commands against all of them."""
+base matching the locked torch, installs through the Makefile), .dockerignore, docker/snapshot.sh and
+docker/entrypoint.sh run for real on a build-context copy (as a uid without a passwd entry where
+this runs as root), the compose file's MLflow server run for real, the Slurm script run against
+stand-in srun/scontrol, the Kubernetes manifest's wiring through the real `dpstudy launch`, `make
+image` / `make image-test` and CI's call of it, and the README's Docker commands against all of them.
+The image itself is built and run by `make image-test` (docker/image_test.sh), not here."""
 
 from __future__ import annotations
 
@@ -203,11 +205,15 @@ def test_base_image_is_the_cuda_runtime_of_the_locked_torch_build():
     assert re.search(r"^torch==2\.14\.1\s*$", lock, re.M), "the torch pin moved: check the base image"
     runtime = re.search(r"^nvidia-cuda-runtime==(\d+)\.(\d+)\.", lock, re.M)
     froms = [a for i, a in dockerfile() if i == "FROM"]
-    assert froms == ["${CUDA_IMAGE}"]
-    base = dockerfile_args()["CUDA_IMAGE"]
+    assert froms == ["${BASE_IMAGE}"]  # a build-arg: make image-test builds on a Debian stand-in
+    base = dockerfile_args()["BASE_IMAGE"]
     tag = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.(\d+)-runtime-ubuntu24\.04", base)
     assert tag, f"expected an nvidia/cuda runtime tag, got {base}"
     assert tag.groups()[:2] == runtime.groups(), f"{base} vs nvidia-cuda-runtime {runtime.group(0)}"
+    # The variables the NVIDIA Container Toolkit reads, as nvidia/cuda sets them, so that a plain
+    # ubuntu:24.04 base (torch's wheels carry the CUDA libraries) sees the GPUs too.
+    env = " ".join(a for i, a in dockerfile() if i == "ENV")
+    assert "NVIDIA_VISIBLE_DEVICES=all" in env and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in env
 
 
 def test_dockerfile_installs_through_the_makefile_targets_that_read_the_lock():
@@ -217,7 +223,11 @@ def test_dockerfile_installs_through_the_makefile_targets_that_read_the_lock():
     assert makes == ["make deps VENV=/opt/venv", "make env VENV=/opt/venv"]
     assert not any("pip install" in a or "requirements" in a for a in runs)
     copy_lock = steps.index(("COPY", "Makefile requirements.lock ./"))
-    assert copy_lock < next(n for n, (i, a) in enumerate(steps) if "make deps" in a)
+    # the Makefile includes docker/image.mk: without it `make deps` stops before reading the lock
+    copy_mk = steps.index(("COPY", "docker/image.mk docker/"))
+    assert max(copy_lock, copy_mk) < next(n for n, (i, a) in enumerate(steps) if "make deps" in a)
+    includes = re.findall(r"^-?include (.+)$", (REPO / "Makefile").read_text(), re.M)
+    assert includes == ["docker/image.mk"]
     env = " ".join(a for i, a in steps if i == "ENV")
     assert "VENV=/opt/venv" in env and "PATH=/opt/venv/bin:$PATH" in env
     # ... and those targets are the ones `make test` and CI use: pip install -r requirements.lock.
@@ -240,10 +250,14 @@ def test_dockerfile_user_workdir_labels_and_default_command():
     version = re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.M).group(1)
     assert labels["org.opencontainers.image.version"] == version
     assert labels["org.opencontainers.image.revision"] == "${VCS_REF}"
-    assert labels["org.opencontainers.image.base.name"] == "${CUDA_IMAGE}"
+    assert labels["org.opencontainers.image.base.name"] == "${BASE_IMAGE}"
     assert {"org.opencontainers.image.title", "org.opencontainers.image.description"} <= set(labels)
     # A new VCS_REF re-runs every RUN after its ARG: it must come after the dependency layers.
     assert steps.index(("ARG", "VCS_REF=unknown")) > max(n for n, (i, a) in enumerate(steps) if "make " in a)
+    # The image's own copy gets its snapshot commit at build time, as the image's user, after the
+    # revision is known; the entry point never commits.
+    snapshot = steps.index(("RUN", 'docker/snapshot.sh "${VCS_REF}"'))
+    assert snapshot > steps.index(("ARG", "VCS_REF=unknown")) and snapshot > steps.index(("USER", user))
     entry = yaml.safe_load([a for i, a in steps if i == "ENTRYPOINT"][-1])
     assert entry == ["/usr/bin/tini", "--", "/usr/local/bin/dpstudy-entrypoint"]
     assert any("install -m 755 docker/entrypoint.sh /usr/local/bin/dpstudy-entrypoint" in a for i, a in steps if i == "RUN")
@@ -282,67 +296,202 @@ def test_dockerignore_keeps_data_stores_and_caches_out_and_every_tracked_file_in
 
 
 # --------------------------------------------------------------------------------------------
-# The entry point, for real, outside Docker
+# The build-time snapshot and the entry point, for real, outside Docker
 
 
-def entrypoint(cwd: Path, *cmd: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(DOCKER / "entrypoint.sh"), *cmd], cwd=cwd, env=clean_env(**env),
+def entrypoint(cwd: Path, *cmd: str, path: str | None = None, **env: str) -> subprocess.CompletedProcess:
+    extra = {"PATH": path} if path else {}
+    return subprocess.run([str(DOCKER / "entrypoint.sh"), *cmd], cwd=cwd, env={**clean_env(**env), **extra},
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.slow
-def test_entrypoint_gives_the_build_context_a_commit_and_dvc_exp_run_works(tmp_path):
-    ctx = build_context(tmp_path / "workspace")
-    assert not (ctx / ".git").exists() and not (ctx / "mlflow.db").exists() and (ctx / "dvc.yaml").is_file()
-    home = tmp_path / "home"
-    home.mkdir()
-    # Without the entry point DVC has no git repository to run experiments in ...
-    bare = subprocess.run([str(BIN / "dvc"), "exp", "run", "-S", "preset=quick", "download"], cwd=ctx,
-                          env=clean_env(HOME=str(home)), capture_output=True, text=True, timeout=300)
-    assert bare.returncode != 0
-    # ... with it, one snapshot commit, and `dvc exp run` (the image's CMD, one stage) records an experiment.
-    ran = entrypoint(ctx, "dvc", "exp", "run", "-S", "preset=quick", "download", HOME=str(home),
-                     DPSTUDY_SOURCE_REVISION="abc123")
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    assert "making one snapshot commit" in ran.stderr
-    assert (ctx / "data" / "prepared" / "digits.pt").is_file()
-    git = lambda *a: subprocess.run(["git", *a], cwd=ctx, env=clean_env(HOME=str(home)), capture_output=True,
-                                    text=True, check=True).stdout.strip()
-    assert "source revision: abc123" in git("log", "-1", "--format=%s")
-    assert git("for-each-ref", "refs/exps"), "dvc exp run recorded no experiment"
-    assert str(ctx) in git("config", "--global", "--get-all", "safe.directory").splitlines()
-    # A second start keeps the repository; an unwritable HOME (docker run --user <unknown uid>) is replaced.
-    again = entrypoint(ctx, "git", "rev-list", "--count", "HEAD", HOME="/nonexistent/home", TMPDIR=str(tmp_path))
-    assert again.returncode == 0 and again.stdout.strip() == "1" and "snapshot" not in again.stderr
-    assert str(ctx) in (tmp_path / "dpstudy-home" / ".gitconfig").read_text()
+def git_in(cwd: Path, *args: str, home: Path) -> str:
+    return subprocess.run(["git", "-c", f"safe.directory={cwd}", *args], cwd=cwd, env=clean_env(HOME=str(home)),
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_entrypoint_lets_git_use_a_checkout_owned_by_another_user(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("giving the checkout another owner needs root")
-    repo = tmp_path / "checkout"
+def small_clone(repo: Path, home: Path) -> Path:
+    """A git repository with one commit of params.yaml, dvc.yaml and .gitignore (no identity kept)."""
     for rel in ("params.yaml", "dvc.yaml", ".gitignore"):
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, repo / rel)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     for step in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "host"]):
-        subprocess.run([*git, *step], cwd=repo, check=True, env=clean_env(HOME=str(tmp_path)))
-    subprocess.run(["chown", "-R", "4321:4321", str(repo)], check=True)
+        subprocess.run([*git, *step], cwd=repo, check=True, env=clean_env(HOME=str(home)))
+    return repo
+
+
+@pytest.mark.slow
+def test_snapshot_commits_the_build_context_and_the_entrypoint_runs_experiment_after_experiment(tmp_path):
+    ctx = build_context(tmp_path / "workspace")
+    assert not (ctx / ".git").exists() and not (ctx / "mlflow.db").exists() and (ctx / "dvc.yaml").is_file()
+    home = tmp_path / "home"  # no git identity in it, none in the environment (clean_env drops GIT_*)
+    home.mkdir()
+    dvc_run = ("dvc", "exp", "run", "-S", "preset=quick", "download")  # the image's CMD, one stage
+    # Without a repository DVC cannot run experiments ...
+    bare = subprocess.run([str(BIN / "dvc"), *dvc_run[1:]], cwd=ctx, env=clean_env(HOME=str(home)),
+                          capture_output=True, text=True, timeout=300)
+    assert bare.returncode != 0
+    # ... and the entry point gives it none: a tree without .git (a mounted export) is refused in one
+    # line naming the fix, and left as it was (no `git init` in the user's folder).
+    refused = entrypoint(ctx, *dvc_run, HOME=str(home))
+    assert refused.returncode == 2 and refused.stdout == "" and len(refused.stderr.splitlines()) == 1, refused
+    assert "git clone" in refused.stderr and not (ctx / ".git").exists()
+    # The build-time snapshot (Dockerfile: `RUN docker/snapshot.sh "${VCS_REF}"`): one commit ...
+    snap = lambda: subprocess.run([str(DOCKER / "snapshot.sh"), "abc123"], cwd=ctx, env=clean_env(HOME=str(home)),
+                                  capture_output=True, text=True, timeout=120)
+    made = snap()
+    assert made.returncode == 0, made.stderr
+    assert git_in(ctx, "rev-list", "--count", "HEAD", home=home) == "1"
+    assert "source revision: abc123" in git_in(ctx, "log", "-1", "--format=%s", home=home)
+    assert git_in(ctx, "status", "--porcelain", home=home) == ""  # every file of the context is in it
+    # ... never over an existing repository.
+    again = snap()
+    assert again.returncode == 2 and git_in(ctx, "rev-list", "--count", "HEAD", home=home) == "1"
+    committed_params = (ctx / "params.yaml").read_bytes()
+    # Experiments in a row with no git identity configured anywhere. The first (-S preset=quick, the
+    # value already there) leaves params.yaml byte-identical; a value that changes it (as the image's
+    # `-S preset=gpu` does) leaves a modified tracked file, which the next `dvc exp run` stashes: a
+    # commit that needs an identity ("Git user name and email must be configured").
+    ran = entrypoint(ctx, *dvc_run, HOME=str(home))
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert (ctx / "data" / "prepared" / "digits.pt").is_file()
+    assert (ctx / "params.yaml").read_bytes() == committed_params  # DVC's rewrite of the same value is exact
+    for n in (2, 3):
+        ran = entrypoint(ctx, "dvc", "exp", "run", "-S", "download.timeout_s=61", "download", HOME=str(home))
+        assert ran.returncode == 0, f"run {n}: {ran.stdout}{ran.stderr}"
+    assert git_in(ctx, "status", "--porcelain", "--untracked-files=no", home=home) == "M params.yaml"
+    assert len(git_in(ctx, "for-each-ref", "refs/exps", home=home).splitlines()) >= 2, "no experiments recorded"
+    # The identity lived in the environment: no config file got one; HOME's .gitconfig only lists
+    # the work tree as safe.
+    for config in (ctx / ".git" / "config", home / ".gitconfig"):
+        assert "[user]" not in config.read_text(), config
+    assert str(ctx) in git_in(ctx, "config", "--global", "--get-all", "safe.directory", home=home).splitlines()
+    # A start with an unwritable HOME (docker run --user <unknown uid>) gets one of its own.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    moved = entrypoint(ctx, "git", "rev-list", "--count", "HEAD", HOME="/nonexistent/home", TMPDIR=str(tmp))
+    assert moved.returncode == 0 and moved.stdout.strip() == "1", moved.stderr
+    assert str(ctx) in (tmp / "dpstudy-home" / ".gitconfig").read_text()
+
+
+def test_entrypoint_names_a_uid_without_passwd_entry_and_a_missing_git_identity(tmp_path):
+    """`docker run --user 4242:4242`: no passwd entry (Python's getpass.getuser() would fail, so DVC
+    did: "getpwuid(): uid not found") and no git identity. An `id` stand-in plays that uid."""
     home = tmp_path / "home"
     home.mkdir()
+    repo = small_clone(tmp_path / "checkout", home)
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    real_id = shutil.which("id")
+    (stub / "id").write_text(f'#!/bin/sh\ncase "$*" in\n  -u|-g) echo 4242 ;;\n'
+                             f'  -un) echo "id: cannot find name for user ID 4242" >&2; exit 1 ;;\n'
+                             f'  *) exec {real_id} "$@" ;;\nesac\n')
+    (stub / "id").chmod(0o755)
+    path = f"{stub}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}"
+    show = ("python", "-c", "import getpass, os; print(getpass.getuser(), *(os.environ.get(k) for k in "
+            "('LOGNAME', 'GIT_AUTHOR_NAME', 'GIT_AUTHOR_EMAIL', 'GIT_COMMITTER_NAME', 'GIT_COMMITTER_EMAIL')), sep='|')")
+    unset = {k: "" for k in ("USER", "LOGNAME")}
+    env = {k: v for k, v in clean_env(HOME=str(home)).items() if k not in unset}
+    ran = subprocess.run([str(DOCKER / "entrypoint.sh"), *show], cwd=repo, env={**env, "PATH": path},
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip().split("|") == ["uid4242", "uid4242", "dpstudy container (uid4242)",
+                                             "uid4242@dpstudy.invalid", "dpstudy container (uid4242)",
+                                             "uid4242@dpstudy.invalid"]
+    # A name and identity of the user's own win: -e USER=..., -e GIT_AUTHOR_NAME=..., or git config.
+    ran = subprocess.run([str(DOCKER / "entrypoint.sh"), *show], cwd=repo, capture_output=True, text=True, timeout=60,
+                         env={**env, "PATH": path, "USER": "ada", "GIT_AUTHOR_NAME": "Ada", "GIT_AUTHOR_EMAIL": "ada@x"})
+    assert ran.stdout.strip().split("|") == ["ada", "ada", "Ada", "ada@x", "Ada", "ada@x"], ran.stderr
+    git_in(repo, "config", "user.name", "Repo Owner", home=home)
+    git_in(repo, "config", "user.email", "owner@x", home=home)
+    ran = entrypoint(repo, *show, path=path, HOME=str(home))
+    assert ran.stdout.strip().split("|")[2:] == ["None"] * 4, ran.stdout + ran.stderr
+
+
+def test_entrypoint_lets_git_use_a_checkout_owned_by_another_user(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("giving the checkout another owner needs root")
+    home = tmp_path / "home"
+    home.mkdir()
+    repo = small_clone(tmp_path / "checkout", home)
+    head = git_in(repo, "rev-parse", "HEAD", home=home)
+    subprocess.run(["chown", "-R", "4321:4321", str(repo)], check=True)
     refused = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, env=clean_env(HOME=str(home)),
                              capture_output=True, text=True)
     assert refused.returncode != 0 and "dubious ownership" in refused.stderr
     trusted = entrypoint(repo, "git", "rev-parse", "HEAD", HOME=str(home))
-    assert trusted.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", trusted.stdout.strip()), trusted.stderr
-    assert "snapshot" not in trusted.stderr  # a checkout with .git keeps its own history
+    assert trusted.returncode == 0 and trusted.stdout.strip() == head and trusted.stderr == "", trusted.stderr
+    assert git_in(repo, "rev-list", "--count", "HEAD", home=home) == "1"  # its own history, nothing added
 
 
 def test_shell_scripts_parse():
-    for script in (DOCKER / "entrypoint.sh", DOCKER / "slurm.sbatch"):
+    for script in (DOCKER / "entrypoint.sh", DOCKER / "snapshot.sh", DOCKER / "image_test.sh", DOCKER / "slurm.sbatch"):
         assert os.access(script, os.X_OK) or script.suffix == ".sbatch", f"{script} is not executable"
         checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert checked.returncode == 0, checked.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# make image, make image-test, and CI's call of it (the build itself is make image-test's)
+
+
+def make_image(tmp_path: Path, stubs: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """`make image` with only stand-in engines on PATH (each logs its argv and cwd)."""
+    bin_dir = tmp_path / "bin"
+    if not bin_dir.exists():
+        bin_dir.mkdir()
+        for tool in ("make", "git", "sh", "cat"):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    log = tmp_path / "engine.log"
+    for name, info_rc in stubs.items():
+        (bin_dir / name).write_text(f'#!/bin/sh\n[ "$1" = info ] && exit {info_rc}\n'
+                                    f'echo "{name} $* @ $(pwd)" >> {log}\n')
+        (bin_dir / name).chmod(0o755)
+    ran = subprocess.run([str(bin_dir / "make"), "--no-print-directory", "-C", str(REPO), "image", *args],
+                         env={"PATH": str(bin_dir), "HOME": str(tmp_path)}, capture_output=True, text=True, timeout=60)
+    return ran, log
+
+
+@pytest.mark.parametrize("stubs, engine", [({"docker": 0, "podman": 0, "buildah": 0}, "docker"),
+                                           ({"docker": 1, "podman": 0, "buildah": 0}, "podman"),  # no daemon
+                                           ({"docker": 1, "buildah": 0}, "buildah"),
+                                           ({"docker": 1}, None)])
+def test_make_image_builds_with_the_engine_that_is_here_and_passes_vcs_ref(tmp_path, stubs, engine):
+    ran, log = make_image(tmp_path, stubs)
+    if engine is None:
+        assert ran.returncode != 0 and "no container engine" in ran.stderr and not log.exists()
+        return
+    assert ran.returncode == 0, ran.stderr
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    assert log.read_text().splitlines() == [f"{engine} build --build-arg VCS_REF={head} -t dpstudy . @ {REPO}"]
+    # ... the README's own `docker build`, and a base of your choice
+    _, commands = readme_docker_commands()
+    readme_build, = [c for c in commands if c[:2] == ["docker", "build"]]
+    assert readme_build == ["docker", "build", "--build-arg", "VCS_REF=$(git rev-parse HEAD)", "-t", "dpstudy", "."]
+    log.unlink()
+    ran, log = make_image(tmp_path, stubs, "IMAGE=x", "IMAGE_BUILD_FLAGS=--build-arg BASE_IMAGE=ubuntu:24.04")
+    assert ran.returncode == 0, ran.stderr
+    assert log.read_text().split(" @ ")[0] == f"{engine} build --build-arg BASE_IMAGE=ubuntu:24.04 --build-arg VCS_REF={head} -t x ."
+
+
+def test_image_test_runs_the_readme_command_as_a_stranger_and_ci_runs_it_after_make_test():
+    script = (DOCKER / "image_test.sh").read_text()
+    mk = (DOCKER / "image.mk").read_text()
+    assert re.search(r"^image-test:\n\tdocker/image_test\.sh$", mk, re.M)
+    assert re.search(r"make .*-C \"\$ROOT\" image ENGINE=buildah", script)  # the build goes through make image
+    # The command it runs is the image's default with the quick preset (a CPU), through the image's
+    # ENTRYPOINT, as a uid:gid that is neither root nor the image's user.
+    cmd = yaml.safe_load([a for i, a in dockerfile() if i == "CMD"][-1])
+    quick = [a.replace("preset=gpu", "preset=quick") for a in cmd]
+    assert f'drun "$CHECKOUT" {shlex.join(quick)}' in script
+    assert '["OCIv1"]["config"]["Entrypoint"]' in script
+    uid, gid = re.search(r'RUN_AS="\$\{IMAGE_TEST_USER:-(\d+):(\d+)\}"', script).groups()
+    args = dockerfile_args()
+    assert int(uid) not in (0, int(args["USER_UID"])) and int(gid) not in (0, int(args["USER_GID"]))
+    # CI: the README's test command first, then the image.
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert ci.index("make test") < ci.index("$sudo make image-test") == len(ci) - 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,6 +531,17 @@ def test_compose_wires_the_trainer_to_the_mlflow_server_and_the_gpus():
     source, target = trainer["volumes"][0].rsplit(":", 1)
     assert (DOCKER / source).resolve() == REPO and target == workdir()
     assert trainer["shm_size"]
+    # The checkout's owner, with no default: a guessed uid (the image's) leaves a checkout owned by
+    # anyone else unwritable, so Compose must stop, naming what to set, until both are given.
+    uid, gid = re.fullmatch(r"\$\{(\w+):\?([^$}]+)\}:\$\{(\w+):\?([^$}]+)\}", trainer["user"]).group(1, 3)
+    assert (uid, gid) == ("HOST_UID", "HOST_GID") and ":-" not in trainer["user"]
+    assert compose_variables() == {"HOST_UID", "HOST_GID"}
+
+
+def compose_variables() -> set[str]:
+    """Every variable compose.yaml interpolates (Compose does so for the whole file, every command)."""
+    text = "\n".join(line for line in (DOCKER / "compose.yaml").read_text().splitlines() if not line.lstrip().startswith("#"))
+    return set(re.findall(r"\$\{(\w+)", text))
 
 
 @pytest.mark.slow
@@ -585,10 +745,17 @@ def test_readme_docker_commands_refer_to_what_the_files_contain():
     services = compose()["services"]
     manifest = kubernetes()
     seen = set()
+    exported: set[str] = set()
+    image_targets = set(re.findall(r"^([\w-]+):", (DOCKER / "image.mk").read_text(), re.M))
     for argv in commands:
         tool, rest = argv[0], argv[1:]
-        seen.add((tool, rest[0] if tool in ("docker", "kubectl") else ""))
-        if tool == "docker" and rest[0] == "build":
+        seen.add((tool, rest[0] if tool in ("docker", "kubectl", "make") else ""))
+        if tool == "export":
+            assert all(re.fullmatch(r"[A-Z_]+=.+", a) for a in rest), shlex.join(argv)
+            exported |= {a.split("=")[0] for a in rest}
+        elif tool == "make":
+            assert rest[0] in image_targets and all(re.fullmatch(r"[A-Z_]+=.*", a) for a in rest[1:]), shlex.join(argv)
+        elif tool == "docker" and rest[0] == "build":
             opts, ctx = split_options(rest[1:], set(), {"-t", "--build-arg", "-f"})
             tag = opts["-t"][0]
             assert {a.split("=")[0] for a in opts.get("--build-arg", [])} <= set(dockerfile_args())
@@ -606,6 +773,7 @@ def test_readme_docker_commands_refer_to_what_the_files_contain():
             else:
                 assert opts.get("--gpus") == ["all"], "the default command (the paper pipeline) needs the GPUs"
         elif tool == "docker" and rest[0] == "compose":
+            assert compose_variables() <= exported, "compose.yaml's variables are not exported before"
             opts, rest = split_options(rest[1:], set(), {"-f"})
             assert opts["-f"] == ["docker/compose.yaml"] and (REPO / opts["-f"][0]).is_file()
             sub, sub_opts = rest[0], split_options(rest[1:], {"--rm", "-d", "-v"}, set())
@@ -627,9 +795,12 @@ def test_readme_docker_commands_refer_to_what_the_files_contain():
             assert kind == "service" and int(remote) in [p["port"] for p in manifest[("Service", name)]["spec"]["ports"]]
         else:
             pytest.fail(f"README Docker section: {shlex.join(argv)} is not checked here")
-    assert {("docker", "build"), ("docker", "run"), ("docker", "compose"), ("sbatch", ""), ("kubectl", "apply")} <= seen
-    # The prose: the base image, the multi-node command and the variables the recipes set.
-    assert set(re.findall(r"nvidia/cuda:[\w.-]+", section)) == {dockerfile_args()["CUDA_IMAGE"]}
+    assert {("docker", "build"), ("docker", "run"), ("docker", "compose"), ("sbatch", ""), ("kubectl", "apply"),
+            ("make", "image"), ("make", "image-test")} <= seen
+    # The prose: the base image and the smaller option, the multi-node command and the variables the
+    # recipes set.
+    assert set(re.findall(r"nvidia/cuda:[\w.-]+", section)) == {dockerfile_args()["BASE_IMAGE"]}
+    assert "--build-arg BASE_IMAGE=ubuntu:24.04" in section
     assert f"`{shlex.join(dvc_cmd('train_ddp'))}`" in section
     assert set(re.findall(r"DPSTUDY_[A-Z_]+", section)) <= LAUNCH_VARS
     from dpstudy import launch
