@@ -40,6 +40,17 @@ def write_params(path: Path, overrides: dict | None = None, base: dict | None = 
     return path
 
 
+def single_config_train_dp(**extra) -> dict:
+    """Overrides that cut every train_dp grid to one small configuration (one seed, one mode,
+    loader, rule and batch, one epoch), plus ``extra``: for tests that need a real train_dp run."""
+    overrides = {"train_dp.seeds": [0], "train_dp.device": "cpu"}
+    for grid in ("lenet_utilization", "lenet_lr_scaling", "vgg"):
+        overrides |= {f"train_dp.{grid}.modes": ["single"], f"train_dp.{grid}.loaders": ["resident"],
+                      f"train_dp.{grid}.lr_rules": ["linear"], f"train_dp.{grid}.batch_sizes": [64],
+                      f"train_dp.{grid}.recipe.epochs": 1}
+    return overrides | extra
+
+
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m dpstudy ...`` as a real process, as DVC would run it."""
     full_env = {**os.environ, **(env or {})}

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_params
+from conftest import single_config_train_dp, write_params
 from dpstudy.launch import ENV
 from test_ddp import SMALL_DDP, alive, descendants
 
@@ -214,12 +214,7 @@ def test_the_reachability_probe_reads_a_live_store_dead_port_and_leaves_the_stor
 
 
 def _pool_params(path: Path) -> Path:
-    overrides = {"train_dp.seeds": [0], "train_dp.device": "cpu", "train_dp.cpu_processes": 2}
-    for grid in ("lenet_utilization", "lenet_lr_scaling", "vgg"):
-        overrides |= {f"train_dp.{grid}.modes": ["single"], f"train_dp.{grid}.loaders": ["resident"],
-                      f"train_dp.{grid}.lr_rules": ["linear"], f"train_dp.{grid}.batch_sizes": [64],
-                      f"train_dp.{grid}.recipe.epochs": 1}
-    return write_params(path, overrides)
+    return write_params(path, single_config_train_dp(**{"train_dp.cpu_processes": 2}))
 
 
 def _pool_worker(pid: int) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli, write_params
+from conftest import run_cli, single_config_train_dp, write_params
 from mlflow_browser import browser, choose_model_training, expect, explained, page  # noqa: F401
 from dpstudy.sweep import run_names
 from dpstudy.tracking import STUDIES
@@ -22,11 +22,7 @@ BATCHES, RULES = [32, 64], ["linear", "sqrt"]
 
 
 def _params(path: Path) -> Path:
-    overrides = {"train_dp.seeds": [0], "train_dp.device": "cpu", "telemetry.interval_s": 0.05}
-    for grid in ("lenet_utilization", "lenet_lr_scaling", "vgg"):
-        overrides |= {f"train_dp.{grid}.modes": ["single"], f"train_dp.{grid}.loaders": ["resident"],
-                      f"train_dp.{grid}.lr_rules": ["linear"], f"train_dp.{grid}.batch_sizes": [64],
-                      f"train_dp.{grid}.recipe.epochs": 1}
+    overrides = single_config_train_dp(**{"telemetry.interval_s": 0.05})
     overrides |= {"train_dp.vgg.width": 0.125, f"train_dp.{GRID}.batch_sizes": BATCHES,
                   f"train_dp.{GRID}.lr_rules": RULES}
     return write_params(path, overrides)
