@@ -36,6 +36,7 @@ NOT_RUN = [
      r"|evaluate|plot)\b", "runs a whole stage: tests/test_stages.py and the quick pipeline run each"),
     (r"export DPSTUDY_", "settings of a launch on several machines (tests/test_multinode.py)"),
     (r"(\.venv/bin/)?mlflow (server|ui)\b", "a server that runs until stopped (tests/test_mlflow_ui.py)"),
+    (r"make image(-test)?\b", "builds the image (7 GB, ~5 min): CI runs `make image-test` after `make test`"),
     (r".*\bdocker (build|run|compose)\b", "needs Docker and a GPU host (tests/test_docker.py checks these)"),
     (r"(sbatch|kubectl) ", "needs a Slurm or Kubernetes cluster (tests/test_docker.py checks these)"),
     (r"bash benchmarks/gpu_check\.sh ", "needs a GPU and a folder of MNIST files; without a GPU it only says so "

@@ -52,7 +52,10 @@ class Terminated(SystemExit):
 
 
 # Under `dpstudy launch`, how long a SIGTERM waits for the launch's SIGINT (see the module doc).
-LAUNCH_GRACE_S = 1.0
+# 1 s was too short on a loaded 2-core CI machine: the launch had not yet sent its SIGINT when
+# the worker gave up, and an interrupted job's runs ended FAILED. A worker that outlives a peer
+# pays this wait once before torchrun restarts or stops the job (torchrun itself waits 30 s).
+LAUNCH_GRACE_S = 5.0
 
 
 def _raise_terminated(signum, frame):
