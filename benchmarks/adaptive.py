@@ -36,13 +36,13 @@ ACCURACY_POINTS = 0.01  # the goal's "within 1 point"
 def worker(args) -> None:
     import torch
 
-    from dpstudy.adaptive import adaptive_grid, run_figures, schedule_summary, target
+    from dpstudy.grid.adaptive import adaptive_grid, run_figures, schedule_summary, target
     from dpstudy.config import load_section
-    from dpstudy.datasets import prepare
+    from dpstudy.data.datasets import prepare
     from dpstudy.devices import cpu_name
-    from dpstudy.parallel import distributed
-    from dpstudy.sweep import load_data, run_grid, summary_row
-    from dpstudy.tracking import Tracker
+    from dpstudy.train.parallel import distributed
+    from dpstudy.grid.sweep import load_data, run_grid, summary_row
+    from dpstudy.track.tracking import Tracker
 
     preset, cfg = load_section("train_adaptive", args.params)
     task = cfg.classification

@@ -35,11 +35,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dpstudy import parallel
+from dpstudy.train import parallel
 from dpstudy.devices import cpu_name
-from dpstudy.loaders import Augment, InputSpec, ResidentLoader, channel_stats
-from dpstudy.models import build_model
-from dpstudy.profiling import endless
+from dpstudy.data.loaders import Augment, InputSpec, ResidentLoader, channel_stats
+from dpstudy.train.models import build_model
+from dpstudy.measure.profiling import endless
 
 
 def worker(args) -> None:

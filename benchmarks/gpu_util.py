@@ -3,8 +3,8 @@
 LeNet-5 on MNIST-shaped data (1×28×28, resized to 32) and ResNet-20 on CIFAR-shaped data
 (3×32×32), uint8 images resident on the GPU (synthetic pixels: speed does not depend on content),
 random crop + flip gathered on the device, SGD with momentum. At each batch size the eager and the
-graph-captured step (`dpstudy.graphstep`; the gather is inside the graph) run one after the other
-through `dpstudy.profiling.run_probe`: warm-up (and the capture) excluded, then timed steps for at
+graph-captured step (`dpstudy.train.graphstep`; the gather is inside the graph) run one after the other
+through `dpstudy.measure.profiling.run_probe`: warm-up (and the capture) excluded, then timed steps for at
 least ``--seconds`` (NVML averages utilization over up to 1 s), then 8 steps watched by the profiler.
 
 Per cell: images/s, NVML utilization over the timed steps, and the device busy share from the
@@ -44,10 +44,10 @@ def main() -> int:
               "CUDA-graph steps on a GPU; run it where one is visible)")
         return 0
 
-    from dpstudy.loaders import Augment, InputSpec, ResidentLoader, channel_stats
-    from dpstudy.models import build_model, input_spec
-    from dpstudy.profiling import run_probe
-    from dpstudy.telemetry import utilization
+    from dpstudy.data.loaders import Augment, InputSpec, ResidentLoader, channel_stats
+    from dpstudy.train.models import build_model, input_spec
+    from dpstudy.measure.profiling import run_probe
+    from dpstudy.measure.telemetry import utilization
 
     device = torch.device("cuda", 0)
     print(f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; CUDA {torch.version.cuda}; "

@@ -1,6 +1,6 @@
 """Does a CUDA-graph step train what the eager step trains? Losses step by step, on a GPU.
 
-Trains each configuration three times through the real engine (`dpstudy.engine.train`): eager,
+Trains each configuration three times through the real engine (`dpstudy.train.engine.train`): eager,
 eager again (the run-to-run floor: cuDNN and atomics are not bitwise repeatable on a GPU), and
 with ``step: graph``. LeNet-5 at a fixed batch, and ResNet-20 whose batch doubles after the first
 epoch (a new graph is captured for the new batch size). Prints the largest difference of the
@@ -34,8 +34,8 @@ def main() -> int:
         return 0
 
     from dpstudy.config import AugmentConfig, RecipeConfig, StepGrowthConfig
-    from dpstudy.datasets import file_sha256, load_prepared
-    from dpstudy.engine import Context, RunSpec, TrainData, train
+    from dpstudy.data.datasets import file_sha256, load_prepared
+    from dpstudy.train.engine import Context, RunSpec, TrainData, train
 
     data = TrainData(load_prepared(Path(args.data)), file_sha256(Path(args.data)))
     recipe = RecipeConfig(epochs=args.epochs, optimizer="sgd", lr=0.05, ref_batch=args.batch, momentum=0.9,

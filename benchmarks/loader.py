@@ -15,8 +15,8 @@ import argparse
 import torch
 
 from dpstudy.devices import cpu_name
-from dpstudy.loaders import Augment, InputSpec, channel_stats, make_loader
-from dpstudy.profiling import measure_throughput
+from dpstudy.data.loaders import Augment, InputSpec, channel_stats, make_loader
+from dpstudy.measure.profiling import measure_throughput
 
 
 def main() -> None:

@@ -47,14 +47,14 @@ import torch
 from torch import nn
 
 from dpstudy.config import AugmentConfig, RecipeConfig
-from dpstudy.datasets import file_sha256, load_prepared, prepare
+from dpstudy.data.datasets import file_sha256, load_prepared, prepare
 from dpstudy.devices import cpu_name, device_names
-from dpstudy import checkpoints
-from dpstudy.engine import EVAL_BATCH, RunSpec, TrainData, evaluate, make_optimizer
-from dpstudy.loaders import Augment, ResidentLoader
-from dpstudy.models import MODELS, build_model
-from dpstudy.sweep import run_grid
-from dpstudy.tracking import Tracker
+from dpstudy.train import checkpoints
+from dpstudy.train.engine import EVAL_BATCH, RunSpec, TrainData, evaluate, make_optimizer
+from dpstudy.data.loaders import Augment, ResidentLoader
+from dpstudy.train.models import MODELS, build_model
+from dpstudy.grid.sweep import run_grid
+from dpstudy.track.tracking import Tracker
 
 CPU = torch.device("cpu")
 
@@ -100,7 +100,7 @@ def bare_run(spec: RunSpec, data: TrainData, out: Path):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--model", default="resnet20", choices=list(MODELS), help="network (dpstudy.models)")
+    ap.add_argument("--model", default="resnet20", choices=list(MODELS), help="network (dpstudy.train.models)")
     ap.add_argument("--width", type=float, default=1.0, help="channel multiplier (vgg16 0.25 suits a CPU)")
     ap.add_argument("--batch", type=int, default=128, help="batch per step")
     ap.add_argument("--epochs", type=int, default=2, help="epochs per timed run (digits: 1438 training images)")

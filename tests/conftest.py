@@ -61,7 +61,7 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> Path:
     """A data/prepared folder holding digits.pt, prepared for real once per session."""
-    from dpstudy.datasets import prepare
+    from dpstudy.data.datasets import prepare
 
     out = tmp_path_factory.mktemp("prepared")
     prepare("digits", raw_dir=out / "raw", out_dir=out, split_seed=0, test_fraction=0.2)

@@ -28,8 +28,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from dpstudy import config, datasets, engine, parallel
-from dpstudy.loaders import InputSpec, make_loader
+from dpstudy import config
+
+from dpstudy.data import datasets
+
+from dpstudy.train import engine, parallel
+from dpstudy.data.loaders import InputSpec, make_loader
 
 N = 299  # > 256 so both encoding pixels matter; tails: 3 (folded), 11 and 43 (kept)
 SEED = 3

@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dpstudy import parallel
-from dpstudy.models import build_model
+from dpstudy.train import parallel
+from dpstudy.train.models import build_model
 
 
 def gathered(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:

@@ -23,10 +23,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dpstudy import engine, parallel
-from dpstudy.datasets import load_prepared
-from dpstudy.loaders import ResidentLoader, channel_stats
-from dpstudy.models import build_model, input_spec
+from dpstudy.train import engine, parallel
+from dpstudy.data.datasets import load_prepared
+from dpstudy.data.loaders import ResidentLoader, channel_stats
+from dpstudy.train.models import build_model, input_spec
 
 LR, MOMENTUM, WEIGHT_DECAY, SEED = 0.1, 0.9, 5e-4, 0
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from conftest import REPO
-from dpstudy.datasets import load_prepared
-from dpstudy.loaders import epoch_permutation, rank_batches, step_bounds
+from dpstudy.data.datasets import load_prepared
+from dpstudy.data.loaders import epoch_permutation, rank_batches, step_bounds
 from test_ddp import ONE_THREAD, torchrun_cmd
 
 SCRIPT = REPO / "tests" / "ddp_batch_change.py"

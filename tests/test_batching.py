@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from dpstudy import engine
-from dpstudy.adaptive import adaptive_grid, time_to_target
-from dpstudy.batching import BatchSchedule, NoiseScaleEstimator
+from dpstudy.train import engine
+from dpstudy.grid.adaptive import adaptive_grid, time_to_target
+from dpstudy.train.batching import BatchSchedule, NoiseScaleEstimator
 from dpstudy.config import AugmentConfig, RecipeConfig, StepGrowthConfig, load_section
-from dpstudy.engine import Result, RunSpec
+from dpstudy.train.engine import Result, RunSpec
 from dpstudy.errors import UserError
 
 RECIPE = RecipeConfig(epochs=6, optimizer="sgd", lr=0.1, ref_batch=32, momentum=0.9, weight_decay=0.0,

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import run_cli, write_params
-from dpstudy.datasets import file_sha256, load_prepared
-from dpstudy.engine import Context, TrainData, train
+from dpstudy.data.datasets import file_sha256, load_prepared
+from dpstudy.train.engine import Context, TrainData, train
 from test_engine import RECIPE, learned, spec
 
 CPU = Context(torch.device("cpu"), sample_interval_s=0.05)
@@ -98,7 +98,7 @@ def test_changing_a_grid_keeps_the_finished_checkpoints_and_switching_back_reuse
 
 
 def test_configurations_whose_lr_rule_changes_nothing_are_twins_and_train_identically(digits, tmp_path):
-    from dpstudy.sweep import split_twins
+    from dpstudy.grid.sweep import split_twins
 
     grid = [spec(batch=b, lr_rule=r, recipe=ONE_EPOCH) for b in (64, 128) for r in ("none", "linear", "sqrt")]
     trained, copies = split_twins(grid)
@@ -110,7 +110,7 @@ def test_configurations_whose_lr_rule_changes_nothing_are_twins_and_train_identi
 
 
 def test_on_the_cpu_dataparallel_configurations_are_twins_of_single_and_train_identically(digits, tmp_path):
-    from dpstudy.sweep import split_twins, twin_reason
+    from dpstudy.grid.sweep import split_twins, twin_reason
 
     grid = [spec(mode=m, batch=b, recipe=ONE_EPOCH) for m in ("single", "dp") for b in (64, 128)]
     trained, copies = split_twins(grid, torch.device("cpu"))

@@ -206,7 +206,9 @@ def test_importing_config_does_not_import_torch():
 
 
 def test_config_names_are_the_names_the_owning_modules_implement():
-    from dpstudy import config, datasets, loaders, models, names
+    from dpstudy import config, names
+    from dpstudy.data import datasets, loaders
+    from dpstudy.train import models
 
     assert tuple(models.MODELS) == names.MODEL_NAMES == typing_args(config.Model)
     assert datasets.DATASETS == names.DATASET_NAMES == typing_args(config.Dataset)

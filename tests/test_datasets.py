@@ -21,8 +21,8 @@ import pytest
 import torch
 from torchvision.datasets import CIFAR10, MNIST
 
-from dpstudy import datasets
-from dpstudy.datasets import load_prepared, prepare
+from dpstudy.data import datasets
+from dpstudy.data.datasets import load_prepared, prepare
 from dpstudy.errors import UserError
 
 MNIST_RAW = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist" / "raw"

@@ -18,9 +18,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO, run_cli, write_params
-from dpstudy.datasets import load_prepared
-from dpstudy.loaders import epoch_permutation, rank_batches
-from dpstudy.tracking import STUDIES
+from dpstudy.data.datasets import load_prepared
+from dpstudy.data.loaders import epoch_permutation, rank_batches
+from dpstudy.track.tracking import STUDIES
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # torchrun gives each worker OMP_NUM_THREADS=1 unless set; plain processes here get the same, as

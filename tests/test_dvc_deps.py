@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import REPO, dvc, tracked_copy
 
-from dpstudy.codebase import REGISTRY, SRC, closure, fingerprint, imports_of, stage_files
+from dpstudy.codebase import REGISTRY, SRC, closure, fingerprint, imports_of, stage_deps, stage_files
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
@@ -36,6 +36,10 @@ def test_stage_deps_are_its_import_closure(name):
     extra = sorted(str(d) for d in code_deps if not any(f == d or d in f.parents for f in needed))
     assert not missing, f"dvc.yaml stage {name} runs these modules but does not depend on them: {missing}"
     assert not extra, f"dvc.yaml stage {name} depends on code it never imports: {extra}"
+    # and in the one form: each room (subpackage) it enters as a folder, every other file by name
+    want = stage_deps(name)
+    listed = [d for d in deps if d.startswith("src/")]
+    assert listed == want, f"dvc.yaml stage {name}: its code deps should read\n" + "\n".join(f"      - {d}" for d in want)
     # the installed libraries decide results too: a new lock reruns everything
     assert "requirements.lock" in deps
 
@@ -91,15 +95,23 @@ def _changed_stages(repo: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_editing_a_module_makes_dvc_status_name_exactly_the_stages_that_run_it(tmp_path):
+    """A stage depends on the folder of each subpackage it imports and on its other files one by
+    one: an edit reruns exactly the stages whose closure enters that file's folder (or holds the
+    file), and nothing else."""
     repo = _committed_copy(tmp_path / "repo")
     every = set(STAGES)
-    runs = {module: {s for s in STAGES if Path(f"src/dpstudy/{module}") in stage_files(s)}
-            for module in ("adaptive.py", "evaluation.py", "graphstep.py", "report.py")}
+
+    def covered(path: str, stage: str) -> bool:
+        return any(path == d or path.startswith(d + "/") for d in _deps(STAGES[stage]))
+
+    modules = ("grid/adaptive.py", "evaluation.py", "train/graphstep.py", "report/report.py", "stages/plot.py")
+    runs = {m: {s for s in STAGES if covered(f"src/dpstudy/{m}", s)} for m in modules}
     # written out once, so the closure code itself is checked against what the code says
-    assert runs["adaptive.py"] == {"train_adaptive"}
-    assert runs["report.py"] == {"plot"}
+    assert runs["grid/adaptive.py"] == {"train_dp", "train_ddp", "train_adaptive"}
+    assert runs["report/report.py"] == {"plot"}
+    assert runs["stages/plot.py"] == {"plot"}
     assert runs["evaluation.py"] == {"evaluate", "plot"}
-    assert {"profile_dataloader", "train_dp", "train_ddp", "train_adaptive"} <= runs["graphstep.py"]
+    assert runs["train/graphstep.py"] == every - {"download"}
     for module, expected in runs.items():
         path = repo / "src" / "dpstudy" / module
         original = path.read_bytes()
@@ -107,6 +119,14 @@ def test_editing_a_module_makes_dvc_status_name_exactly_the_stages_that_run_it(t
         assert _changed_stages(repo) == expected, module
         path.write_bytes(original)
     assert _changed_stages(repo) == set()
+    # bytecode caches beside the code do not count (.dvcignore)
+    (repo / "src" / "dpstudy" / "train" / "__pycache__").mkdir(exist_ok=True)
+    (repo / "src" / "dpstudy" / "train" / "__pycache__" / "engine.cpython-312.pyc").write_bytes(b"stale")
+    assert _changed_stages(repo) == set()
+    # a new module in a room is covered before anything imports it
+    (repo / "src" / "dpstudy" / "grid" / "new.py").write_text("X = 1\n")
+    assert _changed_stages(repo) == runs["grid/adaptive.py"]
+    (repo / "src" / "dpstudy" / "grid" / "new.py").unlink()
     # a new lock (other library versions) reruns every stage
     lock = repo / "requirements.lock"
     lock.write_text(lock.read_text() + "# an edit\n")
@@ -119,18 +139,18 @@ def test_checkpoints_are_stamped_with_the_engines_whole_closure(tmp_path):
     that closure gives another stamp."""
     import shutil
 
-    from dpstudy import engine
+    from dpstudy.train import engine
 
     src = tmp_path / "src"
     shutil.copytree(SRC / "dpstudy", src / "dpstudy")
-    assert fingerprint("dpstudy.engine", src) == engine.code_fingerprint()
-    covered = {m.split(".")[-1] for m in closure(["dpstudy.engine"], src)}
+    assert fingerprint("dpstudy.train.engine", src) == engine.code_fingerprint()
+    covered = {m.split(".")[-1] for m in closure(["dpstudy.train.engine"], src)}
     assert {"checkpoints", "datasets", "graphstep", "devicebusy", "models", "batching"} <= covered
-    for module in ("checkpoints.py", "datasets.py"):
+    for module in ("train/checkpoints.py", "data/datasets.py"):
         path = src / "dpstudy" / module
         original = path.read_bytes()
         path.write_bytes(original + b"\n# an edit\n")
-        assert fingerprint("dpstudy.engine", src) != engine.code_fingerprint(), module
+        assert fingerprint("dpstudy.train.engine", src) != engine.code_fingerprint(), module
         path.write_bytes(original)
-    (src / "dpstudy" / "report.py").write_text("# not imported by the engine\n")
-    assert fingerprint("dpstudy.engine", src) == engine.code_fingerprint()
+    (src / "dpstudy" / "report" / "report.py").write_text("# not imported by the engine\n")
+    assert fingerprint("dpstudy.train.engine", src) == engine.code_fingerprint()

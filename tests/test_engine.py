@@ -16,12 +16,12 @@ import torch
 
 from conftest import write_params
 from dpstudy.config import AugmentConfig, NoiseScaleConfig, RecipeConfig
-from dpstudy.datasets import file_sha256, load_prepared
-from dpstudy import engine
-from dpstudy.engine import Context, RunSpec, TrainData, train
-from dpstudy.models import build_model
-from dpstudy.sweep import run_grid
-from dpstudy.tracking import Tracker
+from dpstudy.data.datasets import file_sha256, load_prepared
+from dpstudy.train import engine
+from dpstudy.train.engine import Context, RunSpec, TrainData, train
+from dpstudy.train.models import build_model
+from dpstudy.grid.sweep import run_grid
+from dpstudy.track.tracking import Tracker
 
 RECIPE = RecipeConfig(epochs=3, optimizer="sgd", lr=0.05, ref_batch=64, momentum=0.9, weight_decay=5e-4,
                       warmup_epochs=1, decay="cosine", milestones=[], gamma=0.1,
@@ -137,7 +137,7 @@ def test_growth_schedules_continue_from_fixed_smalls_first_epoch_and_end_as_if_t
     from mlflow.tracking import MlflowClient
 
     from dpstudy.config import StepGrowthConfig
-    from dpstudy.sweep import FIRST_EPOCHS, shared_first_epochs
+    from dpstudy.grid.sweep import FIRST_EPOCHS, shared_first_epochs
 
     small = spec(schedule="fixed_small", lr_rule="none", noise_ema=0.9)
     growth = spec(schedule="step_growth", growth=StepGrowthConfig(batch=64, lr_rule="linear", factor=2,

@@ -15,14 +15,14 @@ from mlflow.tracking import MlflowClient
 
 from conftest import run_cli, write_params
 from dpstudy.config import AugmentConfig, RecipeConfig
-from dpstudy.datasets import file_sha256, load_prepared, prepare
-from dpstudy.engine import RunSpec, TrainData
+from dpstudy.data.datasets import file_sha256, load_prepared, prepare
+from dpstudy.train.engine import RunSpec, TrainData
 from dpstudy.errors import UserError
 from dpstudy.evaluation import Evaluator, checks, find_checkpoints, headline
-from dpstudy.loaders import ResidentLoader
-from dpstudy.models import build_model, input_spec
-from dpstudy.sweep import run_grid
-from dpstudy.tracking import STUDIES, Tracker
+from dpstudy.data.loaders import ResidentLoader
+from dpstudy.train.models import build_model, input_spec
+from dpstudy.grid.sweep import run_grid
+from dpstudy.track.tracking import STUDIES, Tracker
 
 RECIPE = RecipeConfig(epochs=2, optimizer="sgd", lr=0.05, ref_batch=64, momentum=0.9, weight_decay=0.0,
                       warmup_epochs=0, decay="none", milestones=[], gamma=0.1, augment=AugmentConfig(0, False), step="eager")

@@ -168,10 +168,10 @@ def trained(digits_dir, tmp_path_factory) -> Path:
     import torch
 
     from dpstudy.config import AugmentConfig, RecipeConfig
-    from dpstudy.datasets import file_sha256, load_prepared
-    from dpstudy.engine import RunSpec, TrainData
-    from dpstudy.sweep import run_grid
-    from dpstudy.tracking import Tracker
+    from dpstudy.data.datasets import file_sha256, load_prepared
+    from dpstudy.train.engine import RunSpec, TrainData
+    from dpstudy.grid.sweep import run_grid
+    from dpstudy.track.tracking import Tracker
 
     root = tmp_path_factory.mktemp("checkout")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -238,7 +238,7 @@ def test_a_checkpoint_on_a_full_disk_is_a_full_disk_not_a_torch_error(tmp_path, 
     write says what it is, and the previous checkpoint is kept whole."""
     import torch
 
-    from dpstudy import checkpoints
+    from dpstudy.train import checkpoints
     from dpstudy.errors import UserError
 
     folder = mount("-t", "tmpfs", "-o", "size=256k", "tmpfs", target=tmp_path / "checkpoints")
@@ -319,7 +319,7 @@ def test_evaluate_after_the_store_was_deleted_says_so_and_logs_every_figure(trai
     missing, in one line, and the figures are logged on evaluate's own runs instead."""
     from mlflow.tracking import MlflowClient
 
-    from dpstudy.tracking import STUDIES
+    from dpstudy.track.tracking import STUDIES
 
     work = tmp_path / "checkout"
     shutil.copytree(trained, work)

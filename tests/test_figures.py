@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 
 from conftest import png_size
-from dpstudy.adaptive import run_figures, schedule_summary, summary_files, target
+from dpstudy.grid.adaptive import run_figures, schedule_summary, summary_files, target
 from dpstudy.config import AugmentConfig, RecipeConfig
-from dpstudy.engine import Result, RunSpec
+from dpstudy.train.engine import Result, RunSpec
 from dpstudy.errors import UserError
-from dpstudy.figures import (EPOCH_LABEL, FIGURES, INPUTS, Stat, draw, load_inputs, make_figures, mean_std,
+from dpstudy.report.figures import (EPOCH_LABEL, FIGURES, INPUTS, Stat, draw, load_inputs, make_figures, mean_std,
                              over_seeds, per_device, per_seed, ratios, reached, summarize)
 from dpstudy.fsutil import write_csv_atomic, write_files_atomic
 from dpstudy.stages import profile_dataloader, train_ddp, train_dp
-from dpstudy.sweep import results_files, tables
-from dpstudy.tasks import TASKS
+from dpstudy.grid.sweep import results_files, tables
+from dpstudy.train.tasks import TASKS
 
 RECIPE = RecipeConfig(epochs=4, optimizer="sgd", lr=0.01, ref_batch=16, momentum=0.9, weight_decay=0.0,
                       warmup_epochs=0, decay="none", milestones=[], gamma=0.1, augment=AugmentConfig(0, False), step="eager")

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from dpstudy import engine, graphstep
+from dpstudy.train import engine, graphstep
 from dpstudy.config import AugmentConfig, RecipeConfig, StepGrowthConfig
-from dpstudy.datasets import file_sha256, load_prepared
-from dpstudy.devicebusy import BusyWindow, busy_share
-from dpstudy.engine import Context, RunSpec, TrainData, busy_steps, train
+from dpstudy.data.datasets import file_sha256, load_prepared
+from dpstudy.measure.devicebusy import BusyWindow, busy_share
+from dpstudy.train.engine import Context, RunSpec, TrainData, busy_steps, train
 
 CPU = torch.device("cpu")
 RECIPE = RecipeConfig(epochs=3, optimizer="sgd", lr=0.05, ref_batch=64, momentum=0.9, weight_decay=5e-4,
@@ -129,8 +129,8 @@ def test_captured_step_warms_up_eagerly_then_captures_once_per_shape_and_replays
 
 
 def test_resident_plans_gather_exactly_the_batches_iteration_yields(digits):
-    from dpstudy.loaders import Augment, ResidentLoader
-    from dpstudy.models import input_spec
+    from dpstudy.data.loaders import Augment, ResidentLoader
+    from dpstudy.train.models import input_spec
 
     d = digits.data
     shape, mean, std = digits.stats("lenet")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpstudy.loaders import (MIN_PER_RANK, Augment, InputSpec, ResidentLoader, StandardLoader,
+from dpstudy.data.loaders import (MIN_PER_RANK, Augment, InputSpec, ResidentLoader, StandardLoader,
                              channel_stats, convert_images, crop_windows, epoch_permutation,
                              make_loader, rank_batches, step_bounds)
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import REPO, dvc
-from dpstudy import adaptive
+from dpstudy.grid import adaptive
 from dpstudy.fsutil import json_text
 from dpstudy.stages import profile_dataloader, train_ddp, train_dp
 

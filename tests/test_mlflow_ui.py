@@ -90,7 +90,7 @@ def _study(client, name: str, stage: str, dst: Path) -> Study:
 
 @pytest.fixture(scope="module")
 def studies(quick_run, tmp_path_factory) -> dict[str, Study]:
-    from dpstudy.tracking import STUDIES
+    from dpstudy.track.tracking import STUDIES
 
     client, dst = _client(quick_run), tmp_path_factory.mktemp("artifacts")
     return {key: _study(client, STUDIES[key], stage, dst / key) for key, stage in PARENT_STAGE.items()}

@@ -14,8 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import run_cli, single_config_train_dp, write_params
 from mlflow_browser import browser, choose_model_training, expect, explained, page  # noqa: F401
-from dpstudy.sweep import run_names
-from dpstudy.tracking import STUDIES
+from dpstudy.grid.sweep import run_names
+from dpstudy.track.tracking import STUDIES
 
 GRID = "lenet_lr_scaling"
 BATCHES, RULES = [32, 64], ["linear", "sqrt"]
@@ -170,11 +170,11 @@ def test_restoration_runs_filter_by_task_and_the_parent_gets_time_to_target(digi
 
     import torch
 
-    from dpstudy.adaptive import finish_task
-    from dpstudy.datasets import file_sha256, load_prepared
-    from dpstudy.engine import RunSpec, TrainData
-    from dpstudy.sweep import run_grid
-    from dpstudy.tracking import Tracker
+    from dpstudy.grid.adaptive import finish_task
+    from dpstudy.data.datasets import file_sha256, load_prepared
+    from dpstudy.train.engine import RunSpec, TrainData
+    from dpstudy.grid.sweep import run_grid
+    from dpstudy.track.tracking import Tracker
     from test_evaluation import ADAM
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from dpstudy.models import VGG16, build_model, count_parameters, input_spec
+from dpstudy.train.models import VGG16, build_model, count_parameters, input_spec
 
 
 def test_lenet5_has_the_published_61_7k_parameters_on_1x32x32():
@@ -64,7 +64,7 @@ def test_sizes_and_widths_the_networks_cannot_take_are_refused():
 
 
 def test_srnet_counts_starts_as_the_identity_and_keeps_any_even_size():
-    from dpstudy.models import model_task
+    from dpstudy.train.models import model_task
 
     model = build_model("srnet", channels=3, num_classes=0, size=32)
     assert count_parameters(model) == 631_299

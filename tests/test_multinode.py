@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from conftest import run_cli, write_params
 from dpstudy.errors import UserError
 from dpstudy.launch import ENV, Launch, settings, torchrun_command, torchrun_env
-from dpstudy.tracking import STUDIES
+from dpstudy.track.tracking import STUDIES
 from test_ddp import SMALL_DDP, alive, descendants, kill_rank1_after_checkpoint, read_csv
 
 # One world-2 configuration of LeNet on digits (resident loader: batches depend only on seed,

@@ -82,7 +82,7 @@ def check_evaluation(repo: Path) -> None:
     added to each configuration's MLflow run."""
     from mlflow.tracking import MlflowClient
 
-    from dpstudy.tracking import STUDIES
+    from dpstudy.track.tracking import STUDIES
 
     out = repo / "results" / "evaluate"
     with open(out / "evaluations.csv") as fh:
@@ -111,8 +111,8 @@ def check_report(repo: Path) -> None:
     'not testable here', the figures it links exist, and the run logged in MLflow."""
     from mlflow.tracking import MlflowClient
 
-    from dpstudy.figures import FIGURES
-    from dpstudy.report import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED
+    from dpstudy.report.figures import FIGURES
+    from dpstudy.report.report import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED
 
     report = (repo / "results" / "REPORT.md").read_text()
     table = {cells[0].strip("| "): cells[2].strip("* ") for cells in
@@ -145,7 +145,7 @@ def check_training_results(repo: Path) -> None:
     """train_dp and train_ddp: a row per configuration, checkpoints, and the MLflow layout."""
     from mlflow.tracking import MlflowClient
 
-    from dpstudy.tracking import STUDIES
+    from dpstudy.track.tracking import STUDIES
 
     expected = {}
     for stage in ("train_dp", "train_ddp"):
@@ -190,9 +190,9 @@ def check_adaptive_results(repo: Path) -> None:
     computed, and the batch / lr / noise-scale curves per step in MLflow (study C)."""
     from mlflow.tracking import MlflowClient
 
-    from dpstudy.adaptive import SCHEDULES
+    from dpstudy.grid.adaptive import SCHEDULES
     from dpstudy.config import load_section
-    from dpstudy.tracking import STUDIES
+    from dpstudy.track.tracking import STUDIES
 
     _, cfg = load_section("train_adaptive", repo / "params.yaml")
     out = repo / "results" / "train_adaptive"

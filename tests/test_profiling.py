@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dpstudy.profiling import endless, measure_throughput, run_probe
+from dpstudy.measure.profiling import endless, measure_throughput, run_probe
 
 CPU = torch.device("cpu")
 

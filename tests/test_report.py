@@ -15,9 +15,11 @@ import yaml
 
 from conftest import REPO, make_png
 from dpstudy.config import ReportRules, load_section
-from dpstudy.figures import FIGURES
-from dpstudy.report import (CLAIMS, INCONCLUSIVE, MLFLOW_NOTE, NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, StageRun,
-                            assumptions, combine, decide, figure_anchor, judge, render, render_html, Part)
+from dpstudy.report.figures import FIGURES
+from dpstudy.report.facts import assumptions
+from dpstudy.report.html import figure_anchor, render_html
+from dpstudy.report.render import MLFLOW_NOTE, StageRun, render
+from dpstudy.report.report import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, Part, combine, decide, judge
 
 RULES = ReportRules(confidence=0.95, a1_min_relative_drop=0.25, a2_min_wait_fraction=0.2, a2_resident_factor=2,
                     a3_min_gain=0.1, a4_accuracy_tolerance=0.02, b1_max_speedup=1.2, b2_min_imbalance=1.1,
@@ -479,7 +481,7 @@ def test_stage_runs_are_read_from_the_mlflow_store(tmp_path):
     """The header's runs: each stage's latest parent run per study (children skipped), or None (unknown)
     when the store cannot be read."""
     from dpstudy.stages.plot import _stage_runs
-    from dpstudy.tracking import Tracker
+    from dpstudy.track.tracking import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ids = {}
@@ -503,7 +505,7 @@ def test_every_claim_has_a_figure(claim):
 
 def test_dvc_plot_stage_depends_on_every_table_it_reads():
     """dvc.yaml must list what figures/report read, or a changed table would not re-run plot."""
-    from dpstudy.figures import INPUTS
+    from dpstudy.report.figures import INPUTS
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     deps = set(stages["plot"]["deps"])

@@ -25,8 +25,9 @@ from pathlib import Path
 import pytest
 
 from conftest import png_size
-from dpstudy.figures import FIGURES, INPUTS
-from dpstudy.report import MLFLOW_NOTE, figure_anchor
+from dpstudy.report.figures import FIGURES, INPUTS
+from dpstudy.report.html import figure_anchor
+from dpstudy.report.render import MLFLOW_NOTE
 from mlflow_browser import Server, browser, expect, explained, page, serve  # noqa: F401
 
 pytestmark = pytest.mark.slow

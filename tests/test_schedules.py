@@ -2,7 +2,7 @@
 
 import pytest
 
-from dpstudy.schedules import LRSchedule, scale_lr
+from dpstudy.train.schedules import LRSchedule, scale_lr
 
 
 def test_scaling_rules_relative_to_the_reference_batch():

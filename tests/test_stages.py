@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from conftest import SHARED, run_cli, write_params
 from dpstudy.cli import main
 from dpstudy.stages import STAGES
-from dpstudy.tracking import STUDIES
+from dpstudy.track.tracking import STUDIES
 
 TINY_PROFILE = {
     "profile_dataloader.batch_sizes": [16, 64],

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from dpstudy.tasks import TASKS, degrade, psnr
+from dpstudy.train.tasks import TASKS, degrade, psnr
 
 
 def test_psnr_of_known_errors():

@@ -1,4 +1,4 @@
-"""Tests for dpstudy.telemetry: the real CPU fallback, and NVML behaviour through a fake module."""
+"""Tests for dpstudy.measure.telemetry: the real CPU fallback, and NVML behaviour through a fake module."""
 
 import math
 import threading
@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from dpstudy import telemetry
-from dpstudy.telemetry import ResourceSampler
+from dpstudy.measure import telemetry
+from dpstudy.measure.telemetry import ResourceSampler
 
 FALLBACK_PREFIX = "telemetry: no NVIDIA GPU visible through NVML"
 

@@ -9,8 +9,8 @@ import subprocess
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dpstudy.telemetry import Sample
-from dpstudy.tracking import STUDIES, Tracker, tracking_uri
+from dpstudy.measure.telemetry import Sample
+from dpstudy.track.tracking import STUDIES, Tracker, tracking_uri
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_failures_mark_runs_failed(store):
 def test_an_interruption_right_after_a_run_is_created_still_ends_it_killed(store, monkeypatch, cut):
     """A Ctrl-C landing while a new run's params are written (the run already exists, RUNNING)
     ends that run KILLED, and every run above it; none is left RUNNING (a race CI once hit)."""
-    from dpstudy.tracking import Run
+    from dpstudy.track.tracking import Run
 
     real = Run.log_params
 
@@ -127,7 +127,7 @@ def test_only_rank_zero_logs(store):
 def test_a_sigterm_during_the_failure_write_still_leaves_every_run_failed(tmp_path, monkeypatch):
     """When a DDP peer dies, rank 0 records FAILED after gloo's error and torchrun's SIGTERM lands
     in the middle of that write: the signal waits for the write, then ends the process."""
-    from dpstudy.parallel import Terminated, distributed
+    from dpstudy.train.parallel import Terminated, distributed
 
     real = MlflowClient.set_terminated
 

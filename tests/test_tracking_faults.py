@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO, run_cli, write_params
 from dpstudy.cli import main
-from dpstudy.tracking import HTTP_LIMITS, STUDIES, Tracker
+from dpstudy.track.tracking import HTTP_LIMITS, STUDIES, Tracker
 
 STAGE = "profile_dataloader"
 # The stage's first configuration (standard loader, one worker process) reads batches until it is
@@ -161,7 +161,7 @@ def test_every_tracking_call_gives_up_on_a_dead_server_within_seconds(tmp_path):
     minutes. A value already in the environment is kept."""
     uri = f"http://127.0.0.1:{dead_port()}"
     code = ("import os, time\n"
-            "from dpstudy.tracking import Tracker\n"
+            "from dpstudy.track.tracking import Tracker\n"
             "from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES as R, "
             "MLFLOW_HTTP_REQUEST_TIMEOUT as T\n"
             "print(R.get(), T.get(), flush=True)\n"

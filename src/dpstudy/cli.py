@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if _rank_zero():
             check_outputs(args)
         if _talks_to_mlflow(args):
-            from .tracking import check_reachable
+            from .track.tracking import check_reachable
 
             check_reachable()
         return args.run(args)

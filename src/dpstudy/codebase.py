@@ -4,7 +4,8 @@ Every ``import`` and ``from ... import`` in a module counts, at any depth (impor
 functions too), since a run may take any branch. Two users, so that no code change can leave a
 stale result:
 
-- dvc.yaml: each stage depends on `stage_files` (tests/test_dvc_deps.py checks the lists). Roots
+- dvc.yaml: each stage depends on `stage_deps`: the folder of every subpackage its closure enters
+  (data/, train/, ...) and each of its other files (tests/test_dvc_deps.py checks the lists). Roots
   of stage ``X``: the command line that its ``cmd`` runs (``dpstudy`` -> `dpstudy.cli`, ``python -m
   dpstudy`` -> `dpstudy.__main__`, which torchrun starts in each worker) and ``dpstudy.stages.X``.
 - checkpoints: `fingerprint` of the engine's closure stamps each one, and a checkpoint made by
@@ -96,6 +97,21 @@ def stage_files(stage: str, src: Path = SRC) -> set[Path]:
     modules = closure([*ENTRY, f"{REGISTRY}.{stage}"], src, stage)
     root = src.parent
     return {module_file(m, src).relative_to(root) for m in modules}
+
+
+def stage_deps(stage: str, src: Path = SRC) -> list[str]:
+    """dvc.yaml's code deps of ``stage``: each subpackage folder its closure enters (a new module
+    there is covered before anything imports it), and every other file of the closure one by one
+    (the package's top-level modules and the stage registry's own entries, so that editing one
+    stage reruns that stage alone)."""
+    deps = set()
+    for path in stage_files(stage, src):
+        inner = path.relative_to(Path(src.name, PACKAGE))
+        if len(inner.parts) > 1 and inner.parts[0] != REGISTRY.split(".")[1]:
+            deps.add(str(Path(src.name, PACKAGE, inner.parts[0])))
+        else:
+            deps.add(str(path))
+    return sorted(deps)
 
 
 def fingerprint(module: str, src: Path = SRC) -> str:

@@ -24,8 +24,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 
 from .errors import UserError
-from .names import DATASET_NAMES, LOADER_NAMES, MODEL_NAMES, STEP_NAMES
-from .schedules import DECAYS, LR_RULES
+from .names import DATASET_NAMES, DECAYS, LOADER_NAMES, LR_RULES, MODEL_NAMES, STEP_NAMES
 
 PRESETS = ("quick", "gpu", "paper")
 

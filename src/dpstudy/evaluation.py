@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .errors import UserError
-from .tracking import SWEEP_STUDY
+from .track.tracking import SWEEP_STUDY
 
 # torch and the training code are imported where a checkpoint is read or scored, not here: the
 # plot stage reads evaluations.csv back as Evaluations without them (seconds of start-up).
@@ -83,7 +83,7 @@ def read_checkpoint(path: Path) -> dict:
     """The checkpoint, checked to be a finished one this code can rebuild."""
     import torch
 
-    from .engine import CHECKPOINT_FORMAT
+    from .train.engine import CHECKPOINT_FORMAT
 
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
@@ -106,7 +106,7 @@ class Evaluator:
         self._data: dict[str, tuple] = {}
 
     def _dataset(self, name: str):
-        from .datasets import file_sha256, load_prepared
+        from .data.datasets import file_sha256, load_prepared
 
         if name not in self._data:
             path = self.data_dir / f"{name}.pt"
@@ -116,10 +116,10 @@ class Evaluator:
         return self._data[name]
 
     def __call__(self, stage: str, path: Path) -> Evaluation:
-        from .engine import EVAL_BATCH, evaluate
-        from .loaders import ResidentLoader
-        from .models import build_model, input_spec
-        from .tasks import TASKS
+        from .train.engine import EVAL_BATCH, evaluate
+        from .data.loaders import ResidentLoader
+        from .train.models import build_model, input_spec
+        from .train.tasks import TASKS
 
         ckpt = read_checkpoint(path)
         meta, config = ckpt["model_meta"], ckpt["config"]

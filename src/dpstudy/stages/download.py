@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     preset, cfg = load_section("download", args.params)
-    from .. import datasets  # torch: only once the params are known to be good
+    from ..data import datasets  # torch: only once the params are known to be good
 
     datasets.check_mirror(cfg.mirror)  # before any dataset is fetched
     rows = []

@@ -26,7 +26,7 @@ from ..config import as_dict, load_section
 from ..console import format_table, progress, say
 from ..devices import device_names, resolve_device
 from ..fsutil import csv_text, json_text, write_files_atomic
-from ..tracking import Tracker
+from ..track.tracking import Tracker
 from .args import data_stage_arguments
 
 STAGE = "evaluate"

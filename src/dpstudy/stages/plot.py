@@ -34,10 +34,10 @@ from ..console import format_table
 from ..devices import cpu_count, cpu_name
 from ..errors import UserError
 from ..fsutil import write_files_atomic
-from ..tracking import STUDIES, Tracker, git_commit
+from ..track.tracking import STUDIES, Tracker, git_commit
 
 if TYPE_CHECKING:
-    from ..report import StageRun
+    from ..report.render import StageRun
 
 STAGE = "plot"
 # The stages before plot, in dvc.yaml's order (download logs nothing to MLflow).
@@ -56,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     preset, cfg = load_section(STAGE, args.params)
     # matplotlib and torch (prepared files): only once the params are known to be good
-    from ..figures import load_inputs, write_figures
-    from ..report import VERDICTS, StageRun, judge, render, render_html, seed_count
+    from ..report.figures import load_inputs, write_figures
+    from ..report.html import render_html
+    from ..report.render import StageRun, render, seed_count
+    from ..report.report import VERDICTS, judge
 
     results, out = Path(args.results), Path(args.out)
     tables = load_inputs(results)  # every input checked before anything is drawn
@@ -110,7 +112,7 @@ def _stage_runs(uri: str) -> list[StageRun] | None:
     """Each earlier stage's latest execution in the MLflow store: its parent run per study (a stage that
     logs to several studies has one in each, all from one process), start and end. None when the
     store cannot be read or holds no run of this pipeline (the report then says "unknown")."""
-    from ..report import StageRun
+    from ..report.render import StageRun
 
     try:
         from mlflow.tracking import MlflowClient
@@ -156,7 +158,7 @@ def _evaluations(folder: Path) -> tuple[list[dict], dict]:
 
 
 def _datasets(folder: Path) -> list[dict]:
-    from ..datasets import file_sha256, load_prepared
+    from ..data.datasets import file_sha256, load_prepared
 
     files = sorted(folder.glob("*.pt"))
     if not files:

@@ -17,8 +17,8 @@ from ..console import format_table, progress, say
 from ..errors import UserError
 from ..devices import device_names, resolve_device
 from ..fsutil import csv_text, json_text, write_files_atomic
-from ..telemetry import utilization
-from ..tracking import Tracker
+from ..measure.telemetry import utilization
+from ..track.tracking import Tracker
 from .args import data_stage_arguments
 
 STAGE = "profile_dataloader"
@@ -32,10 +32,10 @@ def run(args: argparse.Namespace) -> int:
     preset, cfg = load_section(STAGE, args.params)
     _, telemetry = load_section("telemetry", args.params)
     # torch and the loaders: only once the params are known to be good
-    from ..datasets import load_prepared
-    from ..graphstep import refusal
-    from ..loaders import Augment, channel_stats
-    from ..models import input_spec
+    from ..data.datasets import load_prepared
+    from ..train.graphstep import refusal
+    from ..data.loaders import Augment, channel_stats
+    from ..train.models import input_spec
 
     device = resolve_device(cfg.device)
     for step in cfg.probe.step:  # before any work: a CUDA graph needs a GPU
@@ -76,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _throughput_grid(cfg, images, labels, common, device, tracker) -> list[dict]:
-    from ..loaders import make_loader
-    from ..profiling import measure_throughput
+    from ..data.loaders import make_loader
+    from ..measure.profiling import measure_throughput
 
     configs = [("standard", bs, nw) for bs in cfg.batch_sizes for nw in cfg.num_workers]
     configs += [("resident", bs, 0) for bs in cfg.batch_sizes]
@@ -103,9 +103,9 @@ def _throughput_grid(cfg, images, labels, common, device, tracker) -> list[dict]
 def _probes(cfg, telemetry, data, images, labels, common, device, tracker) -> list[dict]:
     import torch
 
-    from ..loaders import make_loader
-    from ..models import build_model
-    from ..profiling import run_probe
+    from ..data.loaders import make_loader
+    from ..train.models import build_model
+    from ..measure.profiling import run_probe
 
     configs = [(kind, step, bs, repeat) for kind in ("standard", "resident") for step in cfg.probe.step
                for bs in cfg.batch_sizes for repeat in range(cfg.probe.repeats)]

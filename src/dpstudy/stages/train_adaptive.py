@@ -5,7 +5,7 @@ dvc.yaml starts it as ``dpstudy launch train_adaptive`` (torchrun with
 <train_adaptive.nproc_per_node> processes per machine, see `dpstudy.launch`); every configuration uses all launched processes (the per-process
 batch is the global batch / processes; a plain process runs alone and measures the noise scale
 from micro-batches). Per task, schedule × seed, fixed_small first; then each run's time-to-target
-against fixed_small's final figure (see `dpstudy.adaptive`).
+against fixed_small's final figure (see `dpstudy.grid.adaptive`).
 
 Reads params: preset, telemetry, train_adaptive. Reads <data>/<dataset>.pt. Writes into <out>:
 metrics.json (per task and schedule: mean over seeds of the final test figure, optimizer steps,
@@ -26,7 +26,7 @@ from ..config import as_dict, load_section
 from ..console import say
 from ..devices import device_names
 from ..fsutil import write_files_atomic
-from ..tracking import Tracker
+from ..track.tracking import Tracker
 from .args import data_stage_arguments
 
 STAGE = "train_adaptive"
@@ -42,9 +42,9 @@ def plan(args: argparse.Namespace, world: int) -> SimpleNamespace:
     grids and data (`dpstudy launch` calls this before torchrun starts, each worker again)."""
     preset, cfg = load_section(STAGE, args.params)
     _, telemetry = load_section("telemetry", args.params)
-    from ..adaptive import adaptive_grid  # torch: only once the params are known to be good
+    from ..grid.adaptive import adaptive_grid  # torch: only once the params are known to be good
     from ..devices import resolve_device
-    from ..sweep import check_batches, check_steps, load_data
+    from ..grid.sweep import check_batches, check_steps, load_data
 
     grids = {task: adaptive_grid(task, getattr(cfg, task), cfg.seeds, world) for task in TASKS}
     check_steps(STAGE, [spec for grid in grids.values() for spec in grid], resolve_device(cfg.device))
@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))  # known before any process group: check first
     p = plan(args, world)
     preset, cfg, telemetry, grids, data = p.preset, p.cfg, p.telemetry, p.grids, p.data
-    from ..adaptive import finish_task, print_summary, summary_files
-    from ..parallel import distributed
-    from ..sweep import run_grid, set_aside_checkpoints
+    from ..grid.adaptive import finish_task, print_summary, summary_files
+    from ..train.parallel import distributed
+    from ..grid.sweep import run_grid, set_aside_checkpoints
 
     out = Path(args.out)
     summaries: dict[str, dict] = {}

@@ -25,7 +25,7 @@ from ..config import as_dict, load_section
 from ..console import say
 from ..devices import device_names
 from ..fsutil import write_files_atomic
-from ..tracking import Tracker
+from ..track.tracking import Tracker
 from .args import data_stage_arguments
 
 STAGE = "train_ddp"
@@ -37,7 +37,7 @@ def headline(rows: list[dict]) -> dict:
     (lr rule none; the per-process batch is fixed, so the global batch grows), mean over seeds;
     negative: accuracy fell as processes were added. nan with one world size or no lr rule none.
     B4 compares DDP with train_dp's DataParallel: REPORT.md has it."""
-    from ..sweep import figure, mean_of
+    from ..grid.sweep import figure, mean_of
 
     worlds = sorted({r["world"] for r in rows}, key=float)
     gap = (mean_of(rows, "test_accuracy", world=worlds[-1], lr_rule="none")
@@ -56,7 +56,7 @@ def plan(args: argparse.Namespace, world: int) -> SimpleNamespace:
     preset, cfg = load_section(STAGE, args.params)
     _, telemetry = load_section("telemetry", args.params)
     from ..devices import resolve_device
-    from ..sweep import check_batches, check_model, check_steps, ddp_grid, load_data  # torch: once the params are good
+    from ..grid.sweep import check_batches, check_model, check_steps, ddp_grid, load_data  # torch: once the params are good
 
     check_model(f"{STAGE}.vgg", cfg.vgg)
     grid, skipped = ddp_grid("vgg", cfg.vgg, cfg.seeds, launched=world)
@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     p = plan(args, world)
     preset, cfg, telemetry, grid, skipped, data = p.preset, p.cfg, p.telemetry, p.grid, p.skipped, p.data
     out = Path(args.out)
-    from ..parallel import distributed
-    from ..sweep import print_table, results_files, run_grid, set_aside_checkpoints
+    from ..train.parallel import distributed
+    from ..grid.sweep import print_table, results_files, run_grid, set_aside_checkpoints
 
     with distributed(cfg.device, cfg.timeout_s) as dist:
         dist.make_groups([spec.world for spec in grid])

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..config import as_dict, load_section
 from ..devices import device_names, resolve_device
 from ..fsutil import write_files_atomic
-from ..tracking import SWEEP_STUDY, Tracker
+from ..track.tracking import SWEEP_STUDY, Tracker
 from .args import data_stage_arguments
 
 STAGE = "train_dp"
@@ -39,7 +39,7 @@ def headline(rows: list[dict]) -> dict:
     - A4_acc_gap: test accuracy at lenet_lr_scaling's largest batch (linear rule) minus at its
       smallest, mean over seeds (negative: the large batch lost accuracy).
     nan where the grid lacks what a figure compares."""
-    from ..sweep import figure, mean_of
+    from ..grid.sweep import figure, mean_of
 
     util = [r for r in rows if r["sweep"] == "lenet_utilization" and r["loader"] == "standard"]
     scaling = [r for r in rows if r["sweep"] == "lenet_lr_scaling"]
@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     preset, cfg = load_section(STAGE, args.params)
     _, telemetry = load_section("telemetry", args.params)
     # torch and the engine: only once the params are known to be good
-    from ..cpupool import Pool
-    from ..sweep import (check_batches, check_steps, dp_grid, load_data, print_table, results_files, run_grid,
+    from ..grid.cpupool import Pool
+    from ..grid.sweep import (check_batches, check_steps, dp_grid, load_data, print_table, results_files, run_grid,
                          set_aside_checkpoints)
 
     device = resolve_device(cfg.device)

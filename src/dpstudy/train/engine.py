@@ -54,19 +54,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import checkpoints, codebase
+from . import checkpoints
+from .. import codebase
 from .batching import BatchSchedule, NoiseScaleEstimator
-from .config import RecipeConfig, as_dict
-from .datasets import Prepared
-from .devicebusy import BusyWindow
+from ..config import RecipeConfig, as_dict
+from ..data.datasets import Prepared
+from ..measure.devicebusy import BusyWindow
 from .graphstep import graph_optimizer, spec_refusal, stepper
-from .loaders import Augment, ResidentLoader, channel_stats, make_loader
+from ..data.loaders import Augment, ResidentLoader, channel_stats, make_loader
 from .models import build_model, input_spec, model_task
 from .parallel import GradSync, sync_buffers, wrap
-from .profiling import synchronize
+from ..measure.profiling import synchronize
 from .schedules import LRSchedule, scale_lr, set_lr
 from .tasks import TASKS
-from .telemetry import ResourceSampler, rss_mib
+from ..measure.telemetry import ResourceSampler, rss_mib
 
 CHECKPOINT_FORMAT = 2
 EVAL_BATCH = 512

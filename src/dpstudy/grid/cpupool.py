@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .engine import Context, Result, RunSpec, TrainData, train
+from ..train.engine import Context, Result, RunSpec, TrainData, train
 
 _data: dict[str, TrainData] = {}  # per worker: the datasets, sent once at start-up
 _STOP_WAIT_S = 5.0  # how long stopped workers get to exit before SIGKILL

@@ -23,8 +23,8 @@ from typing import Iterable
 
 import torch
 
-from .console import say
-from .fsutil import atomic_path
+from ..console import say
+from ..fsutil import atomic_path
 
 KEPT = "kept"
 

@@ -19,8 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-LR_RULES = ("none", "linear", "sqrt")
-DECAYS = ("none", "step", "cosine")
+from ..names import DECAYS, LR_RULES
 
 
 def scale_lr(lr: float, rule: str, batch: int, ref_batch: int) -> float:

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .loaders import InputSpec
-from .names import MODEL_NAMES
+from ..data.loaders import InputSpec
+from ..names import MODEL_NAMES
 
 
 class LeNet5(nn.Module):

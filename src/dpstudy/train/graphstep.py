@@ -36,7 +36,7 @@ from typing import Callable
 
 import torch
 
-from .names import STEP_NAMES
+from ..names import STEP_NAMES
 
 STEPS = STEP_NAMES
 WARMUP_STEPS = 3  # eager steps per new input shape before it is captured

@@ -101,7 +101,7 @@ def run_probe(model: nn.Module, loader, device: torch.device, *, batch_size: int
     a graph's capture happens during warm-up, which is extended to cover it).
     """
     from .devicebusy import BusyWindow
-    from .graphstep import WARMUP_STEPS, graph_optimizer, stepper
+    from ..train.graphstep import WARMUP_STEPS, graph_optimizer, stepper
 
     graph = step == "graph"
     model.train()

@@ -27,8 +27,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FixedLocator, LogLocator, MaxNLocator, NullLocator, PercentFormatter
 
-from .errors import UserError
-from .fsutil import atomic_path
+from ..errors import UserError
+from ..fsutil import atomic_path
 
 DPI = 110
 UTILIZATION, LR_SCALING, VGG = "lenet_utilization", "lenet_lr_scaling", "vgg"  # train_dp's grids

@@ -36,9 +36,9 @@ from typing import BinaryIO, Sequence
 import numpy as np
 import torch
 
-from .errors import UserError
-from .fsutil import atomic_path
-from .names import DATASET_NAMES
+from ..errors import UserError
+from ..fsutil import atomic_path
+from ..names import DATASET_NAMES
 
 DATASETS = DATASET_NAMES  # `prepare` below handles each; names.py lets config.py check them torch-free
 UPSTREAM_SPLITS = ("full", "test_only")

@@ -40,10 +40,10 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from . import __version__
-from .config import flatten
-from .errors import UserError
-from .fsutil import signals_held, unwritable
+from .. import __version__
+from ..config import flatten
+from ..errors import UserError
+from ..fsutil import signals_held, unwritable
 
 # MLflow's HTTP client retries a failed call 7 times with exponential back-off and waits 120 s per
 # try: minutes of silence per call when the server is down. These bounds apply to every call of
@@ -306,7 +306,7 @@ class Run:
         """Telemetry samples (`telemetry.Sample`) as MLflow system metrics: ``system/...`` keys
         (`telemetry.system_metric`), each at its sample's own time, step = that key's sample count
         so far (0, 1, 2, ... per key, as MLflow's own monitor numbers them)."""
-        from .telemetry import system_metric
+        from ..measure.telemetry import system_metric
 
         counts: dict[str, int] = {}
         rows = []
@@ -558,6 +558,6 @@ def _local_artifacts_folder(location: str | None) -> Path | None:
 
 
 def _say(line: str) -> None:
-    from .console import say
+    from ..console import say
 
     say(line)

@@ -23,15 +23,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
-from .config import AdaptiveTaskConfig
-from .console import format_table
-from .engine import Result, RunSpec
-from .errors import UserError
-from .fsutil import csv_text, json_text
-from .loaders import MIN_PER_RANK
-from .models import model_task
+from ..config import AdaptiveTaskConfig
+from ..console import format_table
+from ..train.engine import Result, RunSpec
+from ..errors import UserError
+from ..fsutil import csv_text, json_text
+from ..data.loaders import MIN_PER_RANK
+from ..train.models import model_task
 from .sweep import check_model, figure, numeric, rounded, tables
-from .tasks import TASKS
+from ..train.tasks import TASKS
 
 SCHEDULES = ("fixed_small", "fixed_large", "step_growth", "noise_scale")
 STAGE = "train_adaptive"

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .names import LOADER_NAMES
+from ..names import LOADER_NAMES
 
 # torchvision (as long to import as torch itself) is imported by the standard loader's functions
 # only: the resident loader, evaluation and `dpstudy launch`'s checks never need it.

@@ -38,8 +38,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .devices import resolve_device
-from .errors import UserError
+from ..devices import resolve_device
+from ..errors import UserError
 
 MODES = ("single", "dp", "ddp")
 
@@ -68,7 +68,7 @@ def _raise_terminated(signum, frame):
 
 
 def _launched() -> bool:
-    from .launch import LAUNCHED
+    from ..launch import LAUNCHED
 
     return os.environ.get(LAUNCHED) == "1" and "TORCHELASTIC_RUN_ID" in os.environ
 

@@ -27,20 +27,20 @@ from typing import Callable, Iterable
 
 import torch
 
-from .config import DDPSweepConfig, DPSweepConfig, GridConfig
-from .console import format_table, progress, say
-from .datasets import file_sha256, load_prepared
-from .engine import (CHECKPOINT_FORMAT, Context, Result, RunSpec, TrainData, code_fingerprint,
+from ..config import DDPSweepConfig, DPSweepConfig, GridConfig
+from ..console import format_table, progress, say
+from ..data.datasets import file_sha256, load_prepared
+from ..train.engine import (CHECKPOINT_FORMAT, Context, Result, RunSpec, TrainData, code_fingerprint,
                      continue_from_first_epoch, copy_checkpoint, train)
-from .errors import UserError
-from . import checkpoints
-from .fsutil import csv_text, json_text
-from .graphstep import spec_refusal
-from .models import MODELS, build_model
-from .parallel import Dist
-from .tasks import TASKS
-from .telemetry import utilization_keys
-from .tracking import Run, Tracker
+from ..errors import UserError
+from ..train import checkpoints
+from ..fsutil import csv_text, json_text
+from ..train.graphstep import spec_refusal
+from ..train.models import MODELS, build_model
+from ..train.parallel import Dist
+from ..train.tasks import TASKS
+from ..measure.telemetry import utilization_keys
+from ..track.tracking import Run, Tracker
 
 
 def load_data(folder: Path, names: Iterable[str]) -> dict[str, TrainData]:

@@ -1,0 +1,1 @@
+"""Data: download and prepare the datasets, and the standard and resident loaders that feed training."""

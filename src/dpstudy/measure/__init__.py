@@ -1,0 +1,1 @@
+"""Measurements: throughput probes, resource telemetry, the device-busy window, held-out evaluation."""

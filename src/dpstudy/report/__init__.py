@@ -1,0 +1,1 @@
+"""The claims report and the study figures."""

@@ -1,0 +1,1 @@
+"""MLflow: experiments, runs, metrics and artifacts of every stage."""
