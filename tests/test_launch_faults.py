@@ -261,3 +261,25 @@ def test_ctrl_c_while_the_cpu_pool_starts_is_one_line_without_worker_tracebacks(
     assert err.splitlines() == ["interrupted (SIGINT)"], err
     assert not [p for p in workers if alive(p)], "a pool worker outlived the stage"
     assert "RUNNING" not in {status for _, status in statuses(tmp_path / "mlflow.db")}
+
+
+def test_an_interrupted_launch_ends_its_own_failed_and_running_runs_killed(tmp_path):
+    """What a worker made of the stop does not decide: the launch ends KILLED the runs of its own
+    launch id that are FAILED or RUNNING, and leaves finished runs and other launches' runs alone."""
+    from mlflow.tracking import MlflowClient
+
+    from dpstudy.track.tracking import mark_launch_killed
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    made = {}
+    for name, launch, status in [("failed", "L", "FAILED"), ("running", "L", "RUNNING"), ("done", "L", "FINISHED"),
+                                 ("other", "M", "FAILED")]:
+        run_id = client.create_run(exp, run_name=name, tags={"launch": launch}).info.run_id
+        if status != "RUNNING":
+            client.set_terminated(run_id, status=status)
+        made[name] = run_id
+    assert mark_launch_killed("L", uri) == 2
+    assert {n: client.get_run(r).info.status for n, r in made.items()} == {
+        "failed": "KILLED", "running": "KILLED", "done": "FINISHED", "other": "FAILED"}

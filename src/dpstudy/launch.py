@@ -52,6 +52,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Mapping
 
@@ -348,8 +349,11 @@ def run_torchrun(cmd: list[str], env: Mapping[str, str]) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+    from .track.tracking import LAUNCH_ID
+
     os.environ.update(env)
     os.environ[LAUNCHED] = "1"
+    os.environ[LAUNCH_ID] = launch_id = uuid.uuid4().hex
     args = torchrun.parse_args(cmd[3:])
     if hasattr(args, "signals_to_handle"):  # torch >= 2.8
         kept = [s for s in args.signals_to_handle.split(",") if s.strip() not in ("", "SIGTERM", "SIGINT")]
@@ -379,9 +383,27 @@ def run_torchrun(cmd: list[str], env: Mapping[str, str]) -> int:
         for logger in loggers:
             logger.removeFilter(noise)
     if interruption.signum is not None:  # however torchrun ended, the launch was interrupted
+        _runs_killed(launch_id)
         print(f"interrupted ({signal.Signals(interruption.signum).name})", file=sys.stderr, flush=True)
         return 128 + interruption.signum
     return code
+
+
+def _runs_killed(launch_id: str) -> None:
+    """The workers' runs end KILLED whatever each worker made of the stop (`mark_launch_killed`).
+    A second signal meanwhile is ignored (the launch is stopping already); a store that cannot be
+    read leaves the runs as the workers ended them, and the one line about the interruption comes
+    all the same."""
+    from .track.tracking import mark_launch_killed
+
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        mark_launch_killed(launch_id)
+    except Exception:  # noqa: BLE001 - a broken store must not hide the interruption's line
+        pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 # --------------------------------------------------------------------------------------------

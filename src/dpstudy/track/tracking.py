@@ -71,6 +71,11 @@ _MAX_PARAMS_PER_CALL = 100
 _MAX_PARAM_CHARS = 6000
 
 
+# Set by `dpstudy launch` for its workers: their runs carry it as the tag ``launch``, so that an
+# interrupted launch can find them (`mark_launch_killed`).
+LAUNCH_ID = "DPSTUDY_LAUNCH_ID"
+
+
 def tracking_uri(root: str | os.PathLike | None = None) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
@@ -540,7 +545,28 @@ class Tracker:
             "host": platform.node(),
             "pid": str(os.getpid()),  # with host: tells a later execution whether this run is alive
             "dpstudy_version": __version__,
+            **({"launch": os.environ[LAUNCH_ID]} if os.environ.get(LAUNCH_ID) else {}),
         }
+
+
+def mark_launch_killed(launch_id: str, uri: str | None = None) -> int:
+    """End KILLED every run of launch ``launch_id`` that its workers ended FAILED or left RUNNING;
+    how many. When a job is stopped (Slurm signals every process at once), a worker that sees its
+    peer vanish before its own interruption lands takes the stop for a failure; the launch, which
+    was interrupted itself, knows better."""
+    from mlflow.tracking import MlflowClient
+
+    quiet_mlflow_logs()
+    client = MlflowClient(tracking_uri=uri or tracking_uri())
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return 0
+    runs = client.search_runs(experiments, f"tags.launch = '{launch_id}'", max_results=10000)
+    stopped = [r.info.run_id for r in runs if r.info.status in ("FAILED", "RUNNING")]
+    for run_id in stopped:
+        with signals_held():
+            client.set_terminated(run_id, status="KILLED")
+    return len(stopped)
 
 
 def _local_artifacts_folder(location: str | None) -> Path | None:
