@@ -36,13 +36,13 @@ ACCURACY_POINTS = 0.01  # the goal's "within 1 point"
 def worker(args) -> None:
     import torch
 
-    from dpstudy.grid.adaptive import adaptive_grid, run_figures, schedule_summary, target
     from dpstudy.config import load_section
     from dpstudy.data.datasets import prepare
     from dpstudy.devices import cpu_name
-    from dpstudy.train.parallel import distributed
+    from dpstudy.grid.adaptive import adaptive_grid, run_figures, schedule_summary, target
     from dpstudy.grid.sweep import load_data, run_grid, summary_row
     from dpstudy.track.tracking import Tracker
+    from dpstudy.train.parallel import distributed
 
     preset, cfg = load_section("train_adaptive", args.params)
     task = cfg.classification
@@ -56,8 +56,16 @@ def worker(args) -> None:
             prepare(task.dataset, raw_dir=tmp / "raw", out_dir=tmp / "data")
         d.barrier()
         data = load_data(tmp / "data", [task.dataset])
-        with Tracker("C", "benchmark_adaptive", preset=preset, params={}, rank=d.rank, world_size=d.world,
-                     uri=f"sqlite:///{tmp / 'mlflow.db'}", root=REPO) as tracker:
+        with Tracker(
+            "C",
+            "benchmark_adaptive",
+            preset=preset,
+            params={},
+            rank=d.rank,
+            world_size=d.world,
+            uri=f"sqlite:///{tmp / 'mlflow.db'}",
+            root=REPO,
+        ) as tracker:
             results = run_grid(grid, data, tracker, tmp / "out", dist=d)
         if not d.is_main:
             return
@@ -65,21 +73,30 @@ def worker(args) -> None:
         rows = [{**summary_row(r), **run_figures(r, goal)} for r in results]
         summary = schedule_summary(rows, "accuracy")
         device = torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else f"cpu ({cpu_name()})"
-        print(f"\n{preset} preset: {task.model} on {task.dataset} ({task.input_size}x{task.input_size}), "
-              f"{task.recipe.epochs} epochs, seeds {list(cfg.seeds)}, {d.world} process(es) on {device}, "
-              f"{d.backend}; torch {torch.__version__}")
+        print(
+            f"\n{preset} preset: {task.model} on {task.dataset} ({task.input_size}x{task.input_size}), "
+            f"{task.recipe.epochs} epochs, seeds {list(cfg.seeds)}, {d.world} process(es) on {device}, "
+            f"{d.backend}; torch {torch.__version__}"
+        )
         print(f"target: test accuracy {goal:.4f} (fixed_small's final mean - {task.target_tolerance})")
-        print(f"{'schedule':<12} {'batches':<18} {'final acc':>16} {'steps':>6} {'train s':>8} "
-              f"{'to target s':>14} {'speedup':>8}")
+        print(
+            f"{'schedule':<12} {'batches':<18} {'final acc':>16} {'steps':>6} {'train s':>8} "
+            f"{'to target s':>14} {'speedup':>8}"
+        )
         for name in SCHEDULES:
             e = summary[name]
             batches = next(r["batches"] for r in rows if r["schedule"] == name)
-            print(f"{name:<12} {batches:<18} {e['test_accuracy']:>8.4f} ± {e['test_accuracy_std']:.4f} "
-                  f"{e['steps']:>6.0f} {e['train_time_s']:>8.1f} "
-                  f"{e['time_to_target_s']:>7.1f} ± {e['time_to_target_s_std']:<4.1f} {e['speedup']:>7.2f}x")
+            print(
+                f"{name:<12} {batches:<18} {e['test_accuracy']:>8.4f} ± {e['test_accuracy_std']:.4f} "
+                f"{e['steps']:>6.0f} {e['train_time_s']:>8.1f} "
+                f"{e['time_to_target_s']:>7.1f} ± {e['time_to_target_s_std']:<4.1f} {e['speedup']:>7.2f}x"
+            )
         base = summary["fixed_small"]["test_accuracy"]
-        close = {n: summary[n]["speedup"] for n in SCHEDULES[1:]
-                 if base - summary[n]["test_accuracy"] <= ACCURACY_POINTS + 1e-9}
+        close = {
+            n: summary[n]["speedup"]
+            for n in SCHEDULES[1:]
+            if base - summary[n]["test_accuracy"] <= ACCURACY_POINTS + 1e-9
+        }
         pool = close or {n: summary[n]["speedup"] for n in SCHEDULES[1:]}
         best = max(pool, key=lambda n: -math.inf if math.isnan(pool[n]) else pool[n])
         note = "" if close else ", final accuracy NOT within 1 point of fixed_small"
@@ -87,8 +104,9 @@ def worker(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--params", default=str(REPO / "params.yaml"), help="params file (its preset applies)")
     ap.add_argument("--nproc", type=int, default=2, help="DDP processes (default %(default)s)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu: gloo; cuda: one GPU each")
@@ -100,9 +118,24 @@ def main() -> None:
         worker(args)
         return
     with tempfile.TemporaryDirectory(prefix="dpstudy-adaptive-") as tmp:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-               "--max-restarts=0", __file__, "--worker", "--tmp", tmp, "--params", args.params,
-               "--device", args.device, "--epochs", str(args.epochs)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={args.nproc}",
+            "--max-restarts=0",
+            __file__,
+            "--worker",
+            "--tmp",
+            tmp,
+            "--params",
+            args.params,
+            "--device",
+            args.device,
+            "--epochs",
+            str(args.epochs),
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         sys.exit(subprocess.run(cmd, env=env).returncode)
 

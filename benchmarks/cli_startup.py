@@ -67,10 +67,11 @@ def timed(argv: list[str], cwd: Path) -> tuple[float, float, int]:
 
 
 def heavy_imports(args: list[str], cwd: Path) -> str:
-    probe = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *args], cwd=cwd, env=ENV,
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), *args], cwd=cwd, env=ENV, capture_output=True, text=True
+    )
     lines = [line for line in probe.stderr.splitlines() if line.startswith("heavy:")]
-    return (lines[-1][len("heavy:"):] or "none") if lines else "? (probe failed)"
+    return (lines[-1][len("heavy:") :] or "none") if lines else "? (probe failed)"
 
 
 def main() -> None:
@@ -94,10 +95,16 @@ def main() -> None:
             "python -c pass (floor)": ([sys.executable, "-c", "pass"], None, 0),
             "dpstudy --help": ([*dpstudy, "--help"], ["--help"], 0),
             "dpstudy train_dp --help": ([*dpstudy, "train_dp", "--help"], ["train_dp", "--help"], 0),
-            "dpstudy train_dp --no-such-option": ([*dpstudy, "train_dp", "--no-such-option"],
-                                                  ["train_dp", "--no-such-option"], 2),
-            "dpstudy train_dp (bad params.yaml)": ([*dpstudy, "train_dp", "--out", str(work / "out")],
-                                                   ["train_dp", "--out", str(work / "out")], 2),
+            "dpstudy train_dp --no-such-option": (
+                [*dpstudy, "train_dp", "--no-such-option"],
+                ["train_dp", "--no-such-option"],
+                2,
+            ),
+            "dpstudy train_dp (bad params.yaml)": (
+                [*dpstudy, "train_dp", "--out", str(work / "out")],
+                ["train_dp", "--out", str(work / "out")],
+                2,
+            ),
         }
         first: dict[str, float] = {}
         walls: dict[str, list[float]] = {name: [] for name in commands}
@@ -115,21 +122,27 @@ def main() -> None:
         imported = {name: heavy_imports(probe, work) for name, (_, probe, _) in commands.items() if probe}
 
     load = os.getloadavg()
-    print(f"{platform.node()}: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
-          f"Python {platform.python_version()}; {' '.join(dpstudy)}")
+    print(
+        f"{platform.node()}: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+        f"Python {platform.python_version()}; {' '.join(dpstudy)}"
+    )
     print(f"fresh process per run; first run, then min / median of {args.repeats}; CPU = user + system")
     width = max(map(len, commands))
     print(f"{'command':<{width}}  {'first s':>8}  {'min s':>7}  {'median s':>8}  {'CPU s':>6}  heavy modules imported")
     for name in commands:
-        print(f"{name:<{width}}  {first[name]:8.3f}  {min(walls[name]):7.3f}  {statistics.median(walls[name]):8.3f}  "
-              f"{statistics.median(cpus[name]):6.3f}  {imported.get(name, '-')}")
+        print(
+            f"{name:<{width}}  {first[name]:8.3f}  {min(walls[name]):7.3f}  {statistics.median(walls[name]):8.3f}  "
+            f"{statistics.median(cpus[name]):6.3f}  {imported.get(name, '-')}"
+        )
     floor = statistics.median(walls["python -c pass (floor)"])
     medians = {name: statistics.median(w) for name, w in walls.items()}
     slowest = max((n for n in commands if n.startswith("dpstudy")), key=medians.get)
     verdict = "under" if medians[slowest] < args.threshold else "NOT under"
     print(f"slowest: {slowest}, {medians[slowest]:.3f} s median: {verdict} the {args.threshold:g} s threshold")
-    print(f"cli_startup: {medians['dpstudy --help']:.2f}s ({medians['dpstudy --help'] / floor:.1f}x python's "
-          f"{floor:.2f}s floor)")
+    print(
+        f"cli_startup: {medians['dpstudy --help']:.2f}s ({medians['dpstudy --help'] / floor:.1f}x python's "
+        f"{floor:.2f}s floor)"
+    )
 
 
 if __name__ == "__main__":

@@ -35,11 +35,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dpstudy.train import parallel
-from dpstudy.devices import cpu_name
 from dpstudy.data.loaders import Augment, InputSpec, ResidentLoader, channel_stats
-from dpstudy.train.models import build_model
+from dpstudy.devices import cpu_name
 from dpstudy.measure.profiling import endless
+from dpstudy.train import parallel
+from dpstudy.train.models import build_model
 
 
 def worker(args) -> None:
@@ -51,9 +51,19 @@ def worker(args) -> None:
         labels = torch.randint(0, 10, (args.images,), generator=gen)
         spec = InputSpec(3, 32)
         mean, std = channel_stats(images, spec)
-        loader = ResidentLoader(images, labels, spec=spec, batch_size=args.batch // d.world, mean=mean, std=std,
-                                augment=Augment(crop_padding=4, hflip=True), seed=0, rank=d.rank,
-                                world=d.world, device=d.device)
+        loader = ResidentLoader(
+            images,
+            labels,
+            spec=spec,
+            batch_size=args.batch // d.world,
+            mean=mean,
+            std=std,
+            augment=Augment(crop_padding=4, hflip=True),
+            seed=0,
+            rank=d.rank,
+            world=d.world,
+            device=d.device,
+        )
         torch.manual_seed(0)
         model, _ = parallel.wrap(build_model("resnet20", 3, 10), "ddp" if d.world > 1 else "single", d.device)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -71,28 +81,43 @@ def worker(args) -> None:
         dist.barrier()
         seconds = time.perf_counter() - t0
         if d.is_main:
-            Path(args.result).write_text(json.dumps({
-                "world": d.world, "threads": torch.get_num_threads(), "seconds": seconds,
-                "images_per_s": args.steps * args.batch / seconds, "final_loss": loss.item()}))
+            Path(args.result).write_text(
+                json.dumps(
+                    {
+                        "world": d.world,
+                        "threads": torch.get_num_threads(),
+                        "seconds": seconds,
+                        "images_per_s": args.steps * args.batch / seconds,
+                        "final_loss": loss.item(),
+                    }
+                )
+            )
 
 
 def launch(args, world: int, result: Path) -> dict:
     """Run one side in a fresh process (torchrun for world > 1) and return rank 0's figures."""
     threads = args.threads // world
-    worker_args = [__file__, "--worker", "--result", str(result), "--threads", str(threads),
-                   *(f"--{k}={getattr(args, k)}" for k in ("batch", "steps", "warmup", "images"))]
+    worker_args = [
+        __file__,
+        "--worker",
+        "--result",
+        str(result),
+        "--threads",
+        str(threads),
+        *(f"--{k}={getattr(args, k)}" for k in ("batch", "steps", "warmup", "images")),
+    ]
     if world == 1:
         cmd = [sys.executable, *worker_args]
     else:  # torchrun, through its module so the venv's own copy runs
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
-               *worker_args]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}", *worker_args]
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     return json.loads(result.read_text())
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     ap.add_argument("--batch", type=int, default=128, help="global batch (each DDP rank takes half)")
     ap.add_argument("--steps", type=int, default=30, help="timed global steps per run")
     ap.add_argument("--warmup", type=int, default=5, help="untimed global steps before the clock starts")
@@ -108,20 +133,26 @@ def main() -> None:
     if args.batch % 2 or args.threads % 2:
         ap.error("--batch and --threads must be even (two ranks share them)")
 
-    print(f"device: cpu ({cpu_name()}); torch {torch.__version__}; ResNet-20, 3×32×32, global batch "
-          f"{args.batch}, {args.steps} timed steps after {args.warmup} warm-up, {args.repeats} runs per side "
-          f"interleaved; single = 1 × {args.threads} threads, ddp = 2 ranks × {args.threads // 2} threads (gloo)",
-          flush=True)
+    print(
+        f"device: cpu ({cpu_name()}); torch {torch.__version__}; ResNet-20, 3×32×32, global batch "
+        f"{args.batch}, {args.steps} timed steps after {args.warmup} warm-up, {args.repeats} runs per side "
+        f"interleaved; single = 1 × {args.threads} threads, ddp = 2 ranks × {args.threads // 2} threads (gloo)",
+        flush=True,
+    )
     runs = {"single": [], "ddp": []}
     with tempfile.TemporaryDirectory(prefix="dpstudy-ddp-cpu-") as tmp:
         for i in range(args.repeats):
             for side, world in (("single", 1), ("ddp", 2)):
                 runs[side].append(launch(args, world, Path(tmp) / f"{side}{i}.json")["images_per_s"])
-            print(f"run {i + 1}: single {runs['single'][-1]:7.1f} images/s   ddp {runs['ddp'][-1]:7.1f} images/s",
-                  flush=True)
+            print(
+                f"run {i + 1}: single {runs['single'][-1]:7.1f} images/s   ddp {runs['ddp'][-1]:7.1f} images/s",
+                flush=True,
+            )
     med = {side: statistics.median(v) for side, v in runs.items()}
-    print(f"median: single {med['single']:.1f} images/s, ddp {med['ddp']:.1f} images/s "
-          f"(best: {max(runs['single']):.1f}, {max(runs['ddp']):.1f})")
+    print(
+        f"median: single {med['single']:.1f} images/s, ddp {med['ddp']:.1f} images/s "
+        f"(best: {max(runs['single']):.1f}, {max(runs['ddp']):.1f})"
+    )
     print(f"ddp_cpu_scaling: {med['ddp'] / med['single']:.2f}")
 
 

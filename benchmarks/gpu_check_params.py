@@ -35,8 +35,11 @@ def derive(params: dict, mirror: str) -> dict:
     out["preset"] = "gpu"
     _replace_dataset(out)
     download = out["download"]
-    download.update(datasets={**download["datasets"], "gpu": ["mnist"]} if isinstance(download["datasets"], dict)
-                    else ["mnist"], mirror=str(mirror), upstream_split="test_only")
+    download.update(
+        datasets={**download["datasets"], "gpu": ["mnist"]} if isinstance(download["datasets"], dict) else ["mnist"],
+        mirror=str(mirror),
+        upstream_split="test_only",
+    )
     for dotted, value in SHORTER.items():
         *path, last = dotted.split(".")
         node = out
@@ -70,11 +73,13 @@ def main(argv: list[str]) -> int:
         return 2
     params, mirror = Path(argv[0]), Path(argv[1])
     if not (mirror / "t10k-images-idx3-ubyte.gz").is_file():
-        print(f"error: {mirror}: no t10k-images-idx3-ubyte.gz: the mirror folder must hold torchvision's MNIST "
-              f"files (at least the test split's two)", file=sys.stderr)
+        print(
+            f"error: {mirror}: no t10k-images-idx3-ubyte.gz: the mirror folder must hold torchvision's MNIST "
+            f"files (at least the test split's two)",
+            file=sys.stderr,
+        )
         return 2
-    sys.stdout.write(yaml.safe_dump(derive(yaml.safe_load(params.read_text()), str(mirror.resolve())),
-                                    sort_keys=False))
+    sys.stdout.write(yaml.safe_dump(derive(yaml.safe_load(params.read_text()), str(mirror.resolve())), sort_keys=False))
     return 0
 
 

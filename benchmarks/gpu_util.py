@@ -40,18 +40,22 @@ def main() -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("gpu_util: no CUDA GPU visible to PyTorch: nothing to measure (this benchmark compares eager and "
-              "CUDA-graph steps on a GPU; run it where one is visible)")
+        print(
+            "gpu_util: no CUDA GPU visible to PyTorch: nothing to measure (this benchmark compares eager and "
+            "CUDA-graph steps on a GPU; run it where one is visible)"
+        )
         return 0
 
     from dpstudy.data.loaders import Augment, InputSpec, ResidentLoader, channel_stats
-    from dpstudy.train.models import build_model, input_spec
     from dpstudy.measure.profiling import run_probe
     from dpstudy.measure.telemetry import utilization
+    from dpstudy.train.models import build_model, input_spec
 
     device = torch.device("cuda", 0)
-    print(f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; CUDA {torch.version.cuda}; "
-          f"timed >= {args.seconds:g} s and >= {args.steps} steps per cell; NVML every {args.interval:g} s")
+    print(
+        f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; CUDA {torch.version.cuda}; "
+        f"timed >= {args.seconds:g} s and >= {args.steps} steps per cell; NVML every {args.interval:g} s"
+    )
     cells = []
     for model_name in args.models:
         channels, size, n = SHAPES[model_name]
@@ -64,33 +68,70 @@ def main() -> int:
             for step in ("eager", "graph"):
                 torch.manual_seed(0)
                 model = build_model(model_name, channels, 10).to(device)
-                loader = ResidentLoader(images, labels, spec=spec, batch_size=batch, mean=mean, std=std,
-                                        augment=Augment(2 if channels == 1 else 4, channels == 3), seed=0,
-                                        device=device)
-                result = run_probe(model, loader, device, batch_size=batch, steps=args.steps, warmup_steps=3,
-                                   lr=0.01, momentum=0.9, sample_interval_s=args.interval, step=step,
-                                   min_seconds=args.seconds)
+                loader = ResidentLoader(
+                    images,
+                    labels,
+                    spec=spec,
+                    batch_size=batch,
+                    mean=mean,
+                    std=std,
+                    augment=Augment(2 if channels == 1 else 4, channels == 3),
+                    seed=0,
+                    device=device,
+                )
+                result = run_probe(
+                    model,
+                    loader,
+                    device,
+                    batch_size=batch,
+                    steps=args.steps,
+                    warmup_steps=3,
+                    lr=0.01,
+                    momentum=0.9,
+                    sample_interval_s=args.interval,
+                    step=step,
+                    min_seconds=args.seconds,
+                )
                 _, util = utilization(result.utilization)
-                cells.append({"model": model_name, "batch": batch, "step": step, "images_per_s": result.images_per_s,
-                              "util": util, "busy": result.device_busy_pct, "steps": len(result.compute_s)})
+                cells.append(
+                    {
+                        "model": model_name,
+                        "batch": batch,
+                        "step": step,
+                        "images_per_s": result.images_per_s,
+                        "util": util,
+                        "busy": result.device_busy_pct,
+                        "steps": len(result.compute_s),
+                    }
+                )
                 c = cells[-1]
-                print(f"{model_name:9s} batch {batch:5d} {step:5s}: {c['images_per_s']:12,.0f} images/s  "
-                      f"NVML {_pct(util)}  busy {_pct(c['busy'])}  ({c['steps']} steps)", flush=True)
+                print(
+                    f"{model_name:9s} batch {batch:5d} {step:5s}: {c['images_per_s']:12,.0f} images/s  "
+                    f"NVML {_pct(util)}  busy {_pct(c['busy'])}  ({c['steps']} steps)",
+                    flush=True,
+                )
                 del model, loader
         torch.cuda.empty_cache()
 
     print()
-    print(f"{'model':9s} {'batch':>5s}  {'eager images/s':>15s} {'graph images/s':>15s} {'speed-up':>8s}  "
-          f"{'NVML eager':>10s} {'NVML graph':>10s}  {'busy eager':>10s} {'busy graph':>10s}")
+    print(
+        f"{'model':9s} {'batch':>5s}  {'eager images/s':>15s} {'graph images/s':>15s} {'speed-up':>8s}  "
+        f"{'NVML eager':>10s} {'NVML graph':>10s}  {'busy eager':>10s} {'busy graph':>10s}"
+    )
     by = {(c["model"], c["batch"], c["step"]): c for c in cells}
     for model_name in args.models:
         for batch in args.batches:
             e, g = by[(model_name, batch, "eager")], by[(model_name, batch, "graph")]
-            print(f"{model_name:9s} {batch:5d}  {e['images_per_s']:15,.0f} {g['images_per_s']:15,.0f} "
-                  f"{g['images_per_s'] / e['images_per_s']:7.1f}x  {_pct(e['util']):>10s} {_pct(g['util']):>10s}  "
-                  f"{_pct(e['busy']):>10s} {_pct(g['busy']):>10s}")
-    speedups = {m: by[(m, 256, "graph")]["images_per_s"] / by[(m, 256, "eager")]["images_per_s"]
-                for m in args.models if (m, 256, "eager") in by}
+            print(
+                f"{model_name:9s} {batch:5d}  {e['images_per_s']:15,.0f} {g['images_per_s']:15,.0f} "
+                f"{g['images_per_s'] / e['images_per_s']:7.1f}x  {_pct(e['util']):>10s} {_pct(g['util']):>10s}  "
+                f"{_pct(e['busy']):>10s} {_pct(g['busy']):>10s}"
+            )
+    speedups = {
+        m: by[(m, 256, "graph")]["images_per_s"] / by[(m, 256, "eager")]["images_per_s"]
+        for m in args.models
+        if (m, 256, "eager") in by
+    }
     big = [c["util"] for c in cells if c["step"] == "graph" and c["batch"] >= 512]
     print()
     print("per model at batch 256: " + ", ".join(f"{m} {s:.1f}x" for m, s in speedups.items()))

@@ -38,37 +38,72 @@ def main() -> int:
     from dpstudy.train.engine import Context, RunSpec, TrainData, train
 
     data = TrainData(load_prepared(Path(args.data)), file_sha256(Path(args.data)))
-    recipe = RecipeConfig(epochs=args.epochs, optimizer="sgd", lr=0.05, ref_batch=args.batch, momentum=0.9,
-                          weight_decay=5e-4, warmup_epochs=0, decay="cosine", milestones=[], gamma=0.1,
-                          augment=AugmentConfig(crop_padding=2, hflip=False), step="eager")
+    recipe = RecipeConfig(
+        epochs=args.epochs,
+        optimizer="sgd",
+        lr=0.05,
+        ref_batch=args.batch,
+        momentum=0.9,
+        weight_decay=5e-4,
+        warmup_epochs=0,
+        decay="cosine",
+        milestones=[],
+        gamma=0.1,
+        augment=AugmentConfig(crop_padding=2, hflip=False),
+        step="eager",
+    )
     growth = StepGrowthConfig(batch=args.batch, lr_rule="linear", factor=2, at_epochs=[1], max_batch=2 * args.batch)
     dataset = Path(args.data).stem
     specs = {
-        "lenet": RunSpec("equality", "lenet", 1.0, 32, dataset, "single", 1, "resident", 0, args.batch, "linear", 0,
-                         recipe),
-        "resnet20": RunSpec("equality", "resnet20", 1.0, 32, dataset, "single", 1, "resident", 0, args.batch,
-                            "linear", 0, recipe, schedule="step_growth", growth=growth),
+        "lenet": RunSpec(
+            "equality", "lenet", 1.0, 32, dataset, "single", 1, "resident", 0, args.batch, "linear", 0, recipe
+        ),
+        "resnet20": RunSpec(
+            "equality",
+            "resnet20",
+            1.0,
+            32,
+            dataset,
+            "single",
+            1,
+            "resident",
+            0,
+            args.batch,
+            "linear",
+            0,
+            recipe,
+            schedule="step_growth",
+            growth=growth,
+        ),
     }
     ctx = Context(torch.device("cuda", 0))
-    print(f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; data {args.data} "
-          f"({len(data.data.train_labels)} training images); {args.epochs} epochs, batch {args.batch}")
+    print(
+        f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; data {args.data} "
+        f"({len(data.data.train_labels)} training images); {args.epochs} epochs, batch {args.batch}"
+    )
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, spec in specs.items():
             graph = dataclasses.replace(spec, recipe=dataclasses.replace(spec.recipe, step="graph"))
-            runs = {label: train(s, data, ctx, Path(tmp) / f"{name}-{label}.pt")
-                    for label, s in (("eager", spec), ("eager again", spec), ("graph", graph))}
+            runs = {
+                label: train(s, data, ctx, Path(tmp) / f"{name}-{label}.pt")
+                for label, s in (("eager", spec), ("eager again", spec), ("graph", graph))
+            }
             eager, again, captured = (runs[k].step_loss for k in ("eager", "eager again", "graph"))
             floor = max(abs(a - b) for a, b in zip(eager, again))
             gap = max(abs(a - b) for a, b in zip(eager, captured))
             first = max(abs(a - b) for a, b in zip(eager[:20], captured[:20]))
             accuracy = {k: r.final["test_accuracy"] for k, r in runs.items()}
             batches = sorted({h["global_batch"] for h in runs["graph"].history})
-            print(f"{name}: {len(eager)} steps, batches {batches}; max |loss difference| graph vs eager {gap:.2e} "
-                  f"(first 20 steps {first:.2e}), eager vs eager {floor:.2e}; final test accuracy "
-                  + ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items()))
-            lines.append(f"{name} {gap:.1e} (eager vs eager {floor:.1e}, first 20 steps {first:.1e}), accuracy "
-                         f"graph {accuracy['graph']:.4f} vs eager {accuracy['eager']:.4f}")
+            print(
+                f"{name}: {len(eager)} steps, batches {batches}; max |loss difference| graph vs eager {gap:.2e} "
+                f"(first 20 steps {first:.2e}), eager vs eager {floor:.2e}; final test accuracy "
+                + ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items())
+            )
+            lines.append(
+                f"{name} {gap:.1e} (eager vs eager {floor:.1e}, first 20 steps {first:.1e}), accuracy "
+                f"graph {accuracy['graph']:.4f} vs eager {accuracy['eager']:.4f}"
+            )
     print("graph_equality: " + "; ".join(lines))
     return 0
 

@@ -12,10 +12,11 @@ Ends with one line ``loader_speedup: N.Nx`` (resident images/s ÷ best standard 
 from __future__ import annotations
 
 import argparse
+
 import torch
 
-from dpstudy.devices import cpu_name
 from dpstudy.data.loaders import Augment, InputSpec, channel_stats, make_loader
+from dpstudy.devices import cpu_name
 from dpstudy.measure.profiling import measure_throughput
 
 
@@ -35,17 +36,27 @@ def main() -> None:
     labels = torch.randint(0, 10, (args.images,), generator=gen)
     spec = InputSpec(3, 32)
     mean, std = channel_stats(images, spec)
-    common = dict(spec=spec, mean=mean, std=std, batch_size=args.batch, device=device,
-                  augment=Augment(crop_padding=4, hflip=True), seed=0)
+    common = dict(
+        spec=spec,
+        mean=mean,
+        std=std,
+        batch_size=args.batch,
+        device=device,
+        augment=Augment(crop_padding=4, hflip=True),
+        seed=0,
+    )
 
     def best_of(kind: str, workers: int = 0) -> float:
         loader = make_loader(kind, images, labels, num_workers=workers, pin_memory=True, **common)
-        return max(measure_throughput(loader, device, args.warmup, args.batches).images_per_s
-                   for _ in range(args.repeats))
+        return max(
+            measure_throughput(loader, device, args.warmup, args.batches).images_per_s for _ in range(args.repeats)
+        )
 
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else cpu_name()
-    print(f"device: {device} ({name}); torch {torch.__version__}; {torch.get_num_threads()} threads; "
-          f"{args.images} images, batch {args.batch}, {args.batches} timed batches, best of {args.repeats}")
+    print(
+        f"device: {device} ({name}); torch {torch.__version__}; {torch.get_num_threads()} threads; "
+        f"{args.images} images, batch {args.batch}, {args.batches} timed batches, best of {args.repeats}"
+    )
     standard = {w: best_of("standard", w) for w in args.workers}
     for w, ips in standard.items():
         print(f"standard  num_workers={w}: {ips:12,.0f} images/s")

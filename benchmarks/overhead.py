@@ -48,13 +48,13 @@ from torch import nn
 
 from dpstudy.config import AugmentConfig, RecipeConfig
 from dpstudy.data.datasets import file_sha256, load_prepared, prepare
-from dpstudy.devices import cpu_name, device_names
-from dpstudy.train import checkpoints
-from dpstudy.train.engine import EVAL_BATCH, RunSpec, TrainData, evaluate, make_optimizer
 from dpstudy.data.loaders import Augment, ResidentLoader
-from dpstudy.train.models import MODELS, build_model
+from dpstudy.devices import cpu_name, device_names
 from dpstudy.grid.sweep import run_grid
 from dpstudy.track.tracking import Tracker
+from dpstudy.train import checkpoints
+from dpstudy.train.engine import EVAL_BATCH, RunSpec, TrainData, evaluate, make_optimizer
+from dpstudy.train.models import MODELS, build_model
 
 CPU = torch.device("cpu")
 
@@ -73,10 +73,20 @@ def bare_run(spec: RunSpec, data: TrainData, out: Path):
     t0 = time.perf_counter()
     d, (shape, mean, std) = data.data, data.stats(spec.model)
     aug = spec.recipe.augment
-    loader = ResidentLoader(d.train_images, d.train_labels, spec=shape, batch_size=spec.batch, mean=mean, std=std,
-                            augment=Augment(aug.crop_padding, aug.hflip), seed=spec.seed, device=CPU)
-    test_loader = ResidentLoader(d.test_images, d.test_labels, spec=shape, batch_size=EVAL_BATCH, mean=mean,
-                                 std=std, shuffle=False, device=CPU)
+    loader = ResidentLoader(
+        d.train_images,
+        d.train_labels,
+        spec=shape,
+        batch_size=spec.batch,
+        mean=mean,
+        std=std,
+        augment=Augment(aug.crop_padding, aug.hflip),
+        seed=spec.seed,
+        device=CPU,
+    )
+    test_loader = ResidentLoader(
+        d.test_images, d.test_labels, spec=shape, batch_size=EVAL_BATCH, mean=mean, std=std, shuffle=False, device=CPU
+    )
     torch.manual_seed(spec.seed)
     model = build_model(spec.model, d.channels, d.num_classes, width=spec.width)
     optimizer = make_optimizer(model, spec.recipe, spec.peak_lr)
@@ -98,8 +108,9 @@ def bare_run(spec: RunSpec, data: TrainData, out: Path):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     ap.add_argument("--model", default="resnet20", choices=list(MODELS), help="network (dpstudy.train.models)")
     ap.add_argument("--width", type=float, default=1.0, help="channel multiplier (vgg16 0.25 suits a CPU)")
     ap.add_argument("--batch", type=int, default=128, help="batch per step")
@@ -114,27 +125,61 @@ def main() -> None:
         tmp = Path(tmp)
         path = prepare("digits", raw_dir=tmp / "raw", out_dir=tmp)
         data = TrainData(load_prepared(path), file_sha256(path))
-        recipe = RecipeConfig(epochs=args.epochs, optimizer="sgd", lr=0.05, ref_batch=args.batch, momentum=0.9,
-                              weight_decay=5e-4, warmup_epochs=0, decay="none", milestones=[], gamma=0.1,
-                              augment=AugmentConfig(crop_padding=2, hflip=False), step="eager")
-        spec = RunSpec("overhead", args.model, args.width, MODELS[args.model].input_size, "digits", "single", 1, "resident", 0, args.batch,
-                       "none", 0, recipe)
+        recipe = RecipeConfig(
+            epochs=args.epochs,
+            optimizer="sgd",
+            lr=0.05,
+            ref_batch=args.batch,
+            momentum=0.9,
+            weight_decay=5e-4,
+            warmup_epochs=0,
+            decay="none",
+            milestones=[],
+            gamma=0.1,
+            augment=AugmentConfig(crop_padding=2, hflip=False),
+            step="eager",
+        )
+        spec = RunSpec(
+            "overhead",
+            args.model,
+            args.width,
+            MODELS[args.model].input_size,
+            "digits",
+            "single",
+            1,
+            "resident",
+            0,
+            args.batch,
+            "none",
+            0,
+            recipe,
+        )
         warm = dataclasses.replace(spec, recipe=dataclasses.replace(recipe, epochs=1))
         images = args.epochs * len(data.data.train_labels)
-        print(f"device: cpu ({cpu_name()}); torch {torch.__version__}; {torch.get_num_threads()} threads; "
-              f"{args.model} (width {args.width}) on digits ({len(data.data.train_labels)} training images, "
-              f"{-(-len(data.data.train_labels) // args.batch)} steps/epoch at batch {args.batch}), "
-              f"{args.epochs} epochs per run, {args.repeats} runs per side interleaved")
-        with Tracker("B", "benchmark_overhead", preset="quick", params={"benchmark": vars(args)},
-                     devices=device_names(CPU), uri=f"sqlite:///{tmp / 'mlflow.db'}") as tracker:
+        print(
+            f"device: cpu ({cpu_name()}); torch {torch.__version__}; {torch.get_num_threads()} threads; "
+            f"{args.model} (width {args.width}) on digits ({len(data.data.train_labels)} training images, "
+            f"{-(-len(data.data.train_labels) // args.batch)} steps/epoch at batch {args.batch}), "
+            f"{args.epochs} epochs per run, {args.repeats} runs per side interleaved"
+        )
+        with Tracker(
+            "B",
+            "benchmark_overhead",
+            preset="quick",
+            params={"benchmark": vars(args)},
+            devices=device_names(CPU),
+            uri=f"sqlite:///{tmp / 'mlflow.db'}",
+        ) as tracker:
             engine_run(warm, data, tracker, tmp / "warm", args.interval)
             bare_run(warm, data, tmp / "warm")
             runs = {"engine": [], "bare": []}
             for i in range(args.repeats):
                 runs["engine"].append(engine_run(spec, data, tracker, tmp / f"engine{i}", args.interval))
                 runs["bare"].append(bare_run(spec, data, tmp / f"bare{i}"))
-                print(f"run {i + 1}: " + "   ".join(
-                    f"{k} train {v[-1][0]:6.2f} s, all-in {v[-1][1]:6.2f} s" for k, v in runs.items()))
+                print(
+                    f"run {i + 1}: "
+                    + "   ".join(f"{k} train {v[-1][0]:6.2f} s, all-in {v[-1][1]:6.2f} s" for k, v in runs.items())
+                )
 
     med = {k: [statistics.median(r[j] for r in v) * 1e3 / images for j in (0, 1)] for k, v in runs.items()}
     print("median ms per training image   training epochs   all-in")

@@ -45,17 +45,22 @@ def single_config_train_dp(**extra) -> dict:
     loader, rule and batch, one epoch), plus ``extra``: for tests that need a real train_dp run."""
     overrides = {"train_dp.seeds": [0], "train_dp.device": "cpu"}
     for grid in ("lenet_utilization", "lenet_lr_scaling", "vgg"):
-        overrides |= {f"train_dp.{grid}.modes": ["single"], f"train_dp.{grid}.loaders": ["resident"],
-                      f"train_dp.{grid}.lr_rules": ["linear"], f"train_dp.{grid}.batch_sizes": [64],
-                      f"train_dp.{grid}.recipe.epochs": 1}
+        overrides |= {
+            f"train_dp.{grid}.modes": ["single"],
+            f"train_dp.{grid}.loaders": ["resident"],
+            f"train_dp.{grid}.lr_rules": ["linear"],
+            f"train_dp.{grid}.batch_sizes": [64],
+            f"train_dp.{grid}.recipe.epochs": 1,
+        }
     return overrides | extra
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m dpstudy ...`` as a real process, as DVC would run it."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "dpstudy", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "dpstudy", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="session")
@@ -70,8 +75,9 @@ def digits_dir(tmp_path_factory) -> Path:
 
 def tracked_copy(dest: Path) -> Path:
     """The files git tracks (what a fresh clone has), as a new git repository."""
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True,
-                           text=True).stdout.split("\0")
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True, text=True
+    ).stdout.split("\0")
     for rel in filter(None, files):
         src = REPO / rel
         if src.is_file():
@@ -90,8 +96,9 @@ def dvc(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProc
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([os.path.join(bin_dir, "dvc"), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [os.path.join(bin_dir, "dvc"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="session")

@@ -44,8 +44,15 @@ def main(out: str) -> None:
         after = gathered(buffers)
         weights = gathered(list(model.module.parameters()))
         if d.rank == 0:
-            torch.save({"before": before, "after": after, "weights": weights,
-                        "syncs_each_forward": model.will_sync_module_buffers()}, out)
+            torch.save(
+                {
+                    "before": before,
+                    "after": after,
+                    "weights": weights,
+                    "syncs_each_forward": model.will_sync_module_buffers(),
+                },
+                out,
+            )
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dpstudy.train import engine, parallel
 from dpstudy.data.datasets import load_prepared
 from dpstudy.data.loaders import ResidentLoader, channel_stats
+from dpstudy.train import engine, parallel
 from dpstudy.train.models import build_model, input_spec
 
 LR, MOMENTUM, WEIGHT_DECAY, SEED = 0.1, 0.9, 5e-4, 0
@@ -44,9 +44,20 @@ def main(data_path: str, per_rank_batch: int, out: str) -> None:
         net = build_model("lenet", data.channels, data.num_classes)
         initial = clone_state(net)
         model, _ = parallel.wrap(net, "ddp", d.device)
-        loader = ResidentLoader(data.train_images, data.train_labels, spec=spec, batch_size=per_rank_batch,
-                                mean=mean, std=std, augment=None, shuffle=True, seed=SEED,
-                                rank=d.rank, world=d.world, device=d.device)
+        loader = ResidentLoader(
+            data.train_images,
+            data.train_labels,
+            spec=spec,
+            batch_size=per_rank_batch,
+            mean=mean,
+            std=std,
+            augment=None,
+            shuffle=True,
+            seed=SEED,
+            rank=d.rank,
+            world=d.world,
+            device=d.device,
+        )
         loader.set_epoch(0)
         x, y = next(iter(loader))
         optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
@@ -55,8 +66,15 @@ def main(data_path: str, per_rank_batch: int, out: str) -> None:
         batches = [None] * d.world
         dist.all_gather_object(batches, (x, y))
         if d.is_main:
-            torch.save({"world": d.world, "initial": initial, "final": clone_state(parallel.unwrap(model)),
-                        "batches": batches}, out)
+            torch.save(
+                {
+                    "world": d.world,
+                    "initial": initial,
+                    "final": clone_state(parallel.unwrap(model)),
+                    "batches": batches,
+                },
+                out,
+            )
 
 
 if __name__ == "__main__":

@@ -21,16 +21,24 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 VIEWPORT = {"width": 1400, "height": 1000}
 PORTS = range(15000, 16000)  # Chromium refuses some ports (e.g. 5061); none of these
 
@@ -51,9 +59,9 @@ def readme_browse_command() -> tuple[dict[str, str], list[str]]:
                 env.update(w.split("=", 1) for w in words[1:])
             elif "server" in words and words[words.index("server") - 1].endswith("mlflow"):
                 at = words.index("server")
-                assert all(assignment.fullmatch(w) for w in words[:at - 1]), f"README: {line}"
-                env.update(w.split("=", 1) for w in words[:at - 1])
-                return env, words[at + 1:]
+                assert all(assignment.fullmatch(w) for w in words[: at - 1]), f"README: {line}"
+                env.update(w.split("=", 1) for w in words[: at - 1])
+                return env, words[at + 1 :]
     raise AssertionError("README's section 'Browse the runs' has no `mlflow server` command")
 
 
@@ -92,8 +100,8 @@ def session_commands(sid: int) -> list[str]:
 class Server:
     url: str
     log: Path
-    ready_s: float = 0.0                # from start to the first healthy /health
-    processes: tuple[str, ...] = ()     # its command lines at that moment
+    ready_s: float = 0.0  # from start to the first healthy /health
+    processes: tuple[str, ...] = ()  # its command lines at that moment
 
     def log_tail(self, lines: int = 40) -> str:
         """The log's last lines, without the flood of successful requests."""
@@ -121,8 +129,14 @@ def serve(store: Path, log: Path, wait_s: float = 180) -> Iterator[Server]:
     env.pop("MLFLOW_TRACKING_URI", None)
     start = time.monotonic()
     with open(log, "wb") as out:  # its own session: uvicorn is a child, stopped with the group
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", *args], cwd=store.parent, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", *args],
+            cwd=store.parent,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     srv = Server(f"http://127.0.0.1:{port}", log)
     try:
         while not _healthy(srv):
@@ -191,8 +205,9 @@ def explained(page, server: Server, tmp_path: Path):
         shot = tmp_path / "failure.png"
         with contextlib.suppress(Exception):
             page.screenshot(path=str(shot), full_page=True)
-        raise AssertionError(f"{exc}\n--- page: {page.url} (screenshot {shot})\n"
-                             f"--- mlflow server log, last lines:\n{server.log_tail()}") from exc
+        raise AssertionError(
+            f"{exc}\n--- page: {page.url} (screenshot {shot})\n--- mlflow server log, last lines:\n{server.log_tail()}"
+        ) from exc
 
 
 def expect(locator):

@@ -19,8 +19,9 @@ WHERE = "import dpstudy, pathlib; print(pathlib.Path(dpstudy.__file__).parent)"
 def _make(target: str, cwd: Path) -> subprocess.CompletedProcess:
     # setuptools for the editable install comes from this venv, as every other package does
     env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
-    return subprocess.run(["make", "--no-print-directory", target], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        ["make", "--no-print-directory", target], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +30,14 @@ def original(tmp_path_factory) -> Path:
     repo = tracked_copy(tmp_path_factory.mktemp("copy") / "dpstudy")
     venv = repo / ".venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     # the lock's packages without installing them again: this venv's site-packages, after its own
     (site / "zz_lock.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     (venv / ".deps").touch()  # stands for `pip install -r requirements.lock`, done above
@@ -50,8 +57,20 @@ def _where(python: Path, cwd: Path) -> Path:
 
 def _stage(checkout: Path, tmp: Path) -> subprocess.CompletedProcess:
     """A real stage, as dvc.yaml runs it: the copy's `dpstudy` script (found on its .venv/bin)."""
-    return subprocess.run([str(checkout / ".venv" / "bin" / "dpstudy"), "download", "--out", str(tmp / "prepared"),
-                           "--raw", str(tmp / "raw")], cwd=checkout, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            str(checkout / ".venv" / "bin" / "dpstudy"),
+            "download",
+            "--out",
+            str(tmp / "prepared"),
+            "--raw",
+            str(tmp / "raw"),
+        ],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_a_copied_checkout_refuses_to_run_the_originals_code_then_make_env_points_it_home(original, tmp_path):

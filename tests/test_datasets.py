@@ -79,8 +79,15 @@ def closed_port() -> int:
 
 
 def mnist_test_only(tmp_path, mirror, **kw):
-    return prepare("mnist", raw_dir=tmp_path / "raw", out_dir=tmp_path / "out", mirror=str(mirror),
-                   upstream_split="test_only", timeout_s=10, **kw)
+    return prepare(
+        "mnist",
+        raw_dir=tmp_path / "raw",
+        out_dir=tmp_path / "out",
+        mirror=str(mirror),
+        upstream_split="test_only",
+        timeout_s=10,
+        **kw,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,12 +128,15 @@ def test_digits_prepare_real_data_and_stable_split(tmp_path):
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"name": "imagenet"}, ["imagenet", "digits, mnist, cifar10"]),
-    ({"name": "mnist", "upstream_split": "half"}, ["half", "full, test_only"]),
-    ({"name": "digits", "test_fraction": 0.0}, ["test_fraction", "between 0 and 1"]),
-    ({"name": "digits", "test_fraction": 1.0}, ["test_fraction", "between 0 and 1"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"name": "imagenet"}, ["imagenet", "digits, mnist, cifar10"]),
+        ({"name": "mnist", "upstream_split": "half"}, ["half", "full, test_only"]),
+        ({"name": "digits", "test_fraction": 0.0}, ["test_fraction", "between 0 and 1"]),
+        ({"name": "digits", "test_fraction": 1.0}, ["test_fraction", "between 0 and 1"]),
+    ],
+)
 def test_bad_arguments_are_user_errors(tmp_path, kwargs, words):
     with pytest.raises(UserError) as err:
         prepare(raw_dir=tmp_path / "raw", out_dir=tmp_path / "out", **kwargs)
@@ -216,8 +226,14 @@ def test_failed_run_keeps_earlier_good_output(tmp_path, mnist_raw, corrupt_mirro
 def test_no_network_and_no_mirror_names_files_and_setting(tmp_path):
     upstream = f"http://127.0.0.1:{closed_port()}/"
     with pytest.raises(UserError) as err:
-        prepare("mnist", raw_dir=tmp_path / "raw", out_dir=tmp_path / "out", upstream_split="test_only",
-                upstream=[upstream], timeout_s=5)
+        prepare(
+            "mnist",
+            raw_dir=tmp_path / "raw",
+            out_dir=tmp_path / "out",
+            upstream_split="test_only",
+            upstream=[upstream],
+            timeout_s=5,
+        )
     msg = str(err.value)
     assert msg.startswith("mnist: could not download ")
     assert all(f in msg for f in TEST_FILES) and upstream in msg and "download.mirror" in msg
@@ -273,8 +289,15 @@ def cifar_batch(n: int, start: int) -> bytes:
         rows[i, 1024:2048] = 100 + start + i  # green plane
         rows[i, 2048:] = 200 + start + i  # blue plane
         rows[i, 1 * 32 + 2] = 7  # red pixel at row 1, column 2
-    return pickle.dumps({"batch_label": "test", "labels": list(range(start, start + n)), "data": rows,
-                         "filenames": [f"{k}.png" for k in range(n)]}, protocol=2)
+    return pickle.dumps(
+        {
+            "batch_label": "test",
+            "labels": list(range(start, start + n)),
+            "data": rows,
+            "filenames": [f"{k}.png" for k in range(n)],
+        },
+        protocol=2,
+    )
 
 
 def build_tar(path: Path, members: dict[str, bytes]) -> None:
@@ -292,8 +315,9 @@ def test_read_cifar_tar_shapes_and_chw_order(tmp_path):
     build_tar(tar, {"batches.meta": meta, "data_batch_1": b1, "test_batch": b2})
     md5 = lambda b: hashlib.md5(b).hexdigest()  # noqa: E731
 
-    batches, classes = datasets.read_cifar_tar(tar, [("data_batch_1", md5(b1)), ("test_batch", md5(b2))],
-                                               meta_md5=md5(meta))
+    batches, classes = datasets.read_cifar_tar(
+        tar, [("data_batch_1", md5(b1)), ("test_batch", md5(b2))], meta_md5=md5(meta)
+    )
     assert classes == [f"c{k}" for k in range(10)]
     (x1, y1), (x2, y2) = batches
     assert x1.shape == (3, 3, 32, 32) and x2.shape == (2, 3, 32, 32) and x1.dtype == torch.uint8
@@ -307,7 +331,7 @@ def test_read_cifar_tar_shapes_and_chw_order(tmp_path):
     _, classes = datasets.read_cifar_tar(plain, [("test_batch", md5(b2))])
     assert classes == datasets.CIFAR10_CLASSES
 
-    with pytest.raises(UserError, match="test_batch.*has md5"):
+    with pytest.raises(UserError, match=r"test_batch.*has md5"):
         datasets.read_cifar_tar(tar, [("test_batch", md5(b1))])
     with pytest.raises(UserError, match="no member cifar-10-batches-py/data_batch_2"):
         datasets.read_cifar_tar(tar, [("data_batch_2", md5(b1))])
@@ -391,8 +415,16 @@ def test_corrupt_prepared_file_through_the_cli_is_one_error_line(tmp_path, digit
 
     path = CORRUPT[kind](digits_dir, tmp_path / "prepared")
     params = write_params(tmp_path / "params.yaml", {"preset": "quick", "profile_dataloader.dataset": "digits"})
-    done = run_cli("profile_dataloader", "--params", str(params), "--data", str(path.parent),
-                   "--out", str(tmp_path / "out"), cwd=tmp_path)
+    done = run_cli(
+        "profile_dataloader",
+        "--params",
+        str(params),
+        "--data",
+        str(path.parent),
+        "--out",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import torch
+from conftest import REPO, run_cli, write_params
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, run_cli, write_params
 from dpstudy.data.datasets import load_prepared
 from dpstudy.data.loaders import epoch_permutation, rank_batches
 from dpstudy.track.tracking import STUDIES
@@ -74,8 +74,9 @@ def study_b_runs(uri: str) -> tuple[list, list]:
     return parents, children
 
 
-def kill_rank1_after_checkpoint(proc: subprocess.Popen, checkpoints: Path, log: Path,
-                                pattern: str = "*.pt") -> tuple[int, list[int], float]:
+def kill_rank1_after_checkpoint(
+    proc: subprocess.Popen, checkpoints: Path, log: Path, pattern: str = "*.pt"
+) -> tuple[int, list[int], float]:
     """SIGKILL the rank-1 worker (a child of the torchrun agent) once a checkpoint matching ``pattern``
     exists in ``checkpoints`` (an epoch has ended); returns its pid, every worker's pid and the time."""
     deadline = time.monotonic() + 90
@@ -131,12 +132,22 @@ def test_ddp_two_ranks_match_one_process_at_twice_the_batch(tmp_path, digits_dir
     """2 gloo ranks at per-rank batch 16 end one SGD step with the parameters one process reaches
     at batch 32 on the same 32 samples: DDP's gradient average is the large-batch gradient."""
     data = digits_dir / "digits.pt"
-    two = subprocess.run(torchrun_cmd(2, str(ONE_STEP), str(data), "16", str(tmp_path / "two.pt")),
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    two = subprocess.run(
+        torchrun_cmd(2, str(ONE_STEP), str(data), "16", str(tmp_path / "two.pt")),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert two.returncode == 0, two.stderr
-    one = subprocess.run([sys.executable, str(ONE_STEP), str(data), "32", str(tmp_path / "one.pt")],
-                         cwd=tmp_path, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True,
-                         timeout=120)
+    one = subprocess.run(
+        [sys.executable, str(ONE_STEP), str(data), "32", str(tmp_path / "one.pt")],
+        cwd=tmp_path,
+        env={**os.environ, **ONE_THREAD},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert one.returncode == 0, one.stderr
     two, one = (torch.load(tmp_path / f"{n}.pt", weights_only=False) for n in ("two", "one"))
     assert (two["world"], one["world"]) == (2, 1)
@@ -149,7 +160,7 @@ def test_ddp_two_ranks_match_one_process_at_twice_the_batch(tmp_path, digits_dir
     assert [len(s) for s in shards] == [16, 16] and len(single) == 32
     assert sorted(torch.cat(shards).tolist()) == sorted(single.tolist())
     # ... and those are the very samples each process trained on (images bit for bit).
-    (x1, y1), = one["batches"]
+    ((x1, y1),) = one["batches"]
     for r, (x, y) in enumerate(two["batches"]):
         assert torch.equal(y, labels[shards[r]])
         assert torch.equal(x, x1[r::2]) and torch.equal(y, y1[r::2])
@@ -177,15 +188,26 @@ def test_train_ddp_runs_as_a_plain_process(tmp_path, digits_dir):
     world-1 configuration trains, writes every result file and logs FINISHED runs."""
     params = write_params(tmp_path / "params.yaml", {**SMALL_DDP, "train_ddp.vgg.world_sizes": [1, 2]})
     uri, _ = mlflow_env(tmp_path)
-    res = run_cli("train_ddp", "--params", str(params), "--data", str(digits_dir), "--out", "out",
-                  cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri, **ONE_THREAD}, timeout=120)
+    res = run_cli(
+        "train_ddp",
+        "--params",
+        str(params),
+        "--data",
+        str(digits_dir),
+        "--out",
+        "out",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": uri, **ONE_THREAD},
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert "world sizes [2] skipped: only 1 launched" in res.stdout + res.stderr
 
     out = tmp_path / "out"
     rows = read_csv(out / "runs.csv")
     assert [(r["name"], r["world"], r["global_batch"], r["outcome"]) for r in rows] == [
-        ("vgg-ddp1-resident-b32-linear-s0", "1", "32", "finished")]
+        ("vgg-ddp1-resident-b32-linear-s0", "1", "32", "finished")
+    ]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["vgg-ddp1-resident-b32-linear-s0.pt"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == ["B5_acc_gap"] and math.isnan(metrics["B5_acc_gap"])  # one world size: no B5
@@ -203,8 +225,14 @@ def test_ddp_stage_under_torchrun_writes_results_once_with_all_reduced_figures(t
     share measured) and a single MLflow parent run."""
     params = write_params(tmp_path / "params.yaml", {**SMALL_DDP, "train_ddp.vgg.world_sizes": [1, 2]})
     uri, env = mlflow_env(tmp_path)
-    res = subprocess.run(torchrun_cmd(2, *stage_args(params, digits_dir, tmp_path / "out")), cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=180)
+    res = subprocess.run(
+        torchrun_cmd(2, *stage_args(params, digits_dir, tmp_path / "out")),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert res.returncode == 0, res.stderr
     # Only rank 0 reports: each configuration's line and the closing table appear once.
     assert res.stdout.count("[vgg] vgg-ddp1-resident-b32-linear-s0: finished") == 1
@@ -231,7 +259,9 @@ def test_ddp_stage_under_torchrun_writes_results_once_with_all_reduced_figures(t
     assert steps1 == n_train // 32 + (n_train % 32 >= 2)
     assert len(epochs) == 4 and {e["epoch"] for e in epochs} == {"0", "1"}
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        "vgg-ddp1-resident-b32-linear-s0.pt", "vgg-ddp2-resident-b64-linear-s0.pt"]
+        "vgg-ddp1-resident-b32-linear-s0.pt",
+        "vgg-ddp2-resident-b64-linear-s0.pt",
+    ]
     json.loads((out / "metrics.json").read_text())
 
     parents, children = study_b_runs(uri)
@@ -245,21 +275,35 @@ def test_one_process_configurations_train_side_by_side_on_both_ranks_and_as_alon
     """On the CPU, world-1 configurations are dealt out to ranks 0 and 1, which train them at the
     same time (no core idles at a barrier); each trains exactly what it trains in a plain process,
     and rank 0 logs both runs, tagged with the rank that trained them."""
-    params = write_params(tmp_path / "params.yaml", {**SMALL_DDP, "train_ddp.vgg.world_sizes": [1],
-                                                     "train_ddp.seeds": [0, 1]})
+    params = write_params(
+        tmp_path / "params.yaml", {**SMALL_DDP, "train_ddp.vgg.world_sizes": [1], "train_ddp.seeds": [0, 1]}
+    )
     uri, env = mlflow_env(tmp_path)
-    res = subprocess.run(torchrun_cmd(2, *stage_args(params, digits_dir, tmp_path / "two")), cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=180)
+    res = subprocess.run(
+        torchrun_cmd(2, *stage_args(params, digits_dir, tmp_path / "two")),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert res.returncode == 0, res.stderr
     names = [f"vgg-ddp1-resident-b32-linear-s{seed}" for seed in (0, 1)]
     assert [res.stdout.count(f"[vgg] {name}: finished") for name in names] == [1, 1]
     _, children = study_b_runs(uri)
     assert {r.data.tags["configuration"]: r.data.tags["trained_by_rank"] for r in children} == {
-        names[0]: "0", names[1]: "1"}
+        names[0]: "0",
+        names[1]: "1",
+    }
     assert {r.info.status for r in children} == {"FINISHED"}
-    alone = subprocess.run([sys.executable, *stage_args(params, digits_dir, tmp_path / "one")], cwd=tmp_path,
-                           env={**env, **ONE_THREAD, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'alone.db'}"},
-                           capture_output=True, text=True, timeout=180)
+    alone = subprocess.run(
+        [sys.executable, *stage_args(params, digits_dir, tmp_path / "one")],
+        cwd=tmp_path,
+        env={**env, **ONE_THREAD, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'alone.db'}"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert alone.returncode == 0, alone.stderr
     for name in names:
         a, b = (torch.load(tmp_path / d / "checkpoints" / f"{name}.pt", weights_only=False) for d in ("two", "one"))
@@ -273,8 +317,14 @@ def test_batchnorm_statistics_stay_per_rank_while_training_and_are_rank_0s_once_
     """DDP no longer broadcasts buffers before every forward (a collective per step): after two
     steps on different batches the ranks' BatchNorm running statistics differ while their weights
     agree, and `sync_buffers` (the engine calls it before each evaluation) makes them rank 0's."""
-    res = subprocess.run(torchrun_cmd(2, str(REPO / "tests" / "ddp_buffers.py"), str(tmp_path / "b.pt")),
-                         cwd=tmp_path, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        torchrun_cmd(2, str(REPO / "tests" / "ddp_buffers.py"), str(tmp_path / "b.pt")),
+        cwd=tmp_path,
+        env={**os.environ, **ONE_THREAD},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     saved = torch.load(tmp_path / "b.pt", weights_only=False)
     assert saved["syncs_each_forward"] is False
@@ -288,13 +338,19 @@ def test_batchnorm_statistics_stay_per_rank_while_training_and_are_rank_0s_once_
 def test_crashed_rank_fails_the_launch_quickly_and_marks_runs_failed(tmp_path, digits_dir):
     """SIGKILL of rank 1 mid-training: torchrun stops rank 0 and exits non-zero within 25 s, and
     neither the parent nor the configuration's MLflow run is left RUNNING."""
-    params = write_params(tmp_path / "params.yaml", {
-        **SMALL_DDP, "train_ddp.vgg.world_sizes": [2], "train_ddp.vgg.recipe.epochs": 100})
+    params = write_params(
+        tmp_path / "params.yaml", {**SMALL_DDP, "train_ddp.vgg.world_sizes": [2], "train_ddp.vgg.recipe.epochs": 100}
+    )
     uri, env = mlflow_env(tmp_path)
     out = tmp_path / "out"
-    log = open(tmp_path / "torchrun.log", "w")
-    proc = subprocess.Popen(torchrun_cmd(2, *stage_args(params, digits_dir, out)), cwd=tmp_path, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    log = open(tmp_path / "torchrun.log", "w")  # noqa: SIM115 - the child process writes it; closed below
+    proc = subprocess.Popen(
+        torchrun_cmd(2, *stage_args(params, digits_dir, out)),
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         # Training is under way once the first epoch's checkpoint is written (of 100 epochs).
         rank1, workers, killed = kill_rank1_after_checkpoint(proc, out / "checkpoints", tmp_path / "torchrun.log")

@@ -20,8 +20,11 @@ def _deps(stage: dict) -> list[str]:
 
 
 def test_every_stage_module_has_a_dvc_stage():
-    registered = {p.stem for p in (SRC / "dpstudy" / "stages").glob("*.py")
-                  if p.stem != "__init__" and "def run(" in p.read_text()}
+    registered = {
+        p.stem
+        for p in (SRC / "dpstudy" / "stages").glob("*.py")
+        if p.stem != "__init__" and "def run(" in p.read_text()
+    }
     assert registered == set(STAGES)
 
 
@@ -39,7 +42,9 @@ def test_stage_deps_are_its_import_closure(name):
     # and in the one form: each room (subpackage) it enters as a folder, every other file by name
     want = stage_deps(name)
     listed = [d for d in deps if d.startswith("src/")]
-    assert listed == want, f"dvc.yaml stage {name}: its code deps should read\n" + "\n".join(f"      - {d}" for d in want)
+    assert listed == want, f"dvc.yaml stage {name}: its code deps should read\n" + "\n".join(
+        f"      - {d}" for d in want
+    )
     # the installed libraries decide results too: a new lock reruns everything
     assert "requirements.lock" in deps
 
@@ -58,8 +63,15 @@ def test_closure_follows_imports_inside_functions_and_relative_forms(tmp_path):
     (pkg / "other.py").write_text("thing = 1\n")
     assert imports_of("dpstudy.stages.a", tmp_path) == {"dpstudy", "dpstudy.deep"}
     a = closure(["dpstudy.__main__", "dpstudy.cli", f"{REGISTRY}.a"], tmp_path, "a")
-    assert a == {"dpstudy", "dpstudy.__main__", "dpstudy.cli", "dpstudy.stages", "dpstudy.stages.a",
-                 "dpstudy.deep", "dpstudy.leaf"}
+    assert a == {
+        "dpstudy",
+        "dpstudy.__main__",
+        "dpstudy.cli",
+        "dpstudy.stages",
+        "dpstudy.stages.a",
+        "dpstudy.deep",
+        "dpstudy.leaf",
+    }
     b = closure(["dpstudy.cli", f"{REGISTRY}.b"], tmp_path, "b")
     assert "dpstudy.other" in b and "dpstudy.deep" not in b
 

@@ -20,8 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, write_params
+
 from dpstudy.cli import main
 
 TINY_PROFILE = {
@@ -88,6 +88,7 @@ def mount():
 @pytest.fixture
 def read_only(mount, tmp_path):
     """A real read-only folder (a read-only bind mount; root ignores permissions, not this)."""
+
     def _read_only(target: Path) -> Path:
         source = tmp_path / f".{target.name}-source"
         source.mkdir(exist_ok=True)
@@ -97,6 +98,7 @@ def read_only(mount, tmp_path):
         with pytest.raises(OSError):
             (target / "probe").write_text("x")
         return target
+
     return _read_only
 
 
@@ -145,8 +147,18 @@ def test_a_server_that_hangs_on_its_api_is_one_line_within_seconds(tmp_path, dig
     uri = f"http://127.0.0.1:{hanging_server.server_address[1]}"
     params = write_params(tmp_path / "params.yaml", TINY_PROFILE)
     start = time.monotonic()
-    res = run_cli("profile_dataloader", "--params", str(params), "--data", str(digits_dir), "--out", "out",
-                  cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri}, timeout=40)
+    res = run_cli(
+        "profile_dataloader",
+        "--params",
+        str(params),
+        "--data",
+        str(digits_dir),
+        "--out",
+        "out",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": uri},
+        timeout=40,
+    )
     took = time.monotonic() - start
     assert res.returncode == 2, res.stdout + res.stderr[-3000:]
     line = one_error_line(res)
@@ -169,38 +181,60 @@ def trained(digits_dir, tmp_path_factory) -> Path:
 
     from dpstudy.config import AugmentConfig, RecipeConfig
     from dpstudy.data.datasets import file_sha256, load_prepared
-    from dpstudy.train.engine import RunSpec, TrainData
     from dpstudy.grid.sweep import run_grid
     from dpstudy.track.tracking import Tracker
+    from dpstudy.train.engine import RunSpec, TrainData
 
     root = tmp_path_factory.mktemp("checkout")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    recipe = RecipeConfig(epochs=1, optimizer="sgd", lr=0.05, ref_batch=64, momentum=0.9, weight_decay=0.0,
-                          warmup_epochs=0, decay="none", milestones=[], gamma=0.1,
-                          augment=AugmentConfig(0, False), step="eager")
+    recipe = RecipeConfig(
+        epochs=1,
+        optimizer="sgd",
+        lr=0.05,
+        ref_batch=64,
+        momentum=0.9,
+        weight_decay=0.0,
+        warmup_epochs=0,
+        decay="none",
+        milestones=[],
+        gamma=0.1,
+        augment=AugmentConfig(0, False),
+        step="eager",
+    )
     data = {"digits": TrainData(load_prepared(digits_dir / "digits.pt"), file_sha256(digits_dir / "digits.pt"))}
 
     def spec(sweep: str, **kw) -> RunSpec:
         return RunSpec(sweep, "lenet", 1.0, None, "digits", "single", 1, "resident", 0, 128, "none", 0, recipe, **kw)
 
-    for stage, study, specs in (("train_dp", "A", [spec("lenet_lr_scaling")]),
-                                ("train_ddp", "B", [spec("vgg")]),
-                                ("train_adaptive", "C", [spec("classification", schedule="fixed_small")])):
+    for stage, study, specs in (
+        ("train_dp", "A", [spec("lenet_lr_scaling")]),
+        ("train_ddp", "B", [spec("vgg")]),
+        ("train_adaptive", "C", [spec("classification", schedule="fixed_small")]),
+    ):
         with Tracker(study, stage, preset="quick", params={}, uri=uri, root=root) as tracker:
-            run_grid(specs, data, tracker, root / "results" / stage, device=torch.device("cpu"),
-                     sample_interval_s=0.05)
+            run_grid(specs, data, tracker, root / "results" / stage, device=torch.device("cpu"), sample_interval_s=0.05)
     return root
 
 
-def test_a_full_disk_is_one_line_naming_the_path_and_keeps_the_earlier_tables(trained, tmp_path, digits_dir,
-                                                                              mount, monkeypatch, capsys):
+def test_a_full_disk_is_one_line_naming_the_path_and_keeps_the_earlier_tables(
+    trained, tmp_path, digits_dir, mount, monkeypatch, capsys
+):
     work = tmp_path / "work"
     shutil.copytree(trained, work)  # results/ and the store of the training stages
     out = mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", target=work / "results" / "evaluate")
     params = write_params(tmp_path / "params.yaml", {"evaluate.device": "cpu"})
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    args = ["evaluate", "--params", str(params), "--data", str(digits_dir), "--results", "results",
-            "--out", "results/evaluate"]
+    args = [
+        "evaluate",
+        "--params",
+        str(params),
+        "--data",
+        str(digits_dir),
+        "--results",
+        "results",
+        "--out",
+        "results/evaluate",
+    ]
 
     # An earlier, complete execution (in this process: only its files matter here).
     monkeypatch.chdir(work)
@@ -238,8 +272,8 @@ def test_a_checkpoint_on_a_full_disk_is_a_full_disk_not_a_torch_error(tmp_path, 
     write says what it is, and the previous checkpoint is kept whole."""
     import torch
 
-    from dpstudy.train import checkpoints
     from dpstudy.errors import UserError
+    from dpstudy.train import checkpoints
 
     folder = mount("-t", "tmpfs", "-o", "size=256k", "tmpfs", target=tmp_path / "checkpoints")
     path = folder / "lenet-s0.pt"
@@ -248,14 +282,17 @@ def test_a_checkpoint_on_a_full_disk_is_a_full_disk_not_a_torch_error(tmp_path, 
     _fill(folder)
     with pytest.raises(UserError) as caught:
         checkpoints.save(path, {"epoch": 1, "weights": torch.ones(100_000)})
-    assert str(caught.value) == (f"no space left on device writing {path}: 0 bytes free in {folder}: free some "
-                                 "space there, or write elsewhere; the earlier files there are unchanged")
+    assert str(caught.value) == (
+        f"no space left on device writing {path}: 0 bytes free in {folder}: free some "
+        "space there, or write elsewhere; the earlier files there are unchanged"
+    )
     assert path.read_bytes() == before
     assert sorted(p.name for p in folder.iterdir()) == ["filler", "lenet-s0.pt"]
 
 
-def test_a_full_artifact_store_is_one_line_and_the_runs_end_failed(trained, tmp_path, digits_dir, mount,
-                                                                 monkeypatch, capsys):
+def test_a_full_artifact_store_is_one_line_and_the_runs_end_failed(
+    trained, tmp_path, digits_dir, mount, monkeypatch, capsys
+):
     """The disk of the MLflow artifacts fills up (outside the stage's own files): one line, exit 2,
     the stage's runs FAILED rather than left RUNNING."""
     work = tmp_path / "work"
@@ -265,8 +302,19 @@ def test_a_full_artifact_store_is_one_line_and_the_runs_end_failed(trained, tmp_
     params = write_params(tmp_path / "params.yaml", {"evaluate.device": "cpu"})
     monkeypatch.chdir(work)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
-    code = main(["evaluate", "--params", str(params), "--data", str(digits_dir), "--results", "results",
-                 "--out", "results/evaluate"])
+    code = main(
+        [
+            "evaluate",
+            "--params",
+            str(params),
+            "--data",
+            str(digits_dir),
+            "--results",
+            "results",
+            "--out",
+            "results/evaluate",
+        ]
+    )
     assert code == 2
     line = one_error_line(capsys.readouterr().err)
     assert line.startswith("error: no space left on device"), line
@@ -277,19 +325,28 @@ def test_a_full_artifact_store_is_one_line_and_the_runs_end_failed(trained, tmp_
 
 
 TINY_TRAIN_DP = {
-    "train_dp.seeds": [0], "train_dp.cpu_processes": 1, "train_dp.device": "cpu",
-    "train_dp.lenet_utilization.modes": ["single"], "train_dp.lenet_utilization.loaders": ["resident"],
-    "train_dp.lenet_utilization.batch_sizes": [128], "train_dp.lenet_utilization.recipe.epochs": 1,
-    "train_dp.lenet_lr_scaling.batch_sizes": [128], "train_dp.lenet_lr_scaling.lr_rules": ["none"],
+    "train_dp.seeds": [0],
+    "train_dp.cpu_processes": 1,
+    "train_dp.device": "cpu",
+    "train_dp.lenet_utilization.modes": ["single"],
+    "train_dp.lenet_utilization.loaders": ["resident"],
+    "train_dp.lenet_utilization.batch_sizes": [128],
+    "train_dp.lenet_utilization.recipe.epochs": 1,
+    "train_dp.lenet_lr_scaling.batch_sizes": [128],
+    "train_dp.lenet_lr_scaling.lr_rules": ["none"],
     "train_dp.lenet_lr_scaling.recipe.epochs": 1,
-    "train_dp.vgg.modes": ["single"], "train_dp.vgg.width": 0.03125, "train_dp.vgg.loaders": ["resident"],
-    "train_dp.vgg.batch_sizes": [128], "train_dp.vgg.recipe.epochs": 1,
+    "train_dp.vgg.modes": ["single"],
+    "train_dp.vgg.width": 0.03125,
+    "train_dp.vgg.loaders": ["resident"],
+    "train_dp.vgg.batch_sizes": [128],
+    "train_dp.vgg.recipe.epochs": 1,
     "telemetry.interval_s": 0.05,
 }
 
 
-def test_train_dp_on_a_full_disk_ends_every_study_failed_and_keeps_its_tables(trained, tmp_path, digits_dir,
-                                                                              mount, monkeypatch, capsys):
+def test_train_dp_on_a_full_disk_ends_every_study_failed_and_keeps_its_tables(
+    trained, tmp_path, digits_dir, mount, monkeypatch, capsys
+):
     """train_dp trains study A, then B, then writes the tables of both: a full disk at that point is
     one line, the earlier tables are kept, and both studies' stage runs end FAILED (study A's was
     FINISHED once B started, so the stage looked fine in MLflow)."""
@@ -326,8 +383,20 @@ def test_evaluate_after_the_store_was_deleted_says_so_and_logs_every_figure(trai
     (work / "mlflow.db").unlink()  # between the stages
     params = write_params(tmp_path / "params.yaml", {"evaluate.device": "cpu"})
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    res = run_cli("evaluate", "--params", str(params), "--data", str(digits_dir), "--results", "results",
-                  "--out", "results/evaluate", cwd=work, env={"MLFLOW_TRACKING_URI": uri}, timeout=120)
+    res = run_cli(
+        "evaluate",
+        "--params",
+        str(params),
+        "--data",
+        str(digits_dir),
+        "--results",
+        "results",
+        "--out",
+        "results/evaluate",
+        cwd=work,
+        env={"MLFLOW_TRACKING_URI": uri},
+        timeout=120,
+    )
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     with open(work / "results" / "evaluate" / "evaluations.csv") as fh:
         rows = {r["name"]: r for r in csv.DictReader(fh)}
@@ -335,15 +404,17 @@ def test_evaluate_after_the_store_was_deleted_says_so_and_logs_every_figure(trai
 
     said = [ln for ln in res.stdout.splitlines() if ln.startswith("[mlflow]")]
     assert len(said) == 1, res.stdout
-    assert said[0].startswith("[mlflow] the training runs of 3 configurations of train_dp, train_ddp, "
-                              f"train_adaptive are not in {uri} "), said[0]
+    assert said[0].startswith(
+        f"[mlflow] the training runs of 3 configurations of train_dp, train_ddp, train_adaptive are not in {uri} "
+    ), said[0]
     assert "deleted or replaced since training?" in said[0] and "evaluations.csv" in said[0], said[0]
 
     client = MlflowClient(uri)
     for name, row in rows.items():
         study = STUDIES[row["study"]]
-        [run] = client.search_runs([client.get_experiment_by_name(study).experiment_id],
-                                   f"tags.configuration = '{name}'")
+        [run] = client.search_runs(
+            [client.get_experiment_by_name(study).experiment_id], f"tags.configuration = '{name}'"
+        )
         assert run.data.tags["dvc_stage"] == "evaluate" and run.data.tags["training_run"] == "not in store"
         assert run.data.metrics["eval_test_accuracy"] == pytest.approx(float(row["test_metric"]))
         assert run.info.status == "FINISHED"
@@ -358,29 +429,43 @@ def test_a_read_only_output_folder_stops_train_dp_before_any_work(tmp_path, digi
     read_only(tmp_path / "results")
     params = write_params(tmp_path / "params.yaml", TINY_TRAIN_DP)  # tiny, should the check ever miss
     start = time.monotonic()
-    res = run_cli("train_dp", "--params", str(params), "--data", str(digits_dir), "--out", "results/train_dp",
-                  cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}, timeout=300)
+    res = run_cli(
+        "train_dp",
+        "--params",
+        str(params),
+        "--data",
+        str(digits_dir),
+        "--out",
+        "results/train_dp",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        timeout=300,
+    )
     took = time.monotonic() - start
     assert res.returncode == 2, res.stdout + res.stderr[-3000:]
     assert one_error_line(res) == (
         "error: output folder results/train_dp (--out) cannot be written: results is on a read-only file system: "
-        "remount it read-write, or pass --out a writable folder")
+        "remount it read-write, or pass --out a writable folder"
+    )
     assert took < 10, f"took {took:.1f} s"
     assert res.stdout == "" and not (tmp_path / "mlflow.db").exists()  # no run, no store: no work
 
 
-@pytest.mark.parametrize("command, flag", [
-    (["download", "--raw", "raw"], "--out"),
-    (["download", "--out", "prepared"], "--raw"),
-    (["profile_dataloader"], "--out"),
-    (["train_dp"], "--out"),
-    (["train_ddp"], "--out"),
-    (["train_adaptive"], "--out"),
-    (["evaluate"], "--out"),
-    (["plot"], "--out"),
-    (["launch", "train_ddp"], "--out"),
-    (["launch", "train_adaptive"], "--out"),
-])
+@pytest.mark.parametrize(
+    "command, flag",
+    [
+        (["download", "--raw", "raw"], "--out"),
+        (["download", "--out", "prepared"], "--raw"),
+        (["profile_dataloader"], "--out"),
+        (["train_dp"], "--out"),
+        (["train_ddp"], "--out"),
+        (["train_adaptive"], "--out"),
+        (["evaluate"], "--out"),
+        (["plot"], "--out"),
+        (["launch", "train_ddp"], "--out"),
+        (["launch", "train_adaptive"], "--out"),
+    ],
+)
 def test_every_stage_checks_its_output_folders_up_front(tmp_path, read_only, monkeypatch, capsys, command, flag):
     """Every stage's folders it writes into (--out, download's --raw; `launch` the stage's own) are
     checked in one place before the stage starts, even before its params are read."""
@@ -390,7 +475,8 @@ def test_every_stage_checks_its_output_folders_up_front(tmp_path, read_only, mon
     assert main([*command, flag, "ro/deeper", "--params", "nowhere.yaml"]) == 2
     assert one_error_line(capsys.readouterr().err) == (
         f"error: output folder ro/deeper ({flag}) cannot be written: ro is on a read-only file system: "
-        f"remount it read-write, or pass {flag} a writable folder")
+        f"remount it read-write, or pass {flag} a writable folder"
+    )
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -402,7 +488,8 @@ def test_a_read_only_sqlite_store_is_refused_before_any_work(tmp_path, read_only
     assert main(["profile_dataloader", "--params", "nowhere.yaml", "--out", "out"]) == 2
     assert one_error_line(capsys.readouterr().err) == (
         f"error: MLflow store {uri} cannot be written ({ro} is on a read-only file system): remount it "
-        "read-write, or unset MLFLOW_TRACKING_URI to log to the local sqlite store mlflow.db")
+        "read-write, or unset MLFLOW_TRACKING_URI to log to the local sqlite store mlflow.db"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,12 +512,16 @@ def _folder(path: Path) -> None:
     path.mkdir()
 
 
-@pytest.mark.parametrize("make, says", [
-    (_binary, "params.yaml: not UTF-8 text (byte 0x80 at offset 0; a binary file?): save it as UTF-8 YAML"),
-    (_utf16, "params.yaml: not UTF-8 text (byte 0xff at offset 0; UTF-16?): save it as UTF-8 YAML"),
-    (_nul, "params.yaml: line 2 is not valid YAML (character #x0000 is not allowed; a binary file?)"),
-    (_folder, "params.yaml: a folder, not a params file: pass --params a YAML file"),
-], ids=["binary", "utf16", "nul", "folder"])
+@pytest.mark.parametrize(
+    "make, says",
+    [
+        (_binary, "params.yaml: not UTF-8 text (byte 0x80 at offset 0; a binary file?): save it as UTF-8 YAML"),
+        (_utf16, "params.yaml: not UTF-8 text (byte 0xff at offset 0; UTF-16?): save it as UTF-8 YAML"),
+        (_nul, "params.yaml: line 2 is not valid YAML (character #x0000 is not allowed; a binary file?)"),
+        (_folder, "params.yaml: a folder, not a params file: pass --params a YAML file"),
+    ],
+    ids=["binary", "utf16", "nul", "folder"],
+)
 def test_a_garbled_params_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys, make, says):
     make(tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)

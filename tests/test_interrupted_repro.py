@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import set_key
 
 TABLES = ("runs.csv", "epochs.csv", "metrics.json")
@@ -24,8 +23,15 @@ def _dvc_popen(repo: Path, *args: str) -> subprocess.Popen:
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen([os.path.join(bin_dir, "dvc"), *args], cwd=repo, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [os.path.join(bin_dir, "dvc"), *args],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 @pytest.mark.slow

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import single_config_train_dp, write_params
-from dpstudy.launch import ENV
 from test_ddp import SMALL_DDP, alive, descendants
+
+from dpstudy.launch import ENV
 
 # One world-2 LeNet configuration on digits (resident loader). Epochs of ~0.15 s: after the first
 # checkpoint there are seconds of training left for a signal to land in.
@@ -38,21 +38,39 @@ NOISE = ("Traceback", "SignalException", "death signal", "closing signal", "Chil
 def clean_env(**overrides: str) -> dict[str, str]:
     """This environment without launch settings or a tracking URI (the store is mlflow.db in the
     working folder, as for a user), one intra-op thread per process."""
-    drop = (*ENV.values(), "DPSTUDY_LAUNCHED", "DPSTUDY_RDZV_WAIT_S", "MLFLOW_TRACKING_URI",
-            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE")
+    drop = (
+        *ENV.values(),
+        "DPSTUDY_LAUNCHED",
+        "DPSTUDY_RDZV_WAIT_S",
+        "MLFLOW_TRACKING_URI",
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE",
+    )
     env = {k: v for k, v in os.environ.items() if k not in drop}
     return {**env, "OMP_NUM_THREADS": "1", **overrides}
 
 
 def popen(cmd: list[str], cwd: Path, env: dict) -> subprocess.Popen:
     """A process group of its own, so that a failed test can stop everything it started."""
-    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 def launch_cmd(params: Path, data: Path, *pre: str) -> list[str]:
-    return [*pre, sys.executable, "-m", "dpstudy", "launch", "train_ddp", "--params", str(params),
-            "--data", str(data), "--out", "out"]
+    return [
+        *pre,
+        sys.executable,
+        "-m",
+        "dpstudy",
+        "launch",
+        "train_ddp",
+        "--params",
+        str(params),
+        "--data",
+        str(data),
+        "--out",
+        "out",
+    ]
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
@@ -93,11 +111,14 @@ def wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen, timeout: float
 # 1. SIGTERM / SIGINT sent to a launch
 
 
-@pytest.mark.parametrize("signum, whole_job", [(signal.SIGTERM, False), (signal.SIGINT, False),
-                                              (signal.SIGTERM, True)],
-                         ids=["SIGTERM", "SIGINT", "SIGTERM-to-every-process"])
-def test_an_interrupted_launch_ends_in_one_line_with_its_runs_killed_and_resumes(tmp_path, digits_dir, signum,
-                                                                                  whole_job):
+@pytest.mark.parametrize(
+    "signum, whole_job",
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGTERM, True)],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-to-every-process"],
+)
+def test_an_interrupted_launch_ends_in_one_line_with_its_runs_killed_and_resumes(
+    tmp_path, digits_dir, signum, whole_job
+):
     """The launch exits with 128 + the signal and one line of its own; no traceback, no worker
     noise; the stage's MLflow runs end KILLED (the store: mlflow.db in the working folder); the
     configuration's epoch checkpoint stays, and the next launch resumes from it. whole_job: the
@@ -108,7 +129,7 @@ def test_an_interrupted_launch_ends_in_one_line_with_its_runs_killed_and_resumes
         wait_for((tmp_path / "out" / "checkpoints", f"{NAME}.pt"), proc)  # epoch 0 is done
         workers = descendants(proc.pid)
         sent = time.monotonic()
-        for pid in (workers if whole_job else []):
+        for pid in workers if whole_job else []:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
         proc.send_signal(signum)
@@ -134,8 +155,12 @@ def test_an_interrupted_launch_ends_in_one_line_with_its_runs_killed_and_resumes
     assert rerun.returncode == 0, out[-2000:] + err[-4000:]
     line = next(ln for ln in out.splitlines() if ln.startswith(f"[vgg] {NAME}: finished"))
     assert f", {checkpoint['epoch'] + 1} epochs from checkpoint" in line, line
-    assert statuses(tmp_path / "mlflow.db") == [(CHILD, "FINISHED"), (CHILD, "KILLED"), ("train_ddp", "FINISHED"),
-                                                ("train_ddp", "KILLED")]
+    assert statuses(tmp_path / "mlflow.db") == [
+        (CHILD, "FINISHED"),
+        (CHILD, "KILLED"),
+        ("train_ddp", "FINISHED"),
+        ("train_ddp", "KILLED"),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,14 +195,23 @@ def test_a_one_node_launch_runs_where_the_hostname_does_not_resolve(tmp_path, di
 # 3. A rendezvous on another node that cannot be reached
 
 
-@pytest.mark.parametrize("endpoint, problem", [
-    ("no-such-host.invalid:29400", "does not resolve"),  # RFC 6761: never resolves
-    ("192.0.2.77:29400", ""),  # RFC 5737 TEST-NET-1: no machine has it (unreachable or silent)
-], ids=["unresolvable", "no-such-machine"])
+@pytest.mark.parametrize(
+    "endpoint, problem",
+    [
+        ("no-such-host.invalid:29400", "does not resolve"),  # RFC 6761: never resolves
+        ("192.0.2.77:29400", ""),  # RFC 5737 TEST-NET-1: no machine has it (unreachable or silent)
+    ],
+    ids=["unresolvable", "no-such-machine"],
+)
 def test_an_unreachable_rendezvous_is_one_line_within_seconds(tmp_path, digits_dir, endpoint, problem):
     params = write_params(tmp_path / "params.yaml", GRID)
-    env = clean_env(DPSTUDY_NNODES="2", DPSTUDY_NPROC_PER_NODE="1", DPSTUDY_RDZV_ENDPOINT=endpoint,
-                    DPSTUDY_RDZV_ID="faults", DPSTUDY_RDZV_WAIT_S="2")
+    env = clean_env(
+        DPSTUDY_NNODES="2",
+        DPSTUDY_NPROC_PER_NODE="1",
+        DPSTUDY_RDZV_ENDPOINT=endpoint,
+        DPSTUDY_RDZV_ID="faults",
+        DPSTUDY_RDZV_WAIT_S="2",
+    )
     start = time.monotonic()
     proc = popen(launch_cmd(params, digits_dir), tmp_path, env)
     out, err = finish(proc, timeout=45)
@@ -240,8 +274,22 @@ def test_ctrl_c_while_the_cpu_pool_starts_is_one_line_without_worker_tracebacks(
     it writes to MLflow: a worker that could print a traceback has the time to."""
     params = _pool_params(tmp_path / "params.yaml")
     env = clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    proc = popen([sys.executable, "-m", "dpstudy", "train_dp", "--params", str(params), "--data", str(digits_dir),
-                  "--out", "out"], tmp_path, env)
+    proc = popen(
+        [
+            sys.executable,
+            "-m",
+            "dpstudy",
+            "train_dp",
+            "--params",
+            str(params),
+            "--data",
+            str(digits_dir),
+            "--out",
+            "out",
+        ],
+        tmp_path,
+        env,
+    )
     try:
         deadline = time.monotonic() + 120
         while not [p for p in descendants(proc.pid) if _importing_torch(p)]:
@@ -268,18 +316,26 @@ def test_an_interrupted_launch_ends_its_own_failed_and_running_runs_killed(tmp_p
     launch id that are FAILED or RUNNING, and leaves finished runs and other launches' runs alone."""
     from mlflow.tracking import MlflowClient
 
-    from dpstudy.track.tracking import mark_launch_killed
+    from dpstudy.track.endings import mark_launch_killed
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
     made = {}
-    for name, launch, status in [("failed", "L", "FAILED"), ("running", "L", "RUNNING"), ("done", "L", "FINISHED"),
-                                 ("other", "M", "FAILED")]:
+    for name, launch, status in [
+        ("failed", "L", "FAILED"),
+        ("running", "L", "RUNNING"),
+        ("done", "L", "FINISHED"),
+        ("other", "M", "FAILED"),
+    ]:
         run_id = client.create_run(exp, run_name=name, tags={"launch": launch}).info.run_id
         if status != "RUNNING":
             client.set_terminated(run_id, status=status)
         made[name] = run_id
     assert mark_launch_killed("L", uri) == 2
     assert {n: client.get_run(r).info.status for n, r in made.items()} == {
-        "failed": "KILLED", "running": "KILLED", "done": "FINISHED", "other": "FAILED"}
+        "failed": "KILLED",
+        "running": "KILLED",
+        "done": "FINISHED",
+        "other": "FAILED",
+    }

@@ -8,9 +8,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpstudy.data.loaders import (MIN_PER_RANK, Augment, InputSpec, ResidentLoader, StandardLoader,
-                             channel_stats, convert_images, crop_windows, epoch_permutation,
-                             make_loader, rank_batches, step_bounds)
+from dpstudy.data.loaders import (
+    MIN_PER_RANK,
+    Augment,
+    InputSpec,
+    ResidentLoader,
+    StandardLoader,
+    channel_stats,
+    convert_images,
+    crop_windows,
+    epoch_permutation,
+    make_loader,
+    rank_batches,
+    step_bounds,
+)
 
 
 def numbered_images(n: int, channels: int = 1, size: int = 8) -> torch.Tensor:
@@ -22,9 +33,19 @@ def numbered_images(n: int, channels: int = 1, size: int = 8) -> torch.Tensor:
 # Sharding
 
 
-@pytest.mark.parametrize("n, batch, world", [
-    (100, 8, 1), (100, 8, 2), (100, 8, 3), (101, 8, 4), (97, 10, 3), (10, 4, 4), (33, 5, 2), (8, 100, 2),
-])
+@pytest.mark.parametrize(
+    "n, batch, world",
+    [
+        (100, 8, 1),
+        (100, 8, 2),
+        (100, 8, 3),
+        (101, 8, 4),
+        (97, 10, 3),
+        (10, 4, 4),
+        (33, 5, 2),
+        (8, 100, 2),
+    ],
+)
 def test_every_sample_once_per_epoch_disjoint_and_equal_step_counts(n, batch, world):
     perm = epoch_permutation(n, seed=3, epoch=1)
     per_rank = [rank_batches(perm, batch, world, r) for r in range(world)]
@@ -61,8 +82,18 @@ def test_loader_shards_cover_the_dataset_once_per_epoch(kind):
     for epoch in (0, 1):
         seen = []
         for rank in range(world):
-            loader = make_loader(kind, images, labels, spec=InputSpec(1, 8), batch_size=8, mean=[0.0],
-                                 std=[1.0], seed=5, rank=rank, world=world)
+            loader = make_loader(
+                kind,
+                images,
+                labels,
+                spec=InputSpec(1, 8),
+                batch_size=8,
+                mean=[0.0],
+                std=[1.0],
+                seed=5,
+                rank=rank,
+                world=world,
+            )
             loader.set_epoch(epoch)
             batches = list(loader)
             assert len(batches) == len(loader)
@@ -92,15 +123,16 @@ def test_both_loaders_visit_samples_in_the_same_order_on_cpu():
 
 
 @pytest.mark.parametrize("kind", ["standard", "resident"])
-@pytest.mark.parametrize("src_channels, spec", [(1, InputSpec(1, 32)), (1, InputSpec(3, 32)),
-                                               (3, InputSpec(1, 16)), (3, InputSpec(3, 32))])
+@pytest.mark.parametrize(
+    "src_channels, spec", [(1, InputSpec(1, 32)), (1, InputSpec(3, 32)), (3, InputSpec(1, 16)), (3, InputSpec(3, 32))]
+)
 def test_batches_have_the_models_shape_and_are_normalised(kind, src_channels, spec):
     torch.manual_seed(0)
     images = torch.randint(0, 256, (40, src_channels, 8, 8), dtype=torch.uint8)
     labels = torch.randint(0, 10, (40,))
     mean, std = channel_stats(images, spec)
     loader = make_loader(kind, images, labels, spec=spec, batch_size=40, mean=mean, std=std, shuffle=False)
-    (x, y), = list(loader)
+    ((x, y),) = list(loader)
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     assert x.shape == (40, spec.channels, spec.size, spec.size)
     assert torch.equal(y, labels)
@@ -135,7 +167,7 @@ def test_channel_stats_match_a_direct_computation():
 
 def reference_crop_flip(img: torch.Tensor, pad: int, top: int, left: int, flip: bool) -> torch.Tensor:
     size = img.shape[-1]
-    crop = F.pad(img, (pad, pad, pad, pad))[..., top:top + size, left:left + size]
+    crop = F.pad(img, (pad, pad, pad, pad))[..., top : top + size, left : left + size]
     return crop.flip(-1) if flip else crop
 
 
@@ -156,28 +188,47 @@ def test_resident_augmentation_is_per_image_and_reproducible():
     # A horizontal ramp: every crop offset and flip gives a distinct image.
     ramp = torch.arange(size, dtype=torch.uint8).mul(30).view(1, 1, 1, size).expand(n, 1, size, size).clone()
     labels = torch.arange(n)
-    loader = ResidentLoader(ramp, labels, spec=InputSpec(1, size), batch_size=n, mean=[0.0], std=[1 / 255],
-                            augment=Augment(crop_padding=pad, hflip=True), seed=3)
-    (x1, _), = list(loader)
+    loader = ResidentLoader(
+        ramp,
+        labels,
+        spec=InputSpec(1, size),
+        batch_size=n,
+        mean=[0.0],
+        std=[1 / 255],
+        augment=Augment(crop_padding=pad, hflip=True),
+        seed=3,
+    )
+    ((x1, _),) = list(loader)
     variants = {tuple(row.tolist()) for row in x1[:, 0, size // 2]}
     # 5 column offsets × 2 flips = 10 distinct rows are possible; a batch-wide draw would give 1.
     assert len(variants) >= 8
     # Every output is one of the reference crops of the padded image.
-    refs = {tuple(reference_crop_flip(ramp[0], pad, pad, left, flip)[0, size // 2].float().tolist())
-            for left in range(2 * pad + 1) for flip in (False, True)}
+    refs = {
+        tuple(reference_crop_flip(ramp[0], pad, pad, left, flip)[0, size // 2].float().tolist())
+        for left in range(2 * pad + 1)
+        for flip in (False, True)
+    }
     assert variants <= refs
-    (x2, _), = list(loader)
+    ((x2, _),) = list(loader)
     assert torch.equal(x1, x2)  # same seed and epoch -> same augmentation
     loader.set_epoch(1)
-    (x3, _), = list(loader)
+    ((x3, _),) = list(loader)
     assert not torch.equal(x1, x3)
 
 
 def test_standard_loader_runs_with_worker_processes():
     n = 60
     images, labels = numbered_images(n, 3, 8), torch.arange(n)
-    loader = StandardLoader(images, labels, spec=InputSpec(3, 8), batch_size=16, mean=[0.5] * 3, std=[0.25] * 3,
-                            augment=Augment(crop_padding=2, hflip=True), num_workers=2)
+    loader = StandardLoader(
+        images,
+        labels,
+        spec=InputSpec(3, 8),
+        batch_size=16,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        augment=Augment(crop_padding=2, hflip=True),
+        num_workers=2,
+    )
     for epoch in range(2):
         loader.set_epoch(epoch)
         got = torch.cat([y for _, y in loader])

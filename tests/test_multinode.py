@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
-
 from conftest import run_cli, write_params
+from mlflow.tracking import MlflowClient
+from test_ddp import SMALL_DDP, alive, descendants, kill_rank1_after_checkpoint, read_csv
+
 from dpstudy.errors import UserError
 from dpstudy.launch import ENV, Launch, settings, torchrun_command, torchrun_env
 from dpstudy.track.tracking import STUDIES
-from test_ddp import SMALL_DDP, alive, descendants, kill_rank1_after_checkpoint, read_csv
 
 # One world-2 configuration of LeNet on digits (resident loader: batches depend only on seed,
 # epoch and rank, so a resumed epoch sees the very same samples). 8 epochs of ~0.15 s leave a
@@ -30,10 +30,32 @@ EPOCHS = 8
 GRID = {**SMALL_DDP, "train_ddp.vgg.world_sizes": [2], "train_ddp.vgg.recipe.epochs": EPOCHS}
 NAME = "vgg-ddp2-resident-b64-linear-s0"
 # What the model computed, per configuration and per epoch (timings and memory differ run to run).
-RUN_FIGURES = ("name", "outcome", "epochs", "steps", "allreduces", "global_batch", "peak_lr", "train_loss",
-               "train_accuracy", "test_loss", "test_accuracy")
-EPOCH_FIGURES = ("series", "epoch", "steps", "global_batch", "samples", "lr", "train_loss", "train_accuracy",
-                 "test_loss", "test_accuracy", "allreduces")
+RUN_FIGURES = (
+    "name",
+    "outcome",
+    "epochs",
+    "steps",
+    "allreduces",
+    "global_batch",
+    "peak_lr",
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+)
+EPOCH_FIGURES = (
+    "series",
+    "epoch",
+    "steps",
+    "global_batch",
+    "samples",
+    "lr",
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "allreduces",
+)
 
 
 def launch_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -42,14 +64,24 @@ def launch_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     process per node; a different thread count changes the order of CPU float sums, and with it the
     last bits of every figure, so the layouts compared here all get one thread."""
     env = {k: v for k, v in os.environ.items() if k not in (*ENV.values(), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE")}
-    return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "OMP_NUM_THREADS": "1",
-            **overrides}
+    return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "OMP_NUM_THREADS": "1", **overrides}
 
 
 def start(params: Path, data: Path, out: Path, env: dict, log: Path) -> subprocess.Popen:
     """``dpstudy launch train_ddp`` as a real process (it becomes the torchrun agent: same pid)."""
-    cmd = [sys.executable, "-m", "dpstudy", "launch", "train_ddp", "--params", str(params), "--data", str(data),
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dpstudy",
+        "launch",
+        "train_ddp",
+        "--params",
+        str(params),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+    ]
     return subprocess.Popen(cmd, cwd=out.parent, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
@@ -101,8 +133,10 @@ def assert_same_model(out: Path, reference: Path) -> None:
 def study_b(tmp_path: Path) -> tuple[list, list]:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name(STUDIES["B"]).experiment_id], max_results=100)
-    return ([r for r in runs if "mlflow.parentRunId" not in r.data.tags],
-            [r for r in runs if "mlflow.parentRunId" in r.data.tags])
+    return (
+        [r for r in runs if "mlflow.parentRunId" not in r.data.tags],
+        [r for r in runs if "mlflow.parentRunId" in r.data.tags],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -125,14 +159,36 @@ def test_launch_settings_come_from_params_then_environment(tmp_path):
     params = str(write_params(tmp_path / "params.yaml", {"train_adaptive.launch.max_restarts": 3}))
     assert settings("train_ddp", params, {}) == Launch(2, 1, "", "dpstudy-train_ddp", 0)
     assert settings("train_adaptive", params, {}).max_restarts == 3
-    env = {"DPSTUDY_NPROC_PER_NODE": "gpu", "DPSTUDY_NNODES": "4", "DPSTUDY_RDZV_ENDPOINT": "node01:29400",
-           "DPSTUDY_RDZV_ID": "job-17", "DPSTUDY_MAX_RESTARTS": "2"}
+    env = {
+        "DPSTUDY_NPROC_PER_NODE": "gpu",
+        "DPSTUDY_NNODES": "4",
+        "DPSTUDY_RDZV_ENDPOINT": "node01:29400",
+        "DPSTUDY_RDZV_ID": "job-17",
+        "DPSTUDY_MAX_RESTARTS": "2",
+    }
     launch = settings("train_adaptive", params, env)
     assert launch == Launch("gpu", 4, "node01:29400", "job-17", 2)
     assert torchrun_command("train_adaptive", launch, ["--out", "o"])[1:] == [
-        "-m", "torch.distributed.run", "--nproc-per-node", "gpu", "--nnodes", "4", "--rdzv-backend", "c10d",
-        "--rdzv-endpoint", "node01:29400", "--rdzv-id", "job-17", "--max-restarts", "2",
-        "-m", "dpstudy", "train_adaptive", "--out", "o"]
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "gpu",
+        "--nnodes",
+        "4",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "node01:29400",
+        "--rdzv-id",
+        "job-17",
+        "--max-restarts",
+        "2",
+        "-m",
+        "dpstudy",
+        "train_adaptive",
+        "--out",
+        "o",
+    ]
     # Restarts need a fresh worker store per attempt (torch's shared one breaks them); kept if set.
     assert torchrun_env(launch, {}) == {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     assert torchrun_env(launch, {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "0"}) == {}
@@ -142,29 +198,38 @@ def test_launch_settings_come_from_params_then_environment(tmp_path):
     assert "--standalone" not in torchrun_command("train_ddp", one, []) and one.nnodes == 1
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"DPSTUDY_NNODES": "0"}, "DPSTUDY_NNODES='0': expected an integer >= 1"),
-    ({"DPSTUDY_NNODES": "two"}, "DPSTUDY_NNODES='two': expected an integer >= 1"),
-    ({"DPSTUDY_NPROC_PER_NODE": "cpu"}, "DPSTUDY_NPROC_PER_NODE='cpu': expected an integer >= 1 or gpu"),
-    ({"DPSTUDY_MAX_RESTARTS": "-1"}, "DPSTUDY_MAX_RESTARTS='-1': expected an integer >= 0"),
-    ({"DPSTUDY_NNODES": "2"}, "DPSTUDY_NNODES is 2 but no rendezvous endpoint is set: set DPSTUDY_RDZV_ENDPOINT"),
-    ({"DPSTUDY_RDZV_ENDPOINT": "node01"}, "DPSTUDY_RDZV_ENDPOINT: expected host:port of the rendezvous"),
-    ({"DPSTUDY_RDZV_ENDPOINT": "node01:99999"}, "DPSTUDY_RDZV_ENDPOINT: expected host:port"),
-    ({"DPSTUDY_RDZV_ENDPOINT": "n:1", "DPSTUDY_RDZV_ID": ""}, "DPSTUDY_RDZV_ID: empty; a rendezvous needs a job id"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"DPSTUDY_NNODES": "0"}, "DPSTUDY_NNODES='0': expected an integer >= 1"),
+        ({"DPSTUDY_NNODES": "two"}, "DPSTUDY_NNODES='two': expected an integer >= 1"),
+        ({"DPSTUDY_NPROC_PER_NODE": "cpu"}, "DPSTUDY_NPROC_PER_NODE='cpu': expected an integer >= 1 or gpu"),
+        ({"DPSTUDY_MAX_RESTARTS": "-1"}, "DPSTUDY_MAX_RESTARTS='-1': expected an integer >= 0"),
+        ({"DPSTUDY_NNODES": "2"}, "DPSTUDY_NNODES is 2 but no rendezvous endpoint is set: set DPSTUDY_RDZV_ENDPOINT"),
+        ({"DPSTUDY_RDZV_ENDPOINT": "node01"}, "DPSTUDY_RDZV_ENDPOINT: expected host:port of the rendezvous"),
+        ({"DPSTUDY_RDZV_ENDPOINT": "node01:99999"}, "DPSTUDY_RDZV_ENDPOINT: expected host:port"),
+        (
+            {"DPSTUDY_RDZV_ENDPOINT": "n:1", "DPSTUDY_RDZV_ID": ""},
+            "DPSTUDY_RDZV_ID: empty; a rendezvous needs a job id",
+        ),
+    ],
+)
 def test_bad_environment_values_are_refused(tmp_path, env, message):
     params = str(write_params(tmp_path / "params.yaml"))
     with pytest.raises(UserError, match="^" + message.replace("[", r"\[").replace("(", r"\(")):
         settings("train_ddp", params, env)
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("train_ddp.launch.nnodes", 0, "params.yaml: train_ddp.launch.nnodes: must be >= 1, got 0"),
-    ("train_ddp.launch.max_restarts", "1", "params.yaml: train_ddp.launch.max_restarts: expected an integer"),
-    ("train_adaptive.launch", {"nnodes": 1}, "params.yaml: train_adaptive.launch.rdzv_endpoint: missing"),
-    ("train_ddp.launch.nnodes", 2, "params.yaml: train_ddp.launch.nnodes is 2 but no rendezvous endpoint"),
-    ("train_ddp.launch.rdzv_endpoint", "a:b", "params.yaml: train_ddp.launch.rdzv_endpoint: expected host:port"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("train_ddp.launch.nnodes", 0, "params.yaml: train_ddp.launch.nnodes: must be >= 1, got 0"),
+        ("train_ddp.launch.max_restarts", "1", "params.yaml: train_ddp.launch.max_restarts: expected an integer"),
+        ("train_adaptive.launch", {"nnodes": 1}, "params.yaml: train_adaptive.launch.rdzv_endpoint: missing"),
+        ("train_ddp.launch.nnodes", 2, "params.yaml: train_ddp.launch.nnodes is 2 but no rendezvous endpoint"),
+        ("train_ddp.launch.rdzv_endpoint", "a:b", "params.yaml: train_ddp.launch.rdzv_endpoint: expected host:port"),
+    ],
+)
 def test_bad_launch_params_are_refused(tmp_path, key, value, message):
     params = str(write_params(tmp_path / "params.yaml", {key: value}))
     with pytest.raises(UserError, match="^" + message.replace("(", r"\(")):
@@ -173,8 +238,7 @@ def test_bad_launch_params_are_refused(tmp_path, key, value, message):
 
 def test_cli_refuses_bad_settings_in_one_line_before_torchrun(tmp_path):
     params = write_params(tmp_path / "params.yaml", {"train_ddp.launch.nnodes": 0})
-    res = run_cli("launch", "train_ddp", "--params", str(params), cwd=tmp_path, env=launch_env(tmp_path),
-                  timeout=60)
+    res = run_cli("launch", "train_ddp", "--params", str(params), cwd=tmp_path, env=launch_env(tmp_path), timeout=60)
     assert res.returncode == 2
     assert res.stderr.strip() == "error: params.yaml: train_ddp.launch.nnodes: must be >= 1, got 0"
     assert "[launch]" not in res.stdout  # refused before torchrun started
@@ -183,13 +247,15 @@ def test_cli_refuses_bad_settings_in_one_line_before_torchrun(tmp_path):
 def test_cli_prints_the_command_and_checks_stage_arguments_first(tmp_path):
     params = write_params(tmp_path / "params.yaml")
     env = launch_env(tmp_path, DPSTUDY_NNODES="2", DPSTUDY_RDZV_ENDPOINT="10.0.0.1:29400", DPSTUDY_RDZV_ID="j1")
-    res = run_cli("launch", "--dry-run", "train_ddp", "--params", str(params), "--out", "o", cwd=tmp_path,
-                  env=env, timeout=60)
+    res = run_cli(
+        "launch", "--dry-run", "train_ddp", "--params", str(params), "--out", "o", cwd=tmp_path, env=env, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [
         f"[launch] {sys.executable} -m torch.distributed.run --nproc-per-node 2 --nnodes 2 --rdzv-backend c10d "
         f"--rdzv-endpoint 10.0.0.1:29400 --rdzv-id j1 --max-restarts 0 -m dpstudy train_ddp --params {params} "
-        "--out o"]
+        "--out o"
+    ]
     bad = run_cli("launch", "train_ddp", "--params", str(params), "--epochs", "3", cwd=tmp_path, env=env, timeout=60)
     assert bad.returncode == 2 and "unrecognized arguments: --epochs 3" in bad.stderr
     assert "[launch]" not in bad.stdout  # refused before torchrun started
@@ -203,8 +269,13 @@ def test_two_single_process_nodes_equal_one_two_process_node(tmp_path, digits_di
     """Two `dpstudy launch` agents (nnodes 2, 1 process each, c10d on loopback) train the very
     model one agent with 2 processes trains: same figures, same weights bit for bit."""
     params = write_params(tmp_path / "params.yaml", GRID)
-    env = launch_env(tmp_path, DPSTUDY_NNODES="2", DPSTUDY_NPROC_PER_NODE="1",
-                     DPSTUDY_RDZV_ENDPOINT=f"127.0.0.1:{free_port()}", DPSTUDY_RDZV_ID="two-nodes")
+    env = launch_env(
+        tmp_path,
+        DPSTUDY_NNODES="2",
+        DPSTUDY_NPROC_PER_NODE="1",
+        DPSTUDY_RDZV_ENDPOINT=f"127.0.0.1:{free_port()}",
+        DPSTUDY_RDZV_ID="two-nodes",
+    )
     out = tmp_path / "out"
     nodes = [start(params, digits_dir, out, env, tmp_path / f"node{i}.log") for i in range(2)]
     codes = finish(nodes, timeout=120)

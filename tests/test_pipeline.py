@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import dvc
 
 pytestmark = pytest.mark.slow
@@ -115,8 +114,10 @@ def check_report(repo: Path) -> None:
     from dpstudy.report.report import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED
 
     report = (repo / "results" / "REPORT.md").read_text()
-    table = {cells[0].strip("| "): cells[2].strip("* ") for cells in
-             (line.split(" | ") for line in report.splitlines() if line.startswith("| ") and " | **" in line)}
+    table = {
+        cells[0].strip("| "): cells[2].strip("* ")
+        for cells in (line.split(" | ") for line in report.splitlines() if line.startswith("| ") and " | **" in line)
+    }
     assert set(table) == set(CLAIMS) and len(CLAIMS) == 14
     assert set(table.values()) <= {SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_TESTABLE}
     assert report.count("- Seeds:") == len(CLAIMS)  # every claim states what it rests on
@@ -169,17 +170,23 @@ def check_training_results(repo: Path) -> None:
     assert max(float(r["test_accuracy"]) for r in expected["train_dp"] if r["sweep"] == "lenet_lr_scaling") > 0.9
 
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    for study, stage, sweeps in (("A", "train_dp", {"lenet_utilization", "lenet_lr_scaling"}),
-                                 ("B", "train_dp", {"vgg"}), ("B", "train_ddp", {"vgg"})):
+    for study, stage, sweeps in (
+        ("A", "train_dp", {"lenet_utilization", "lenet_lr_scaling"}),
+        ("B", "train_dp", {"vgg"}),
+        ("B", "train_ddp", {"vgg"}),
+    ):
         exp = client.get_experiment_by_name(STUDIES[study])
-        parents = client.search_runs([exp.experiment_id], f"tags.dvc_stage = '{stage}' and "
-                                     "attributes.run_name = '" + stage + "'")
+        parents = client.search_runs(
+            [exp.experiment_id], f"tags.dvc_stage = '{stage}' and attributes.run_name = '" + stage + "'"
+        )
         parents = [p for p in parents if "mlflow.parentRunId" not in p.data.tags]
         assert len(parents) == 1, (study, stage)  # one parent run per stage execution
         parent = parents[0]
         assert parent.info.status == "FINISHED" and set(parent.data.tags["sweep"].split(",")) == sweeps
         children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-        assert {c.data.tags["configuration"] for c in children} == {r["name"] for r in expected[stage] if r["sweep"] in sweeps}
+        assert {c.data.tags["configuration"] for c in children} == {
+            r["name"] for r in expected[stage] if r["sweep"] in sweeps
+        }
         assert all(c.info.status == "FINISHED" for c in children)
         assert all("test_accuracy" in c.data.metrics for c in children)
         assert all(len(client.get_metric_history(c.info.run_id, "step_loss")) > 1 for c in children[:2])
@@ -190,8 +197,8 @@ def check_adaptive_results(repo: Path) -> None:
     computed, and the batch / lr / noise-scale curves per step in MLflow (study C)."""
     from mlflow.tracking import MlflowClient
 
-    from dpstudy.grid.adaptive import SCHEDULES
     from dpstudy.config import load_section
+    from dpstudy.grid.adaptive import SCHEDULES
     from dpstudy.track.tracking import STUDIES
 
     _, cfg = load_section("train_adaptive", repo / "params.yaml")
@@ -210,8 +217,9 @@ def check_adaptive_results(repo: Path) -> None:
         assert all(int(r["final_batch"]) == growth.max_batch for r in stepped)
         # fewer, larger steps: fewer optimizer steps and all-reduces than the small fixed batch
         fixed = next(r for r in rows if r["schedule"] == "fixed_small")
-        assert all(int(r["steps"]) < int(fixed["steps"]) and int(r["allreduces"]) < int(fixed["allreduces"])
-                   for r in stepped)
+        assert all(
+            int(r["steps"]) < int(fixed["steps"]) and int(r["allreduces"]) < int(fixed["allreduces"]) for r in stepped
+        )
         names += [r["name"] for r in rows]
         steps.update({r["name"]: int(r["steps"]) for r in rows})
         reached.update({r["name"]: r["time_to_target_s"] != "nan" for r in rows})

@@ -27,8 +27,9 @@ def checkout_root(start: Path) -> Path | None:
 
 
 def _digest(package: Path) -> dict[str, str]:
-    return {str(p.relative_to(package)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(package.rglob("*.py"))}
+    return {
+        str(p.relative_to(package)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(package.rglob("*.py"))
+    }
 
 
 def check_own_code(cwd: Path | None = None, package: Path = PACKAGE) -> None:
@@ -39,6 +40,8 @@ def check_own_code(cwd: Path | None = None, package: Path = PACKAGE) -> None:
     own = (root / "src" / "dpstudy").resolve()
     if own == package or _digest(own) == _digest(package):
         return
-    raise UserError(f"this checkout ({root}) would run the dpstudy code in {package}, not its own "
-                    f"src/dpstudy (a .venv copied or moved from another checkout?): run `make env` in "
-                    f"{root}, which points .venv at this checkout")
+    raise UserError(
+        f"this checkout ({root}) would run the dpstudy code in {package}, not its own "
+        f"src/dpstudy (a .venv copied or moved from another checkout?): run `make env` in "
+        f"{root}, which points .venv at this checkout"
+    )

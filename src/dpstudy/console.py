@@ -3,7 +3,7 @@ configuration in logs (inside `dvc repro` output is not a terminal), and a closi
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 # tqdm is imported where it is used: importing it costs ~80 ms of CPU (its version lookup reads
 # package metadata), which `dpstudy --help` and a one-line argument error should not pay.
@@ -26,8 +26,10 @@ def say(line: str) -> None:
 def format_table(headers: Sequence[str], rows: Iterable[Sequence]) -> str:
     cells = [[_fmt(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+
     def line(values):
         return "  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(values, widths)).rstrip()
+
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), rule, *(line(r) for r in cells)])
 

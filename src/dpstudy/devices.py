@@ -20,8 +20,10 @@ def resolve_device(choice: str) -> torch.device:
     import torch
 
     if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("device: cuda was asked for but no CUDA GPU is visible to PyTorch "
-                        "(use device: auto or cpu, or run the image with --gpus all)")
+        raise UserError(
+            "device: cuda was asked for but no CUDA GPU is visible to PyTorch "
+            "(use device: auto or cpu, or run the image with --gpus all)"
+        )
     if choice in ("auto", "cuda") and torch.cuda.is_available():
         return torch.device("cuda", 0)
     return torch.device("cpu")

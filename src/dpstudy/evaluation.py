@@ -58,7 +58,7 @@ class Evaluation:
         return {**asdict(self), "agrees": self.agrees}
 
     @classmethod
-    def from_row(cls, row: dict[str, str]) -> "Evaluation":
+    def from_row(cls, row: dict[str, str]) -> Evaluation:
         """An evaluations.csv row (`row`) back as the Evaluation it was written from."""
         kinds = {"int": int, "float": float, "str": str}
         return cls(**{f.name: kinds[f.type](row[f.name]) for f in fields(cls)})
@@ -74,8 +74,10 @@ def find_checkpoints(results: Path, stages: tuple[str, ...] = TRAINING_STAGES) -
             missing.append(str(folder))
         found += [(stage, f) for f in files]
     if missing:
-        raise UserError(f"no checkpoints in {', '.join(missing)}: run the training stages first "
-                        f"(dvc repro {' '.join(TRAINING_STAGES)})")
+        raise UserError(
+            f"no checkpoints in {', '.join(missing)}: run the training stages first "
+            f"(dvc repro {' '.join(TRAINING_STAGES)})"
+        )
     return found
 
 
@@ -90,11 +92,14 @@ def read_checkpoint(path: Path) -> dict:
     except Exception as exc:
         raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path}: checkpoint format {ckpt.get('format') if isinstance(ckpt, dict) else '?'} "
-                        f"is not {CHECKPOINT_FORMAT}: retrain it (dvc repro -f <its stage>)")
+        raise UserError(
+            f"{path}: checkpoint format {ckpt.get('format') if isinstance(ckpt, dict) else '?'} "
+            f"is not {CHECKPOINT_FORMAT}: retrain it (dvc repro -f <its stage>)"
+        )
     if not ckpt["complete"]:
-        raise UserError(f"{path}: training stopped after epoch {ckpt['epoch'] + 1}; finish it first "
-                        f"(dvc repro resumes it)")
+        raise UserError(
+            f"{path}: training stopped after epoch {ckpt['epoch'] + 1}; finish it first (dvc repro resumes it)"
+        )
     return ckpt
 
 
@@ -116,8 +121,8 @@ class Evaluator:
         return self._data[name]
 
     def __call__(self, stage: str, path: Path) -> Evaluation:
-        from .train.engine import EVAL_BATCH, evaluate
         from .data.loaders import ResidentLoader
+        from .train.engine import EVAL_BATCH, evaluate
         from .train.models import build_model, input_spec
         from .train.tasks import TASKS
 
@@ -125,37 +130,66 @@ class Evaluator:
         meta, config = ckpt["model_meta"], ckpt["config"]
         data, sha = self._dataset(meta["dataset"])
         if sha != ckpt["data_sha256"]:
-            raise UserError(f"{path} was trained on another {meta['dataset']}.pt than {self.data_dir}'s "
-                            f"(checksums differ): rerun the training stages on this data")
+            raise UserError(
+                f"{path} was trained on another {meta['dataset']}.pt than {self.data_dir}'s "
+                f"(checksums differ): rerun the training stages on this data"
+            )
         task = TASKS[meta["task"]]
-        net = build_model(meta["model"], meta["channels"], meta["num_classes"], width=meta["width"],
-                          size=meta["size"])
+        net = build_model(meta["model"], meta["channels"], meta["num_classes"], width=meta["width"], size=meta["size"])
         net.load_state_dict(ckpt["model"])
         net.to(self.device)
-        loader = ResidentLoader(data.test_images, data.test_labels,
-                                spec=input_spec(meta["model"], meta["channels"], meta["size"]),
-                                batch_size=EVAL_BATCH, mean=meta["mean"], std=meta["std"], shuffle=False,
-                                device=self.device)
+        loader = ResidentLoader(
+            data.test_images,
+            data.test_labels,
+            spec=input_spec(meta["model"], meta["channels"], meta["size"]),
+            batch_size=EVAL_BATCH,
+            mean=meta["mean"],
+            std=meta["std"],
+            shuffle=False,
+            device=self.device,
+        )
         loss, score, n, baseline = evaluate(net, loader, task.loss_fn(), task).tolist()
         last = ckpt["history"][-1] if ckpt["history"] else {}
         sweep, seed = config["sweep"], config["seed"]
         name = path.stem
         return Evaluation(
-            stage=stage, study=SWEEP_STUDY[sweep], sweep=sweep, name=name,
-            configuration=name.removeprefix(f"{sweep}-").removesuffix(f"-s{seed}"), seed=seed,
-            task=meta["task"], model=meta["model"], dataset=meta["dataset"], outcome=ckpt["outcome"],
-            epochs=ckpt["epoch"] + 1, metric=task.metric, test_metric=score / n, test_loss=loss / n,
-            test_baseline=baseline / n if task.metric == "psnr" else math.nan, test_images=int(n),
-            trained_metric=float(last.get(f"test_{task.metric}", math.nan)), checkpoint=str(path))
+            stage=stage,
+            study=SWEEP_STUDY[sweep],
+            sweep=sweep,
+            name=name,
+            configuration=name.removeprefix(f"{sweep}-").removesuffix(f"-s{seed}"),
+            seed=seed,
+            task=meta["task"],
+            model=meta["model"],
+            dataset=meta["dataset"],
+            outcome=ckpt["outcome"],
+            epochs=ckpt["epoch"] + 1,
+            metric=task.metric,
+            test_metric=score / n,
+            test_loss=loss / n,
+            test_baseline=baseline / n if task.metric == "psnr" else math.nan,
+            test_images=int(n),
+            trained_metric=float(last.get(f"test_{task.metric}", math.nan)),
+            checkpoint=str(path),
+        )
 
 
 def checks(evaluations: list[Evaluation]) -> dict:
     """The agreement check: checkpoints scored, how many agree with what training reported, and the
     largest difference (the stage's console and REPORT.md; evaluations.csv has each figure)."""
-    worst = max((abs(e.test_metric - e.trained_metric) for e in evaluations
-                 if not math.isnan(e.test_metric - e.trained_metric)), default=0.0)
-    return {"checkpoints": len(evaluations), "agree_with_training": sum(e.agrees for e in evaluations),
-            "max_abs_difference": round(worst, 8)}
+    worst = max(
+        (
+            abs(e.test_metric - e.trained_metric)
+            for e in evaluations
+            if not math.isnan(e.test_metric - e.trained_metric)
+        ),
+        default=0.0,
+    )
+    return {
+        "checkpoints": len(evaluations),
+        "agree_with_training": sum(e.agrees for e in evaluations),
+        "max_abs_difference": round(worst, 8),
+    }
 
 
 def headline(evaluations: list[Evaluation]) -> dict:

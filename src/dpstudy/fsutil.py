@@ -23,8 +23,8 @@ import os
 import signal
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import UserError
 
@@ -135,9 +135,11 @@ class DiskFull(UserError):
         path = Path(path)
         folder = path.parent
         need = f"{needed:,} bytes needed, " if needed is not None else ""
-        super().__init__(f"no space left on device writing {path}: {need}{free_bytes(folder):,} bytes free in "
-                         f"{folder}: free some space there, or write elsewhere; the earlier files there are "
-                         "unchanged")
+        super().__init__(
+            f"no space left on device writing {path}: {need}{free_bytes(folder):,} bytes free in "
+            f"{folder}: free some space there, or write elsewhere; the earlier files there are "
+            "unchanged"
+        )
         self.path, self.needed = path, needed
 
 
@@ -197,8 +199,7 @@ def signals_held() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum))
-                for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:

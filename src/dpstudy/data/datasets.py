@@ -29,9 +29,10 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import BinaryIO, ClassVar
 
 import numpy as np
 import torch
@@ -47,8 +48,7 @@ UPSTREAM_SPLITS = ("full", "test_only")
 FORMAT = 1
 
 DIGITS_SOURCE = "sklearn.datasets.load_digits"
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 DIGIT_CLASSES = [str(d) for d in range(10)]
 
 _CHUNK = 1 << 20
@@ -105,11 +105,8 @@ def prepare(
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r} (allowed: {', '.join(DATASETS)})")
     if upstream_split not in UPSTREAM_SPLITS:
-        raise UserError(
-            f"{name}: upstream_split must be one of {', '.join(UPSTREAM_SPLITS)}, got {upstream_split!r}"
-        )
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
-            or not 0 < test_fraction < 1:
+        raise UserError(f"{name}: upstream_split must be one of {', '.join(UPSTREAM_SPLITS)}, got {upstream_split!r}")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
         raise UserError(f"{name}: test_fraction must be a number strictly between 0 and 1, got {test_fraction!r}")
     if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
         raise UserError(f"{name}: split_seed must be an integer >= 0, got {split_seed!r}")
@@ -120,8 +117,7 @@ def prepare(
     else:
         files = _upstream_files(name, upstream_split)
         bases = list(upstream) if upstream is not None else _upstream_bases(name)
-        paths = fetch_files(name, files, raw_dir=raw_dir / name, mirror=mirror,
-                            upstream=bases, timeout_s=timeout_s)
+        paths = fetch_files(name, files, raw_dir=raw_dir / name, mirror=mirror, upstream=bases, timeout_s=timeout_s)
         source_md5 = {f: md5 for f, md5 in files}
         if name == "mnist":
             data = _prepare_mnist(paths, upstream_split, split_seed, test_fraction)
@@ -150,8 +146,9 @@ def load_prepared(path: Path) -> Prepared:
     except Exception as exc:  # zip, pickle or allow-list errors all mean "not our file"
         # torch's own text (OSError "Invalid argument", advice on weights_only=False) would mislead:
         # the fix is never to load it unsafely but to prepare it again.
-        raise UserError(f"{path}: not a prepared dataset file; re-run the download stage "
-                        f"({_unreadable_reason(path, exc)})") from exc
+        raise UserError(
+            f"{path}: not a prepared dataset file; re-run the download stage ({_unreadable_reason(path, exc)})"
+        ) from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise UserError(
@@ -160,11 +157,15 @@ def load_prepared(path: Path) -> Prepared:
     try:
         prepared = Prepared(**{k: obj[k] for k in Prepared.__dataclass_fields__})
     except KeyError as exc:
-        raise UserError(f"{path}: prepared dataset file lacks key {exc}; re-run the download stage")
+        raise UserError(f"{path}: prepared dataset file lacks key {exc}; re-run the download stage") from exc
     for part in ("train", "test"):
         images, labels = getattr(prepared, f"{part}_images"), getattr(prepared, f"{part}_labels")
-        if images.dtype != torch.uint8 or images.ndim != 4 or labels.dtype != torch.int64 \
-                or labels.shape != images.shape[:1]:
+        if (
+            images.dtype != torch.uint8
+            or images.ndim != 4
+            or labels.dtype != torch.int64
+            or labels.shape != images.shape[:1]
+        ):
             raise UserError(f"{path}: {part} tensors have unexpected dtype or shape; re-run the download stage")
     return prepared
 
@@ -328,15 +329,20 @@ def _download_one(dataset, f, md5, bases, raw_dir, timeout_s, dead, reasons) -> 
     return False
 
 
-def _store_verified(dataset: str, f: str, md5: str, src: BinaryIO, total: int | None,
-                    source: str, raw_dir: Path) -> None:
+def _store_verified(
+    dataset: str, f: str, md5: str, src: BinaryIO, total: int | None, source: str, raw_dir: Path
+) -> None:
     """Stream ``src`` into ``raw_dir/f`` through a temp file; keep it only if the MD5 matches."""
     from tqdm import tqdm
 
     h = hashlib.md5()
-    with atomic_path(raw_dir / f) as tmp, open(tmp, "wb") as out, \
-            tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                 desc=f"{dataset}: {f}", disable=None, leave=False) as bar:
+    with (
+        atomic_path(raw_dir / f) as tmp,
+        open(tmp, "wb") as out,
+        tqdm(
+            total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"{dataset}: {f}", disable=None, leave=False
+        ) as bar,
+    ):
         for chunk in iter(lambda: src.read(_CHUNK), b""):
             out.write(chunk)
             h.update(chunk)
@@ -384,15 +390,22 @@ def seeded_split(n: int, seed: int, test_fraction: float) -> tuple[torch.Tensor,
 def _split_record(images: torch.Tensor, labels: torch.Tensor, seed: int, test_fraction: float) -> dict:
     train, test = seeded_split(len(labels), seed, test_fraction)
     return {
-        "train_images": images[train].contiguous(), "train_labels": labels[train].contiguous(),
-        "test_images": images[test].contiguous(), "test_labels": labels[test].contiguous(),
+        "train_images": images[train].contiguous(),
+        "train_labels": labels[train].contiguous(),
+        "test_images": images[test].contiguous(),
+        "test_labels": labels[test].contiguous(),
         "split": f"seeded(seed={seed},test_fraction={float(test_fraction)!r})",
     }
 
 
 def _official_record(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor]) -> dict:
-    return {"train_images": train[0], "train_labels": train[1],
-            "test_images": test[0], "test_labels": test[1], "split": "official"}
+    return {
+        "train_images": train[0],
+        "train_labels": train[1],
+        "test_images": test[0],
+        "test_labels": test[1],
+        "split": "official",
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,8 +421,11 @@ def _prepare_digits(seed: int, test_fraction: float) -> dict:
     md5 = hashlib.md5(raw.tobytes() + target.tobytes()).hexdigest()
     images = torch.from_numpy(np.rint(raw * 255 / 16).astype(np.uint8)).unsqueeze(1)
     labels = torch.from_numpy(target)
-    return {**_split_record(images, labels, seed, test_fraction),
-            "classes": list(DIGIT_CLASSES), "source_md5": {DIGITS_SOURCE: md5}}
+    return {
+        **_split_record(images, labels, seed, test_fraction),
+        "classes": list(DIGIT_CLASSES),
+        "source_md5": {DIGITS_SOURCE: md5},
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,10 +439,10 @@ def read_idx(path: Path, *, dataset: str = "mnist") -> torch.Tensor:
         with gzip.open(path, "rb") as fh:
             data = fh.read()
     except (OSError, EOFError, zlib.error) as exc:
-        raise UserError(f"{dataset}: {path.name} is not a readable gzip file ({exc}); delete it and retry")
+        raise UserError(f"{dataset}: {path.name} is not a readable gzip file ({exc}); delete it and retry") from exc
     magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
     if magic == 2051 and len(data) >= 16:
-        n, rows, cols = (int.from_bytes(data[i:i + 4], "big") for i in (4, 8, 12))
+        n, rows, cols = (int.from_bytes(data[i : i + 4], "big") for i in (4, 8, 12))
         expected, shape, offset = 16 + n * rows * cols, (n, 1, rows, cols), 16
     elif magic == 2049 and len(data) >= 8:
         n = int.from_bytes(data[4:8], "big")
@@ -445,7 +461,9 @@ def _read_mnist_pair(paths: dict[str, Path], prefix: str) -> tuple[torch.Tensor,
     images = read_idx(paths[f"{prefix}-images-idx3-ubyte.gz"])
     labels = read_idx(paths[f"{prefix}-labels-idx1-ubyte.gz"])
     if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
-        raise UserError(f"mnist: {prefix} images and labels do not match ({tuple(images.shape)} vs {tuple(labels.shape)})")
+        raise UserError(
+            f"mnist: {prefix} images and labels do not match ({tuple(images.shape)} vs {tuple(labels.shape)})"
+        )
     return images, labels
 
 
@@ -465,10 +483,14 @@ def _prepare_mnist(paths, upstream_split, seed, test_fraction) -> dict:
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles the CIFAR batch dicts and numpy arrays, nothing else (no arbitrary callables)."""
 
-    _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
     }
 
     def find_class(self, module, name):
@@ -488,10 +510,11 @@ def _decode_cifar_batch(data: bytes, member: str, dataset: str) -> tuple[torch.T
         rows = np.asarray(batch["data"], dtype=np.uint8)
         labels = np.asarray(batch["labels"], dtype=np.int64)
     except Exception as exc:
-        raise UserError(f"{dataset}: {member} is not a CIFAR batch ({type(exc).__name__}: {exc})")
+        raise UserError(f"{dataset}: {member} is not a CIFAR batch ({type(exc).__name__}: {exc})") from exc
     if rows.ndim != 2 or rows.shape[1] != 3 * 32 * 32 or labels.shape != (rows.shape[0],):
-        raise UserError(f"{dataset}: {member} has data {rows.shape} and labels {labels.shape}, "
-                        "expected (N, 3072) and (N,)")
+        raise UserError(
+            f"{dataset}: {member} has data {rows.shape} and labels {labels.shape}, expected (N, 3072) and (N,)"
+        )
     # Each 3072-byte row is 1024 red, then 1024 green, then 1024 blue bytes, each plane row-major:
     # exactly C, H, W order.
     return torch.from_numpy(rows.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
@@ -521,7 +544,7 @@ def read_cifar_tar(
                 if info.isfile() and (info.name in wanted or info.name == meta_name):
                     found[info.name] = tar.extractfile(info).read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise UserError(f"{dataset}: {tar_path.name} is not a readable tar.gz ({exc}); delete it and retry")
+        raise UserError(f"{dataset}: {tar_path.name} is not a readable tar.gz ({exc}); delete it and retry") from exc
 
     batches = []
     for member, md5 in wanted.items():
@@ -529,7 +552,9 @@ def read_cifar_tar(
             raise UserError(f"{dataset}: {tar_path.name} has no member {member}")
         got = hashlib.md5(found[member]).hexdigest()
         if got != md5:
-            raise UserError(f"{dataset}: {member} in {tar_path.name} has md5 {got}, expected {md5}; nothing was written")
+            raise UserError(
+                f"{dataset}: {member} in {tar_path.name} has md5 {got}, expected {md5}; nothing was written"
+            )
         batches.append(_decode_cifar_batch(found[member], member, dataset))
 
     classes = list(CIFAR10_CLASSES)
@@ -540,7 +565,7 @@ def read_cifar_tar(
         try:
             classes = [str(c) for c in _unpickle(found[meta_name])["label_names"]]
         except Exception as exc:
-            raise UserError(f"{dataset}: {meta_name} has no label_names ({type(exc).__name__}: {exc})")
+            raise UserError(f"{dataset}: {meta_name} has no label_names ({type(exc).__name__}: {exc})") from exc
     return batches, classes
 
 
@@ -550,15 +575,16 @@ def _prepare_cifar10(paths, upstream_split, seed, test_fraction) -> dict:
     tar_path = paths[CIFAR10.filename]
     train_list = [] if upstream_split == "test_only" else [tuple(m) for m in CIFAR10.train_list]
     test_list = [tuple(m) for m in CIFAR10.test_list]
-    batches, classes = read_cifar_tar(tar_path, train_list + test_list, base_folder=CIFAR10.base_folder,
-                                      meta_md5=CIFAR10.meta["md5"])
+    batches, classes = read_cifar_tar(
+        tar_path, train_list + test_list, base_folder=CIFAR10.base_folder, meta_md5=CIFAR10.meta["md5"]
+    )
 
     def cat(parts):
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-    test = cat(batches[len(train_list):])
+    test = cat(batches[len(train_list) :])
     if upstream_split == "test_only":
         record = _split_record(*test, seed, test_fraction)
     else:
-        record = _official_record(cat(batches[:len(train_list)]), test)
+        record = _official_record(cat(batches[: len(train_list)]), test)
     return {**record, "classes": classes}

@@ -113,8 +113,7 @@ def convert_images(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
         else:
             raise ValueError(f"cannot convert {c} channels to {spec.channels}")
     if x.shape[-1] != spec.size or x.shape[-2] != spec.size:
-        x = F.interpolate(x.float(), size=(spec.size, spec.size), mode="bilinear",
-                          align_corners=False, antialias=True)
+        x = F.interpolate(x.float(), size=(spec.size, spec.size), mode="bilinear", align_corners=False, antialias=True)
         x = x.round_().clamp_(0, 255).to(torch.uint8)
     return x.contiguous()
 
@@ -125,7 +124,7 @@ def channel_stats(images: torch.Tensor, spec: InputSpec, chunk: int = 8192) -> t
     total_sq = torch.zeros(spec.channels, dtype=torch.float64)
     count = 0
     for start in range(0, len(images), chunk):
-        x = convert_images(images[start:start + chunk], spec).to(torch.float64) / 255.0
+        x = convert_images(images[start : start + chunk], spec).to(torch.float64) / 255.0
         total += x.sum(dim=(0, 2, 3))
         total_sq += (x * x).sum(dim=(0, 2, 3))
         count += x.numel() // spec.channels
@@ -147,8 +146,7 @@ class _PILImages(Dataset):
     images an uninterrupted run sees (the workers' own RNG streams would not give that).
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, prepare, augment: Augment | None,
-                 finish, seed: int):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, prepare, augment: Augment | None, finish, seed: int):
         arr = images.cpu().numpy()
         # PIL wants HWC for RGB and HW for grayscale.
         self._arr = arr[:, 0] if arr.shape[1] == 1 else np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
@@ -214,16 +212,33 @@ def pil_transforms(source_channels: int, source_size: int, spec: InputSpec, mean
     if source_size != spec.size:
         steps.append(transforms.Resize((spec.size, spec.size), antialias=True))
     if source_channels != spec.channels:
-        steps.append(transforms.Grayscale(num_output_channels=spec.channels) if spec.channels == 1
-                     else transforms.Lambda(lambda im: im.convert("RGB")))
+        steps.append(
+            transforms.Grayscale(num_output_channels=spec.channels)
+            if spec.channels == 1
+            else transforms.Lambda(lambda im: im.convert("RGB"))
+        )
     return transforms.Compose(steps), transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
 
 
 class StandardLoader:
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, spec: InputSpec, batch_size: int,
-                 mean: list[float], std: list[float], augment: Augment | None = None,
-                 shuffle: bool = True, seed: int = 0, rank: int = 0, world: int = 1,
-                 num_workers: int = 0, pin_memory: bool = False, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        spec: InputSpec,
+        batch_size: int,
+        mean: list[float],
+        std: list[float],
+        augment: Augment | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        device: torch.device | str = "cpu",
+    ):
         self.device = torch.device(device)
         prepare, finish = pil_transforms(images.shape[1], images.shape[-1], spec, mean, std)
         self.sampler = _ShardBatchSampler(len(images), batch_size, world, rank, seed, shuffle)
@@ -268,10 +283,22 @@ def crop_windows(images: torch.Tensor, pad: int, size: int, hflip: bool) -> torc
 
 
 class ResidentLoader:
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, spec: InputSpec, batch_size: int,
-                 mean: list[float], std: list[float], augment: Augment | None = None,
-                 shuffle: bool = True, seed: int = 0, rank: int = 0, world: int = 1,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        spec: InputSpec,
+        batch_size: int,
+        mean: list[float],
+        std: list[float],
+        augment: Augment | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        device: torch.device | str = "cpu",
+    ):
         self.device = torch.device(device)
         self.spec, self.batch, self.world, self.rank = spec, batch_size, world, rank
         self.seed, self.shuffle, self.epoch = seed, shuffle, 0
@@ -321,7 +348,8 @@ class ResidentLoader:
         table[0] = perm
         if self.augment:
             gen = torch.Generator(device=self.device).manual_seed(
-                (epoch_seed(self.seed, self.epoch) * 1_000_003 + self.rank) % (2**63))
+                (epoch_seed(self.seed, self.epoch) * 1_000_003 + self.rank) % (2**63)
+            )
             span = 2 * self.pad + 1
             top = torch.randint(0, span, (n,), generator=gen, device=self.device)
             left = torch.randint(0, span, (n,), generator=gen, device=self.device)
@@ -330,7 +358,7 @@ class ResidentLoader:
                 left = torch.where(table[1].bool(), span - 1 - left, left)  # the mirror's window
             table[2], table[3] = top, left
         for a, b in step_bounds(n, self.batch, self.world):
-            yield table[:, a:b][:, self.rank::self.world]
+            yield table[:, a:b][:, self.rank :: self.world]
 
     def gather(self, plan: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch a plan describes: normalised float images and their labels."""
@@ -342,8 +370,9 @@ class ResidentLoader:
 LOADERS = LOADER_NAMES  # make_loader below builds each; names.py lets config.py check them torch-free
 
 
-def make_loader(kind: str, images: torch.Tensor, labels: torch.Tensor, *, num_workers: int = 0,
-                pin_memory: bool = False, **common):
+def make_loader(
+    kind: str, images: torch.Tensor, labels: torch.Tensor, *, num_workers: int = 0, pin_memory: bool = False, **common
+):
     """Build either loader with the shared arguments; worker settings apply to `standard` only."""
     if kind == "standard":
         return StandardLoader(images, labels, num_workers=num_workers, pin_memory=pin_memory, **common)
