@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# dpstudy on any NVIDIA GPU host: the pipeline, DVC and MLflow in one image (README, "Docker").
+# dpstudy on any NVIDIA GPU host: the pipeline, DVC and MLflow in one image (docs/docker.md).
 #   make image                       # docker, podman or buildah, whichever is here (docker/image.mk)
 #   docker build --build-arg VCS_REF="$(git rev-parse HEAD)" -t dpstudy .
 #   docker run --gpus all --rm --shm-size=8g --user "$(id -u):$(id -g)" -v "$PWD":/workspace/dpstudy dpstudy
@@ -79,6 +79,6 @@ RUN docker/snapshot.sh "${VCS_REF}"
 
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/dpstudy-entrypoint"]
 # The whole pipeline on the gpu preset (real MNIST and CIFAR-10, every claim's grid, sized for one
-# H100-class GPU; README, "Presets"); DVC records the preset change as an experiment. Any
+# H100-class GPU; docs/presets.md); DVC records the preset change as an experiment. Any
 # `dpstudy ...`, `dvc ...` or `mlflow ...` command can be given instead (`dvc exp run -S preset=paper`).
 CMD ["dvc", "exp", "run", "-S", "preset=gpu"]

@@ -1,6 +1,6 @@
-# The container image (README, "Docker"); included by the Makefile.
+# The container image (docs/docker.md); included by the Makefile.
 #   make image         build it as $(IMAGE) with docker, podman or buildah, whichever works here
-#   make image-test    build it on a Debian stand-in base and run the README's Docker commands in it
+#   make image-test    build it on a Debian stand-in base and run the Docker commands of docs/docker.md in it
 #                      as a uid without a passwd entry, checking what they leave (docker/image_test.sh)
 
 IMAGE   ?= dpstudy

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make image-test: build the image for real and run in it, as a user would, what README's Docker
+# make image-test: build the image for real and run in it, as a user would, what docs/docker.md's Docker
 # section tells them to run, on the CPU. No Docker daemon needed: buildah builds (through `make
 # image`) and runs the container; Docker Hub is not needed either: the base is a stand-in, a Debian
 # bookworm root filesystem made with mmdebstrap from the Debian archive (cached in build/image-test/
@@ -248,7 +248,7 @@ fi
 
 # ------------------------------------------------------------------------------------------------
 STAGES="$(python3 -c 'import re, sys; t = open(sys.argv[1]).read(); print(len(re.findall(r"^  [a-z_]+:\n    cmd:", t, re.M)))' "$CHECKOUT/dvc.yaml")"
-exp_run() {  # $1: log name; the README's command with the quick preset; progress lines shown
+exp_run() {  # $1: log name; docs/docker.md's command with the quick preset; progress lines shown
     local rc
     { drun "$CHECKOUT" dvc exp run -S preset=quick 2>&1 && echo 0 > "$WORK/$1.rc" || echo "$?" > "$WORK/$1.rc"; } \
         | tee "$WORK/$1.log" | grep --line-buffered -E "^(Running stage|Stage '.*' didn't change|Ran experiment|ERROR)" \

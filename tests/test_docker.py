@@ -3,7 +3,7 @@ base matching the locked torch, installs through the Makefile), .dockerignore, d
 docker/entrypoint.sh run for real on a build-context copy (as a uid without a passwd entry where
 this runs as root), the compose file's MLflow server run for real, the Slurm script run against
 stand-in srun/scontrol, the Kubernetes manifest's wiring through the real `dpstudy launch`, `make
-image` / `make image-test` and CI's call of it, and the README's Docker commands against all of them.
+image` / `make image-test` and CI's call of it, and the Docker commands of docs/ against all of them.
 The image itself is built and run by `make image-test` (docker/image_test.sh), not here."""
 
 from __future__ import annotations
@@ -465,7 +465,7 @@ def test_make_image_builds_with_the_engine_that_is_here_and_passes_vcs_ref(tmp_p
     assert ran.returncode == 0, ran.stderr
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     assert log.read_text().splitlines() == [f"{engine} build --build-arg VCS_REF={head} -t dpstudy . @ {REPO}"]
-    # ... the README's own `docker build`, and a base of your choice
+    # ... docs/docker.md's own `docker build`, and a base of your choice
     _, commands = readme_docker_commands()
     readme_build, = [c for c in commands if c[:2] == ["docker", "build"]]
     assert readme_build == ["docker", "build", "--build-arg", "VCS_REF=$(git rev-parse HEAD)", "-t", "dpstudy", "."]
@@ -713,12 +713,15 @@ def test_kubernetes_indexed_job_headless_service_and_mlflow_fit_together(tmp_pat
 
 
 # --------------------------------------------------------------------------------------------
-# README: the Docker section's commands are the ones the files support
+# README's Docker pages (docs/docker.md, docs/machines.md): their commands are the ones the files support
 
 
 def readme_docker_commands() -> tuple[str, list[list[str]]]:
-    text = (REPO / "README.md").read_text()
-    section = re.search(r"^## Docker\n(.*?)(?=^## )", text, re.M | re.S).group(1)
+    """The text and commands of docs/docker.md and of docs/machines.md's section on Slurm and
+    Kubernetes (the rest of that page runs `dpstudy launch` by hand: tests/test_multinode.py)."""
+    machines = (REPO / "docs" / "machines.md").read_text()
+    cluster = re.search(r"^## Slurm and Kubernetes\n(.*?)(?=^## |\Z)", machines, re.M | re.S).group(1)
+    section = (REPO / "docs" / "docker.md").read_text() + "\n" + cluster
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", section, re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -763,7 +766,7 @@ def test_readme_docker_commands_refer_to_what_the_files_contain():
             assert tag == services["trainer"]["image"]
         elif tool == "docker" and rest[0] == "run":
             opts, rest = split_options(rest[1:], {"--rm", "-it", "-d"}, {"--gpus", "--shm-size", "--user", "-v", "-p"})
-            assert rest[0] == tag, "docker run of an image the README did not build"
+            assert rest[0] == tag, "docker run of an image docs/docker.md did not build"
             for volume in opts.get("-v", []):
                 assert volume == f"$PWD:{workdir()}"
             for publish in opts.get("-p", []):
@@ -794,7 +797,7 @@ def test_readme_docker_commands_refer_to_what_the_files_contain():
             local, remote = rest[2].split(":")
             assert kind == "service" and int(remote) in [p["port"] for p in manifest[("Service", name)]["spec"]["ports"]]
         else:
-            pytest.fail(f"README Docker section: {shlex.join(argv)} is not checked here")
+            pytest.fail(f"docs/docker.md or docs/machines.md: {shlex.join(argv)} is not checked here")
     assert {("docker", "build"), ("docker", "run"), ("docker", "compose"), ("sbatch", ""), ("kubectl", "apply"),
             ("make", "image"), ("make", "image-test")} <= seen
     # The prose: the base image and the smaller option, the multi-node command and the variables the

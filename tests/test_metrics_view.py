@@ -1,6 +1,6 @@
 """What `dvc metrics show` and `dvc exp show` print: a few named headline figures per stage that
 fit a terminal (each line at most 200 characters), and experiments compared against a committed
-baseline (dvc.lock and the metrics files in git, as the README says).
+baseline (dvc.lock and the metrics files in git, as docs/presets.md says).
 
 The fast tests feed each stage's headline function made-up results and let the real `dvc` render
 them in a throwaway repository laid out like this one (the real dvc.yaml's metrics paths and
@@ -173,15 +173,16 @@ def test_metrics_show_fits_a_terminal(tmp_path):
 
 
 def readme_exp_show() -> list[str]:
-    """The `dvc exp show` command the README gives, as arguments."""
-    lines = [line.split("#")[0].strip() for line in (REPO / "README.md").read_text().splitlines()]
+    """The `dvc exp show` command the documentation gives (docs/presets.md, section Experiments),
+    as arguments."""
+    lines = [line.split("#")[0].strip() for line in (REPO / "docs" / "presets.md").read_text().splitlines()]
     [command] = [line for line in lines if line.startswith("dvc exp show")]
     return shlex.split(command)[1:]
 
 
 def test_readme_exp_show_compares_against_the_committed_baseline(tmp_path):
-    """With dvc.lock and the metrics files committed (README), `dvc exp show` reads the baseline's
-    figures (not `!`); the README's command shows what an experiment changed, in a terminal."""
+    """With dvc.lock and the metrics files committed (docs/presets.md), `dvc exp show` reads the
+    baseline's figures (not `!`); the documented command shows what an experiment changed, in a terminal."""
     args = readme_exp_show()
     assert "--only-changed" in args and ("--drop" in args or "--keep" in args)
     repo = mini_repo(tmp_path / "repo", worst_case_files())
