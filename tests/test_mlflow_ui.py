@@ -5,7 +5,7 @@ what a person would: finds each study's experiment, expands a stage's parent run
 opens a child's metric chart and a parent's artifacts, and reads the claims report.
 
 Artifacts need no proxy: each experiment of this store has an absolute ``file://`` artifact
-location (tracking.py), and the server's artifact endpoints read those folders themselves, so the
+location (track/store.py), and the server's artifact endpoints read those folders themselves, so the
 server only has to run on the machine (or in the container) that holds ``mlartifacts/``.
 
 The server is started with README's own command (section "Browse the runs": its environment and
@@ -27,10 +27,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import png_size
-from mlflow_browser import (VIEWPORT, Server, browser, choose_model_training, expect, explained,  # noqa: F401
-                            page, readme_browse_command, serve)
+from mlflow_browser import (  # noqa: F401
+    VIEWPORT,
+    Server,
+    browser,
+    choose_model_training,
+    expect,
+    explained,
+    page,
+    readme_browse_command,
+    serve,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -48,14 +56,14 @@ READY_WITHIN_S = 90
 class Study:
     name: str
     experiment_id: str
-    runs: int                  # every run of the experiment, parents and children
+    runs: int  # every run of the experiment, parents and children
     parent: str
     parent_id: str
-    child: str                 # the newest child logging METRIC: near the top of the expanded table
-    points: int                # its METRIC history length
-    artifact: str              # a CSV the parent run logged ...
-    artifact_cell: str         # ... and the first cell of its first data row
-    children: frozenset[str]   # the run names of the parent's children
+    child: str  # the newest child logging METRIC: near the top of the expanded table
+    points: int  # its METRIC history length
+    artifact: str  # a CSV the parent run logged ...
+    artifact_cell: str  # ... and the first cell of its first data row
+    children: frozenset[str]  # the run names of the parent's children
 
 
 def _client(repo: Path):
@@ -74,18 +82,34 @@ def _study(client, name: str, stage: str, dst: Path) -> Study:
     exp = client.get_experiment_by_name(name)
     assert exp is not None, f"the store of the quick run has no experiment {name!r}"
     runs = client.search_runs([exp.experiment_id], max_results=5000, order_by=["attributes.start_time DESC"])
-    parent = _first((r for r in runs if r.info.run_name == stage and "mlflow.parentRunId" not in r.data.tags),
-                    f"parent run {stage!r} in {name!r}")
-    child = _first((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-                    and METRIC in r.data.metrics), f"child run of {stage!r} logging {METRIC!r}")
-    table = _first(sorted(a.path for a in client.list_artifacts(parent.info.run_id) if a.path.endswith(".csv")),
-                   f"CSV artifact of {stage!r} in {name!r}")
+    parent = _first(
+        (r for r in runs if r.info.run_name == stage and "mlflow.parentRunId" not in r.data.tags),
+        f"parent run {stage!r} in {name!r}",
+    )
+    child = _first(
+        (r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and METRIC in r.data.metrics),
+        f"child run of {stage!r} logging {METRIC!r}",
+    )
+    table = _first(
+        sorted(a.path for a in client.list_artifacts(parent.info.run_id) if a.path.endswith(".csv")),
+        f"CSV artifact of {stage!r} in {name!r}",
+    )
     dst.mkdir(parents=True, exist_ok=True)
     with open(client.download_artifacts(parent.info.run_id, table, str(dst)), newline="") as fh:
         first_cell = list(csv.reader(fh))[1][0]
     children = frozenset(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
-    return Study(name, exp.experiment_id, len(runs), stage, parent.info.run_id, child.info.run_name,
-                 len(client.get_metric_history(child.info.run_id, METRIC)), table, first_cell, children)
+    return Study(
+        name,
+        exp.experiment_id,
+        len(runs),
+        stage,
+        parent.info.run_id,
+        child.info.run_name,
+        len(client.get_metric_history(child.info.run_id, METRIC)),
+        table,
+        first_cell,
+        children,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +237,8 @@ def test_study_runs_metric_chart_and_artifacts(page, server, studies, tmp_path, 
         page.get_by_role("tab", name="Model metrics").click()
         page.get_by_placeholder("Search metric charts").fill(METRIC)
         card = page.get_by_test_id("experiment-view-compare-runs-card").filter(
-            has=page.get_by_role("heading", name=METRIC, exact=True))
+            has=page.get_by_role("heading", name=METRIC, exact=True)
+        )
         expect(card).to_have_count(1)
         expect(card.locator("svg.main-svg .scatterlayer .js-line").first).to_be_visible()
         if study.points < 60:  # MLflow draws markers below 60 points
@@ -238,10 +263,14 @@ def test_claims_report_is_browsable(page, server, quick_run, tmp_path):
     assert runs, f"the plot stage ran but logged no run {REPORT_RUN!r} in {REPORT_EXPERIMENT!r}"
     run_id = runs[0].info.run_id
     report = Path(client.download_artifacts(run_id, "REPORT.md", str(tmp_path))).read_text()
-    title = _first((line.lstrip("#").strip() for line in report.splitlines() if line.startswith("#")),
-                   "Markdown title in REPORT.md")
-    figure = _first(sorted(a.path for a in client.list_artifacts(run_id, "figures") if a.path.endswith(".png")),
-                    "figures/*.png logged by the plot run")
+    title = _first(
+        (line.lstrip("#").strip() for line in report.splitlines() if line.startswith("#")),
+        "Markdown title in REPORT.md",
+    )
+    figure = _first(
+        sorted(a.path for a in client.list_artifacts(run_id, "figures") if a.path.endswith(".png")),
+        "figures/*.png logged by the plot run",
+    )
     width = png_size(Path(client.download_artifacts(run_id, figure, str(tmp_path))).read_bytes())[0]
 
     with explained(page, server, tmp_path):

@@ -10,11 +10,11 @@ import io
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import run_cli, single_config_train_dp, write_params
+from mlflow.tracking import MlflowClient
 from mlflow_browser import browser, choose_model_training, expect, explained, page  # noqa: F401
-from dpstudy.grid.sweep import run_names
+
+from dpstudy.grid.configuration import run_names
 from dpstudy.track.tracking import STUDIES
 
 GRID = "lenet_lr_scaling"
@@ -23,8 +23,11 @@ BATCHES, RULES = [32, 64], ["linear", "sqrt"]
 
 def _params(path: Path) -> Path:
     overrides = single_config_train_dp(**{"telemetry.interval_s": 0.05})
-    overrides |= {"train_dp.vgg.width": 0.125, f"train_dp.{GRID}.batch_sizes": BATCHES,
-                  f"train_dp.{GRID}.lr_rules": RULES}
+    overrides |= {
+        "train_dp.vgg.width": 0.125,
+        f"train_dp.{GRID}.batch_sizes": BATCHES,
+        f"train_dp.{GRID}.lr_rules": RULES,
+    }
     return write_params(path, overrides)
 
 
@@ -32,8 +35,17 @@ def _params(path: Path) -> Path:
 def stage_dir(digits_dir, tmp_path_factory) -> Path:
     """A folder where one real train_dp ran, logging to its ``mlflow.db`` (its vgg grid to study B)."""
     tmp = tmp_path_factory.mktemp("views")
-    done = run_cli("train_dp", "--data", str(digits_dir), "--out", "out", "--params", str(_params(tmp / "p.yaml")),
-                   cwd=tmp, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"})
+    done = run_cli(
+        "train_dp",
+        "--data",
+        str(digits_dir),
+        "--out",
+        "out",
+        "--params",
+        str(_params(tmp / "p.yaml")),
+        cwd=tmp,
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"},
+    )
     assert done.returncode == 0, done.stderr
     return tmp
 
@@ -122,11 +134,25 @@ def test_each_child_carries_its_own_curves(stage, tmp_path):
     for child in _children(client, exp):
         assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"curves.csv", "steps.csv"}
         name = child.data.tags["configuration"]
-        curves = list(csv.DictReader(io.StringIO(Path(client.download_artifacts(
-            child.info.run_id, "curves.csv", str(tmp_path / child.info.run_id))).read_text())))
+        curves = list(
+            csv.DictReader(
+                io.StringIO(
+                    Path(
+                        client.download_artifacts(child.info.run_id, "curves.csv", str(tmp_path / child.info.run_id))
+                    ).read_text()
+                )
+            )
+        )
         assert [r["series"] for r in curves] == [name] and curves[0]["test_accuracy"] == rows[name]["test_accuracy"]
-        steps = list(csv.DictReader(Path(client.download_artifacts(
-            child.info.run_id, "steps.csv", str(tmp_path / child.info.run_id))).open()))
+        steps = list(
+            csv.DictReader(
+                io.StringIO(
+                    Path(
+                        client.download_artifacts(child.info.run_id, "steps.csv", str(tmp_path / child.info.run_id))
+                    ).read_text()
+                )
+            )
+        )
         assert [int(r["step"]) for r in steps] == list(range(int(rows[name]["steps"])))
 
 
@@ -169,18 +195,32 @@ def test_restoration_runs_filter_by_task_and_the_parent_gets_time_to_target(digi
     import dataclasses
 
     import torch
+    from test_evaluation import ADAM
 
-    from dpstudy.grid.adaptive import finish_task
     from dpstudy.data.datasets import file_sha256, load_prepared
-    from dpstudy.train.engine import RunSpec, TrainData
+    from dpstudy.grid.adaptive import finish_task
     from dpstudy.grid.sweep import run_grid
     from dpstudy.track.tracking import Tracker
-    from test_evaluation import ADAM
+    from dpstudy.train.engine import RunSpec, TrainData
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     data = {"digits": TrainData(load_prepared(digits_dir / "digits.pt"), file_sha256(digits_dir / "digits.pt"))}
-    small = RunSpec("restoration", "srnet", 0.25, 8, "digits", "single", 1, "resident", 0, 32, "none", 0, ADAM,
-                    schedule="fixed_small")
+    small = RunSpec(
+        "restoration",
+        "srnet",
+        0.25,
+        8,
+        "digits",
+        "single",
+        1,
+        "resident",
+        0,
+        32,
+        "none",
+        0,
+        ADAM,
+        schedule="fixed_small",
+    )
     grid = [small, dataclasses.replace(small, batch=64, schedule="fixed_large")]
     with Tracker("C", "train_adaptive", preset="quick", params={}, uri=uri, root=tmp_path) as tracker:
         results = run_grid(grid, data, tracker, tmp_path / "out", device=torch.device("cpu"), sample_interval_s=0.05)

@@ -61,15 +61,27 @@ def test_throughput_counts_images_after_warmup():
     assert 0.3 * 800 < result.images_per_s <= 800 * 1.02
 
 
-@pytest.mark.parametrize("data_delay, compute_delay, low, high", [
-    (0.03, 0.0, 0.8, 1.0),   # data-bound: the step waits for the loader
-    (0.0, 0.03, 0.0, 0.2),   # compute-bound
-    (0.02, 0.02, 0.35, 0.65),
-])
+@pytest.mark.parametrize(
+    "data_delay, compute_delay, low, high",
+    [
+        (0.03, 0.0, 0.8, 1.0),  # data-bound: the step waits for the loader
+        (0.0, 0.03, 0.0, 0.2),  # compute-bound
+        (0.02, 0.02, 0.35, 0.65),
+    ],
+)
 def test_probe_splits_each_step_into_data_wait_and_compute(data_delay, compute_delay, low, high):
     loader = PacedLoader(batch=4, steps=3, delay_s=data_delay)
-    result = run_probe(SlowModel(compute_delay), loader, CPU, batch_size=4, steps=6, warmup_steps=2,
-                       lr=0.1, momentum=0.0, sample_interval_s=0.05)
+    result = run_probe(
+        SlowModel(compute_delay),
+        loader,
+        CPU,
+        batch_size=4,
+        steps=6,
+        warmup_steps=2,
+        lr=0.1,
+        momentum=0.0,
+        sample_interval_s=0.05,
+    )
     assert len(result.data_wait_s) == len(result.compute_s) == len(result.loss) == 6  # warm-up excluded
     assert result.images == 24
     assert low <= result.data_wait_fraction <= high

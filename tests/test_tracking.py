@@ -10,7 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dpstudy.measure.telemetry import Sample
-from dpstudy.track.tracking import STUDIES, Tracker, tracking_uri
+from dpstudy.track.store import tracking_uri
+from dpstudy.track.tracking import STUDIES, Tracker
 
 
 @pytest.fixture
@@ -20,10 +21,10 @@ def store(tmp_path, monkeypatch):
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     (tmp_path / "f").write_text("x")
     subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "f"], cwd=tmp_path, check=True)
-    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "c"], cwd=tmp_path,
-                   check=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True,
-                            check=True).stdout.strip()
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "c"], cwd=tmp_path, check=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.strip()
     return tmp_path, commit
 
 
@@ -37,13 +38,15 @@ def test_default_uri_is_sqlite_in_the_root_unless_the_environment_says(tmp_path,
 def test_parent_child_params_steps_and_tags_round_trip(store):
     root, commit = store
     params = {"preset": "quick", "profile_dataloader": {"batch_sizes": [16, 64], "probe": {"lr": 0.01}}}
-    with Tracker("A", "profile_dataloader", preset="quick", params=params, devices=["cpu (x86_64)"],
-                 world_size=2, root=root) as tr:
+    with Tracker(
+        "A", "profile_dataloader", preset="quick", params=params, devices=["cpu (x86_64)"], world_size=2, root=root
+    ) as tr:
         with tr.child("probe resident bs=16", {"loader": "resident", "batch_size": 16}) as run:
             run.log_series("loss", [2.3, 2.1, 1.9])
             run.log_metrics({"images_per_s": 1234.5}, step=0)
-            run.log_samples([Sample(t=1000.0, values={"cpu_util_pct": 50.0}),
-                             Sample(t=1000.5, values={"cpu_util_pct": 70.0})])
+            run.log_samples(
+                [Sample(t=1000.0, values={"cpu_util_pct": 50.0}), Sample(t=1000.5, values={"cpu_util_pct": 70.0})]
+            )
         tr.parent.log_metrics({"resident_speedup": 30.0}, step=0)
         artifact = root / "metrics.json"
         artifact.write_text("{}")
@@ -56,8 +59,11 @@ def test_parent_child_params_steps_and_tags_round_trip(store):
     parent = next(r for r in runs if r.info.run_name == "profile_dataloader")
     child = next(r for r in runs if r.info.run_name == "probe resident bs=16")
 
-    assert parent.data.params == {"preset": "quick", "profile_dataloader.batch_sizes": "16,64",
-                                  "profile_dataloader.probe.lr": "0.01"}
+    assert parent.data.params == {
+        "preset": "quick",
+        "profile_dataloader.batch_sizes": "16,64",
+        "profile_dataloader.probe.lr": "0.01",
+    }
     assert child.data.params == {"loader": "resident", "batch_size": "16"}
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     for run in (parent, child):
@@ -80,10 +86,12 @@ def test_parent_child_params_steps_and_tags_round_trip(store):
 
 def test_failures_mark_runs_failed(store):
     root, _ = store
-    with pytest.raises(RuntimeError):
-        with Tracker("B", "train_ddp", preset="quick", params={}, root=root) as tr:
-            with tr.child("bad config", {}):
-                raise RuntimeError("diverged")
+    with (
+        pytest.raises(RuntimeError),
+        Tracker("B", "train_ddp", preset="quick", params={}, root=root) as tr,
+        tr.child("bad config", {}),
+    ):
+        raise RuntimeError("diverged")
     client = MlflowClient(tracking_uri(root))
     runs = client.search_runs([client.get_experiment_by_name(STUDIES["B"]).experiment_id])
     assert {r.info.run_name: r.info.status for r in runs} == {"train_ddp": "FAILED", "bad config": "FAILED"}
@@ -93,7 +101,7 @@ def test_failures_mark_runs_failed(store):
 def test_an_interruption_right_after_a_run_is_created_still_ends_it_killed(store, monkeypatch, cut):
     """A Ctrl-C landing while a new run's params are written (the run already exists, RUNNING)
     ends that run KILLED, and every run above it; none is left RUNNING (a race CI once hit)."""
-    from dpstudy.track.tracking import Run
+    from dpstudy.track.run import Run
 
     real = Run.log_params
 
@@ -104,11 +112,13 @@ def test_an_interruption_right_after_a_run_is_created_still_ends_it_killed(store
 
     monkeypatch.setattr(Run, "log_params", interrupted)
     root, _ = store
-    with pytest.raises(KeyboardInterrupt):
-        with Tracker("A", "profile_dataloader", preset="quick", params={"which": "parent"} if cut == "parent" else {},
-                     root=root) as tr:
-            with tr.child("probe", {"which": "child"}):
-                pass
+    parent_params = {"which": "parent"} if cut == "parent" else {}
+    with (
+        pytest.raises(KeyboardInterrupt),
+        Tracker("A", "profile_dataloader", preset="quick", params=parent_params, root=root) as tr,
+        tr.child("probe", {"which": "child"}),
+    ):
+        pass
     client = MlflowClient(tracking_uri(root))
     runs = client.search_runs([client.get_experiment_by_name(STUDIES["A"]).experiment_id])
     expected = {"profile_dataloader": "KILLED"} | ({"probe": "KILLED"} if cut == "child" else {})
@@ -117,10 +127,12 @@ def test_an_interruption_right_after_a_run_is_created_still_ends_it_killed(store
 
 def test_only_rank_zero_logs(store):
     root, _ = store
-    with Tracker("C", "train_adaptive", preset="quick", params={"a": 1}, rank=1, root=root) as tr:
-        with tr.child("x", {"b": 2}) as run:
-            run.log_metrics({"m": 1.0}, step=0)
-            assert not run.active
+    with (
+        Tracker("C", "train_adaptive", preset="quick", params={"a": 1}, rank=1, root=root) as tr,
+        tr.child("x", {"b": 2}) as run,
+    ):
+        run.log_metrics({"m": 1.0}, step=0)
+        assert not run.active
     assert not (root / "mlflow.db").exists()  # rank 1 never even opened the store
 
 
@@ -138,12 +150,14 @@ def test_a_sigterm_during_the_failure_write_still_leaves_every_run_failed(tmp_pa
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")  # as in a torchrun worker
-    with pytest.raises(Terminated):
-        with distributed("cpu"):  # installs the SIGTERM -> Terminated handler torchrun workers use
-            with Tracker("B", "train_ddp", preset="quick", params={}, uri=uri, root=tmp_path) as tracker:
-                with tracker.child("config", {}):
-                    monkeypatch.setattr(MlflowClient, "set_terminated", signal_during_first_write)
-                    raise RuntimeError("Connection closed by peer")
+    with (
+        pytest.raises(Terminated),
+        distributed("cpu"),  # installs the SIGTERM -> Terminated handler torchrun workers use
+        Tracker("B", "train_ddp", preset="quick", params={}, uri=uri, root=tmp_path) as tracker,
+        tracker.child("config", {}),
+    ):
+        monkeypatch.setattr(MlflowClient, "set_terminated", signal_during_first_write)
+        raise RuntimeError("Connection closed by peer")
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(STUDIES["B"]).experiment_id])
     assert sorted((r.info.run_name, r.info.status) for r in runs) == [("config", "FAILED"), ("train_ddp", "FAILED")]

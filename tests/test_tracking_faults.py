@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, run_cli, write_params
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, run_cli, write_params
 from dpstudy.cli import main
-from dpstudy.track.tracking import HTTP_LIMITS, STUDIES, Tracker
+from dpstudy.track.store import HTTP_LIMITS
+from dpstudy.track.tracking import STUDIES, Tracker
 
 STAGE = "profile_dataloader"
 # The stage's first configuration (standard loader, one worker process) reads batches until it is
@@ -43,8 +44,10 @@ def dead_port() -> int:
 
 
 def unreachable(uri: str) -> str:
-    return (f"error: MLflow tracking server {uri} is not reachable (connection refused): start it, or unset "
-            "MLFLOW_TRACKING_URI to log to the local sqlite store mlflow.db")
+    return (
+        f"error: MLflow tracking server {uri} is not reachable (connection refused): start it, or unset "
+        "MLFLOW_TRACKING_URI to log to the local sqlite store mlflow.db"
+    )
 
 
 def study_a_runs(uri: str) -> list:
@@ -57,9 +60,15 @@ def start_stage(tmp_path: Path, data: Path, uri: str) -> subprocess.Popen:
     """``dpstudy profile_dataloader`` on the endless grid, as DVC would start it."""
     params = write_params(tmp_path / "params.yaml", ENDLESS_PROFILE)
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    return subprocess.Popen([sys.executable, "-m", "dpstudy", STAGE, "--params", str(params), "--data", str(data),
-                             "--out", "out"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dpstudy", STAGE, "--params", str(params), "--data", str(data), "--out", "out"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def running(db: Path) -> set[str]:
@@ -82,7 +91,7 @@ def wait_for_running_child(proc: subprocess.Popen, uri: str, timeout: float = 90
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        if FIRST_CHILD in running(Path(uri[len("sqlite:///"):])):
+        if FIRST_CHILD in running(Path(uri[len("sqlite:///") :])):
             return
         time.sleep(0.3)
     proc.kill()
@@ -109,16 +118,28 @@ def statuses(uri: str) -> dict[str, str]:
 # 1. An unreachable server: one line within seconds, before any work
 
 
-@pytest.mark.parametrize("command", [
-    [STAGE, "--out", "out"],
-    ["launch", "train_ddp", "--out", "out"],
-], ids=["stage", "launch"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [STAGE, "--out", "out"],
+        ["launch", "train_ddp", "--out", "out"],
+    ],
+    ids=["stage", "launch"],
+)
 def test_an_unreachable_server_stops_the_command_in_one_line_within_seconds(tmp_path, digits_dir, command):
     uri = f"http://127.0.0.1:{dead_port()}"
     params = write_params(tmp_path / "params.yaml")
     start = time.monotonic()
-    res = run_cli(*command, "--params", str(params), "--data", str(digits_dir), cwd=tmp_path,
-                  env={"MLFLOW_TRACKING_URI": uri}, timeout=60)
+    res = run_cli(
+        *command,
+        "--params",
+        str(params),
+        "--data",
+        str(digits_dir),
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": uri},
+        timeout=60,
+    )
     took = time.monotonic() - start
     assert res.returncode == 2, res.stdout + res.stderr
     assert took < 20, f"took {took:.1f} s to give up on {uri}"
@@ -130,12 +151,23 @@ def test_an_unreachable_server_stops_the_command_in_one_line_within_seconds(tmp_
 def test_a_missing_sqlite_folder_is_named_before_any_work(tmp_path, digits_dir):
     uri = f"sqlite:///{tmp_path / 'no' / 'such' / 'mlflow.db'}"
     params = write_params(tmp_path / "params.yaml")
-    res = run_cli(STAGE, "--params", str(params), "--data", str(digits_dir), "--out", "out", cwd=tmp_path,
-                  env={"MLFLOW_TRACKING_URI": uri}, timeout=60)
+    res = run_cli(
+        STAGE,
+        "--params",
+        str(params),
+        "--data",
+        str(digits_dir),
+        "--out",
+        "out",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": uri},
+        timeout=60,
+    )
     assert res.returncode == 2
     assert res.stderr.splitlines() == [
         f"error: MLflow store {uri} cannot be written (folder {tmp_path / 'no' / 'such'} does not exist): "
-        "create it, or unset MLFLOW_TRACKING_URI to log to the local sqlite store mlflow.db"]
+        "create it, or unset MLFLOW_TRACKING_URI to log to the local sqlite store mlflow.db"
+    ]
     assert not (tmp_path / "out").exists()
 
 
@@ -160,20 +192,28 @@ def test_every_tracking_call_gives_up_on_a_dead_server_within_seconds(tmp_path):
     times: MLflow's own defaults (7 retries, back-off factor 2) would keep a stage silent for
     minutes. A value already in the environment is kept."""
     uri = f"http://127.0.0.1:{dead_port()}"
-    code = ("import os, time\n"
-            "from dpstudy.track.tracking import Tracker\n"
-            "from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES as R, "
-            "MLFLOW_HTTP_REQUEST_TIMEOUT as T\n"
-            "print(R.get(), T.get(), flush=True)\n"
-            "start = time.monotonic()\n"
-            "try:\n"
-            f"    Tracker('A', 'profile_dataloader', preset='quick', params={{}}, uri={uri!r}).__enter__()\n"
-            "except Exception as exc:\n"
-            "    print(type(exc).__name__, round(time.monotonic() - start, 1))\n")
+    code = (
+        "import os, time\n"
+        "from dpstudy.track.tracking import Tracker\n"
+        "from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES as R, "
+        "MLFLOW_HTTP_REQUEST_TIMEOUT as T\n"
+        "print(R.get(), T.get(), flush=True)\n"
+        "start = time.monotonic()\n"
+        "try:\n"
+        f"    Tracker('A', 'profile_dataloader', preset='quick', params={{}}, uri={uri!r}).__enter__()\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, round(time.monotonic() - start, 1))\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in HTTP_LIMITS}
     start = time.monotonic()
-    res = subprocess.run([sys.executable, "-c", code], env={**env, "MLFLOW_HTTP_REQUEST_TIMEOUT": "25"},
-                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "MLFLOW_HTTP_REQUEST_TIMEOUT": "25"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     took = time.monotonic() - start
     limits, failure = res.stdout.splitlines()
     assert limits == "2 25"  # the bounded default, and the caller's own timeout kept
@@ -186,7 +226,7 @@ def test_container_recipes_set_the_same_retry_bounds():
     assert {k: compose["services"]["trainer"]["environment"][k] for k in HTTP_LIMITS} == HTTP_LIMITS
     docs = list(yaml.safe_load_all((REPO / "docker" / "kubernetes.yaml").read_text()))
     job = next(d for d in docs if d["kind"] == "Job")
-    trainer, = job["spec"]["template"]["spec"]["containers"]
+    (trainer,) = job["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in trainer["env"]}
     assert {k: env[k] for k in HTTP_LIMITS} == HTTP_LIMITS
 
@@ -221,24 +261,26 @@ def test_an_interruption_python_swallows_is_delivered_again(tmp_path):
     """A handler's exception raised inside ``__del__`` (or an at-fork hook, as when a signal lands
     while a DataLoader worker starts) is printed and dropped by Python: the command is interrupted
     again a second later instead of running on."""
-    code = ("import os, signal, time\n"
-            "from dpstudy.cli import Interrupted, _Signals\n"
-            "class Swallows:\n"
-            "    def __del__(self):\n"
-            "        os.kill(os.getpid(), signal.SIGTERM)\n"
-            "        time.sleep(0.2)  # the handler runs here; its exception is 'ignored'\n"
-            "signals = _Signals()\n"
-            "signals.install()\n"
-            "start = time.monotonic()\n"
-            "try:\n"
-            "    Swallows()\n"
-            "    while time.monotonic() - start < 15:\n"
-            "        time.sleep(0.05)\n"
-            "    print('ran on')\n"
-            "except Interrupted as exc:\n"
-            "    print('interrupted', exc.signum, round(time.monotonic() - start))\n"
-            "finally:\n"
-            "    signals.uninstall()\n")
+    code = (
+        "import os, signal, time\n"
+        "from dpstudy.cli import Interrupted, _signals\n"
+        "class Swallows:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(0.2)  # the handler runs here; its exception is 'ignored'\n"
+        "signals = _signals()\n"
+        "signals.install()\n"
+        "start = time.monotonic()\n"
+        "try:\n"
+        "    Swallows()\n"
+        "    while time.monotonic() - start < 15:\n"
+        "        time.sleep(0.05)\n"
+        "    print('ran on')\n"
+        "except Interrupted as exc:\n"
+        "    print('interrupted', exc.signum, round(time.monotonic() - start))\n"
+        "finally:\n"
+        "    signals.uninstall()\n"
+    )
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert res.stdout.split() == ["interrupted", str(int(signal.SIGTERM)), "1"], res.stdout + res.stderr
     assert "Exception ignored in" in res.stderr  # the first one really was swallowed
@@ -281,13 +323,22 @@ def test_runs_left_running_by_a_killed_stage_are_marked_killed_by_the_next_one(t
                 pass
             assert client.get_run(rerun.parent.run_id).info.status == "RUNNING"
         lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[mlflow]")]
-        assert lines == [f"[mlflow] 4 runs of {STAGE} left RUNNING by an interrupted execution (kill -9?) "
-                         "marked KILLED"]
-        assert sorted((r.info.run_name, r.info.status) for r in study_a_runs(uri)) == sorted([
-            (STAGE, "KILLED"), (FIRST_CHILD, "KILLED"), ("no pid tag", "KILLED"),  # the stale ones
-            ("reused pid", "KILLED"),
-            ("live here", "RUNNING"), ("other host", "RUNNING"), ("other stage", "RUNNING"),  # left alone
-            (STAGE, "FINISHED"), (STAGE, "FINISHED")])  # this process's own parent runs
+        assert lines == [
+            f"[mlflow] 4 runs of {STAGE} left RUNNING by an interrupted execution (kill -9?) marked KILLED"
+        ]
+        assert sorted((r.info.run_name, r.info.status) for r in study_a_runs(uri)) == sorted(
+            [
+                (STAGE, "KILLED"),
+                (FIRST_CHILD, "KILLED"),
+                ("no pid tag", "KILLED"),  # the stale ones
+                ("reused pid", "KILLED"),
+                ("live here", "RUNNING"),
+                ("other host", "RUNNING"),
+                ("other stage", "RUNNING"),  # left alone
+                (STAGE, "FINISHED"),
+                (STAGE, "FINISHED"),
+            ]
+        )  # this process's own parent runs
 
         # Said once: the next execution finds nothing left to clean up.
         with Tracker("A", STAGE, preset="quick", params={}, uri=uri, root=tmp_path):
@@ -300,52 +351,69 @@ def test_runs_left_running_by_a_killed_stage_are_marked_killed_by_the_next_one(t
 
 
 # --------------------------------------------------------------------------------------------
-# 10. A copied checkout logs into its own mlartifacts
+# 10. A copied or moved checkout logs into its own mlartifacts
 
 
 def _listing(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
-def test_a_copied_checkout_logs_artifacts_into_its_own_folder(tmp_path, capsys):
-    a, b = tmp_path / "orig", tmp_path / "copy"
+def _notices(capsys) -> list[str]:
+    return [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[mlflow]")]
+
+
+def _log_new(root: Path) -> tuple[str, str]:
+    """A stage in the checkout at ``root``: a child and the parent each log ``new.txt``."""
+    (root / "new.txt").write_text(f"from {root.name}")
+    with Tracker("A", STAGE, preset="quick", params={}, root=root, uri=f"sqlite:///{root / 'mlflow.db'}") as tr:
+        with tr.child("config", {}) as run:
+            run.log_artifact(root / "new.txt")
+        tr.parent.log_artifact(root / "new.txt", "tables")
+        return tr.parent.run_id, run.run_id
+
+
+def test_a_copied_or_moved_checkout_logs_artifacts_into_its_own_folder(tmp_path, capsys):
+    """MLflow records absolute artifact paths (the original's, in a copy) and has no call to change
+    them: the copy's stages log beside its own store all the same, without touching the original,
+    and say so once per copy."""
+    a, b, c = tmp_path / "orig", tmp_path / "copy", tmp_path / "moved"
     a.mkdir()
     (a / "notes.txt").write_text("from the original")
-    with Tracker("A", STAGE, preset="quick", params={}, root=a, uri=f"sqlite:///{a / 'mlflow.db'}") as tr:
-        with tr.child("config", {}) as run:
-            run.log_artifact(a / "notes.txt")
-            old_run = run.run_id
+    with (
+        Tracker("A", STAGE, preset="quick", params={}, root=a, uri=f"sqlite:///{a / 'mlflow.db'}") as tr,
+        tr.child("config", {}) as run,
+    ):
+        run.log_artifact(a / "notes.txt")
+        old_run = run.run_id
+    location = MlflowClient(f"sqlite:///{a / 'mlflow.db'}").get_experiment_by_name(STUDIES["A"]).artifact_location
+    assert location == (a / "mlartifacts" / STUDIES["A"]).as_uri()
     shutil.copytree(a, b, symlinks=True)  # cp -a of the checkout
     before = _listing(a)
     capsys.readouterr()
 
-    uri_b = f"sqlite:///{b / 'mlflow.db'}"
-    (b / "new.txt").write_text("from the copy")
-    with Tracker("A", STAGE, preset="quick", params={}, root=b, uri=uri_b) as tr:
-        with tr.child("config", {}) as run:
-            run.log_artifact(b / "new.txt")
-            new_run = run.run_id
-        tr.parent.log_artifact(b / "new.txt")
-    out = capsys.readouterr().out
-    assert [ln for ln in out.splitlines() if ln.startswith("[mlflow]")] == [
-        f"[mlflow] mlflow.db was copied from {a}: artifact paths now point to {b / 'mlartifacts'}"]
-
+    parent, child = _log_new(b)
+    assert _notices(capsys) == [
+        f"[mlflow] mlflow.db was copied from {a}: its artifacts are logged into {b / 'mlartifacts'}"
+    ]
     assert _listing(a) == before, "the copy wrote into the original's folder"
-    client = MlflowClient(uri_b)
-    exp = client.get_experiment_by_name(STUDIES["A"])
-    assert exp.artifact_location == (b / "mlartifacts" / STUDIES["A"]).as_uri()
-    for run_id in (old_run, new_run):
-        assert client.get_run(run_id).info.artifact_uri.startswith((b / "mlartifacts").as_uri() + "/")
-    assert len(list((b / "mlartifacts").rglob("new.txt"))) == 2
-    # The old run's artifact (carried by the copy) is listed and read from the copy's store.
-    assert [f.path for f in client.list_artifacts(old_run)] == ["notes.txt"]
-    got = client.download_artifacts(old_run, "notes.txt", str(tmp_path / "dl"))
-    assert Path(got).read_text() == "from the original" and str(b) in str(next((b / "mlartifacts").rglob("notes.txt")))
-    # The original store is untouched and still points at its own folder.
-    assert MlflowClient(f"sqlite:///{a / 'mlflow.db'}").get_experiment_by_name(STUDIES["A"]).artifact_location == \
-        (a / "mlartifacts" / STUDIES["A"]).as_uri()
+    runs = b / "mlartifacts" / STUDIES["A"]
+    assert (runs / child / "artifacts" / "new.txt").read_text() == "from copy"
+    assert (runs / parent / "artifacts" / "tables" / "new.txt").read_text() == "from copy"
+    assert (runs / old_run / "artifacts" / "notes.txt").read_text() == "from the original"  # carried along
+    # A later stage's figures for a run found by its configuration land in the copy as well.
+    with Tracker("A", "evaluate", preset="quick", params={}, root=b, uri=f"sqlite:///{b / 'mlflow.db'}") as ev:
+        ev.find("config", STAGE).log_text("x\n", "eval.csv")
+    assert (runs / child / "artifacts" / "eval.csv").is_file() and _listing(a) == before
+    assert _notices(capsys) == []  # said once per copy
 
-    # Said once: the next Tracker in the copy has nothing to rewrite.
-    with Tracker("A", STAGE, preset="quick", params={}, root=b, uri=uri_b):
-        pass
-    assert "[mlflow]" not in capsys.readouterr().out
+    shutil.move(b, c)  # a moved checkout: the recorded folder no longer exists at all
+    parent, child = _log_new(c)
+    assert _notices(capsys) == [
+        f"[mlflow] mlflow.db was copied from {a}: its artifacts are logged into {c / 'mlartifacts'}"
+    ]
+    assert (c / "mlartifacts" / STUDIES["A"] / child / "artifacts" / "new.txt").read_text() == "from moved"
+    assert not b.exists() and _listing(a) == before
+
+    # The original keeps logging into its own folder, silently.
+    _log_new(a)
+    assert _notices(capsys) == [] and len(list((a / "mlartifacts").rglob("new.txt"))) == 2

@@ -29,70 +29,20 @@ import errno
 import os
 import signal
 import sys
-import threading
 
 from . import __version__, launch
 from .checkout import PACKAGE, check_own_code
 from .errors import UserError
+from .signals import Interrupted, Redelivery
 
 NO_TRACKING = {"download"}  # stages that never talk to MLflow
 # The stages' arguments that name folders they write into (checked before a stage starts).
 OUTPUT_ARGS = ("out", "raw")
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGINT as an exception: ``with`` blocks unwind and MLflow runs end KILLED."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class _Signals:
-    """SIGTERM and SIGINT -> `Interrupted`, for the duration of one command.
-
-    An exception raised by a signal handler can land where Python swallows it ("Exception
-    ignored in ...": an at-fork hook while a DataLoader worker starts, a ``__del__``); the stage
-    would then run on as if nothing happened. So after the first signal the main thread gets it
-    again every second until the interruption has reached `main`. While one is unwinding the stage
-    (it is the exception being handled, e.g. in ``__exit__`` or ``finally`` where the runs are
-    ended), a repeated signal does nothing: it must not cut that cleanup short.
-    """
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict = {}
-        self._done = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(self, signum, frame) -> None:
-        if self._done.is_set() or isinstance(sys.exc_info()[1], KeyboardInterrupt):
-            return
-        if self.signum is None:
-            self.signum = signum
-            self._thread = threading.Thread(target=self._redeliver, name="dpstudy-interrupt", daemon=True)
-            self._thread.start()
-        raise Interrupted(self.signum)
-
-    def _redeliver(self) -> None:
-        main_thread = threading.main_thread().ident
-        while not self._done.wait(1.0):
-            signal.pthread_kill(main_thread, self.signum)
-
-    def done(self) -> None:
-        """The interruption arrived (or the command ended): no more re-deliveries."""
-        self._done.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def uninstall(self) -> None:
-        self.done()
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
+def _signals() -> Redelivery:
+    """SIGTERM and SIGINT -> `Interrupted`, for the duration of one command (`signals.Redelivery`)."""
+    return Redelivery(Interrupted, KeyboardInterrupt)
 
 
 def _talks_to_mlflow(args: argparse.Namespace) -> bool:
@@ -143,8 +93,10 @@ def check_outputs(args: argparse.Namespace) -> None:
         problem = unwritable(folder)
         if problem:
             at, why, fix = problem
-            raise UserError(f"output folder {folder} ({option}) cannot be written: {at} {why}: {fix}, "
-                            f"or pass {option} a writable folder")
+            raise UserError(
+                f"output folder {folder} ({option}) cannot be written: {at} {why}: {fix}, "
+                f"or pass {option} a writable folder"
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,21 +105,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dpstudy",
         description="Data-parallel CNN training studies (Cao & Shen 2023, Xue 2023, Lee et al. 2019), "
-                    "one command per DVC stage. `dvc repro` runs them all in order; run one by hand "
-                    "with the same arguments dvc.yaml gives it.",
+        "one command per DVC stage. `dvc repro` runs them all in order; run one by hand "
+        "with the same arguments dvc.yaml gives it.",
     )
     parser.add_argument("--version", action="version", version=f"dpstudy {__version__} (code: {PACKAGE})")
     sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
     for name, module in STAGES.items():
         doc = (module.__doc__ or "").strip()
-        stage_parser = sub.add_parser(name, help=" ".join(doc.split("\n\n")[0].split()), description=doc,
-                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+        stage_parser = sub.add_parser(
+            name,
+            help=" ".join(doc.split("\n\n")[0].split()),
+            description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         module.add_arguments(stage_parser)
         stage_parser.set_defaults(run=module.run)
     # Not a DVC stage: it starts one (under torchrun, on one machine or several).
     doc = (launch.__doc__ or "").strip()
-    launch_parser = sub.add_parser("launch", help=doc.split("\n\n")[0].splitlines()[0], description=doc,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    launch_parser = sub.add_parser(
+        "launch",
+        help=doc.split("\n\n")[0].splitlines()[0],
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     launch.add_arguments(launch_parser)
     launch_parser.set_defaults(run=launch.run)
     return parser
@@ -175,14 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    signals = _Signals()
+    signals = _signals()
     signals.install()
     try:
         check_own_code()  # a copied checkout must not run the original's code (dpstudy.checkout)
         if _rank_zero():
             check_outputs(args)
         if _talks_to_mlflow(args):
-            from .track.tracking import check_reachable
+            from .track.reachable import check_reachable
 
             check_reachable()
         return args.run(args)
@@ -195,11 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         # A full disk met outside the stages' own file writes (an MLflow artifact, a log).
         where = f" writing {exc.filename}" if exc.filename else ""
         folders = ", ".join(folder for _, folder in _output_folders(args))
-        print(f"error: no space left on device{where}: free some space on the disk of {folders or 'the outputs'} "
-              "or of the MLflow store, and run the stage again", file=sys.stderr)
+        print(
+            f"error: no space left on device{where}: free some space on the disk of {folders or 'the outputs'} "
+            "or of the MLflow store, and run the stage again",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt as exc:
-        signals.done()
+        signals.stop()
         signum = getattr(exc, "signum", signal.SIGINT)
         print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
         return 128 + signum

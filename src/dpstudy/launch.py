@@ -50,20 +50,23 @@ import shlex
 import signal
 import socket
 import sys
-import threading
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
-from .config import load_section
 from .errors import UserError
+from .signals import Redelivery
 
 STAGES = ("train_ddp", "train_adaptive")  # the stages that run under torchrun
 # setting -> the environment variable that overrides it for one launch
-ENV = {"nproc_per_node": "DPSTUDY_NPROC_PER_NODE", "nnodes": "DPSTUDY_NNODES",
-       "rdzv_endpoint": "DPSTUDY_RDZV_ENDPOINT", "rdzv_id": "DPSTUDY_RDZV_ID",
-       "max_restarts": "DPSTUDY_MAX_RESTARTS"}
+ENV = {
+    "nproc_per_node": "DPSTUDY_NPROC_PER_NODE",
+    "nnodes": "DPSTUDY_NNODES",
+    "rdzv_endpoint": "DPSTUDY_RDZV_ENDPOINT",
+    "rdzv_id": "DPSTUDY_RDZV_ID",
+    "max_restarts": "DPSTUDY_MAX_RESTARTS",
+}
 # Set for the workers of a launch: the launch itself reports an interruption (`parallel.distributed`).
 LAUNCHED = "DPSTUDY_LAUNCHED"
 # How long a node waits for a rendezvous hosted elsewhere to resolve and accept connections.
@@ -85,9 +88,11 @@ class Launch:
 
 def settings(stage: str, params: str, environ: Mapping[str, str] = os.environ) -> Launch:
     """The stage's launch settings: its params section (validated), then each DPSTUDY_* override."""
+    from .config import load_section  # pydantic: not for `dpstudy --help`
+
     _, cfg = load_section(stage, params)
     values = {"nproc_per_node": cfg.nproc_per_node, **dataclasses.asdict(cfg.launch)}
-    name = Path(params).name  # as config.py names the file in its errors
+    name = Path(params).name  # as dpstudy.config names the file in its errors
     source = {key: f"{name}: {stage}.{'' if key == 'nproc_per_node' else 'launch.'}{key}" for key in values}
     for key, var in ENV.items():
         if var in environ:
@@ -95,11 +100,15 @@ def settings(stage: str, params: str, environ: Mapping[str, str] = os.environ) -
     if values["rdzv_endpoint"]:
         _check_endpoint(values["rdzv_endpoint"], source["rdzv_endpoint"])
         if not values["rdzv_id"]:
-            raise UserError(f"{source['rdzv_id']}: empty; a rendezvous needs a job id shared by all nodes "
-                            f"(e.g. {ENV['rdzv_id']}=$SLURM_JOB_ID)")
+            raise UserError(
+                f"{source['rdzv_id']}: empty; a rendezvous needs a job id shared by all nodes "
+                f"(e.g. {ENV['rdzv_id']}=$SLURM_JOB_ID)"
+            )
     elif values["nnodes"] > 1:
-        raise UserError(f"{source['nnodes']} is {values['nnodes']} but no rendezvous endpoint is set: set "
-                        f"{ENV['rdzv_endpoint']} (or {stage}.launch.rdzv_endpoint) to host:port of the first node")
+        raise UserError(
+            f"{source['nnodes']} is {values['nnodes']} but no rendezvous endpoint is set: set "
+            f"{ENV['rdzv_endpoint']} (or {stage}.launch.rdzv_endpoint) to host:port of the first node"
+        )
     return Launch(**values)
 
 
@@ -133,8 +142,10 @@ def world_size(launch: Launch) -> int:
 
         per_node = torch.cuda.device_count()
         if per_node == 0:
-            raise UserError(f"nproc_per_node is gpu but no GPU is visible here: set {ENV['nproc_per_node']} "
-                            "to a number of CPU processes (e.g. 2)")
+            raise UserError(
+                f"nproc_per_node is gpu but no GPU is visible here: set {ENV['nproc_per_node']} "
+                "to a number of CPU processes (e.g. 2)"
+            )
     return int(per_node) * launch.nnodes
 
 
@@ -164,8 +175,16 @@ def torchrun_command(stage: str, launch: Launch, stage_args: list[str]) -> list[
     if launch.nnodes == 1 and not launch.rdzv_endpoint:
         cmd.append("--standalone")
     else:
-        cmd += ["--nnodes", str(launch.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", launch.rdzv_endpoint,
-                "--rdzv-id", launch.rdzv_id]
+        cmd += [
+            "--nnodes",
+            str(launch.nnodes),
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            launch.rdzv_endpoint,
+            "--rdzv-id",
+            launch.rdzv_id,
+        ]
     return [*cmd, "--max-restarts", str(launch.max_restarts), "-m", "dpstudy", stage, *stage_args]
 
 
@@ -184,9 +203,11 @@ def check_rendezvous(endpoint: str, where: str, wait_s: float) -> None:
     host, port = _split(endpoint)
     this = socket.gethostname()
     if not _loopback_name(host) and host != this and _resolve(this, None) is None:
-        raise UserError(f"this machine's hostname {this!r} does not resolve, and torchrun's c10d rendezvous "
-                        f"({where}: {endpoint}) looks it up: add it to /etc/hosts (e.g. '127.0.1.1 {this}') "
-                        "or run on one node")
+        raise UserError(
+            f"this machine's hostname {this!r} does not resolve, and torchrun's c10d rendezvous "
+            f"({where}: {endpoint}) looks it up: add it to /etc/hosts (e.g. '127.0.1.1 {this}') "
+            "or run on one node"
+        )
     deadline = time.monotonic() + wait_s
     waiting = False
     while True:
@@ -198,10 +219,12 @@ def check_rendezvous(endpoint: str, where: str, wait_s: float) -> None:
             return
         left = deadline - time.monotonic()
         if left <= 0:
-            raise UserError(f"rendezvous endpoint {endpoint} ({where}) {problem} from this node after {wait_s:g} s: "
-                            "it must be host:port of the node that hosts the rendezvous (e.g. the first node), "
-                            f"reachable from every node, with the launch started there too; {RDZV_WAIT}=<seconds> "
-                            "waits longer for that node")
+            raise UserError(
+                f"rendezvous endpoint {endpoint} ({where}) {problem} from this node after {wait_s:g} s: "
+                "it must be host:port of the node that hosts the rendezvous (e.g. the first node), "
+                f"reachable from every node, with the launch started there too; {RDZV_WAIT}=<seconds> "
+                "waits longer for that node"
+            )
         if not waiting:
             print(f"[launch] rendezvous {endpoint} {problem} yet: waiting up to {wait_s:g} s for its node", flush=True)
             waiting = True
@@ -262,7 +285,7 @@ def _connect_problem(addresses: list[tuple], deadline: float) -> str | None:
             return None
         except ConnectionRefusedError:
             problem = "refuses connections (nothing listens there)"
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             problem = "does not answer"
         except OSError as exc:
             problem = f"is not reachable ({exc.strerror or exc})"
@@ -291,39 +314,14 @@ def _endpoint_source(stage: str, params: str, environ: Mapping[str, str] = os.en
 # torchrun in this process, SIGTERM and SIGINT
 
 
-class _Interruption:
+def _interruption(exc_type: type[Exception]) -> Redelivery:
     """SIGTERM/SIGINT while torchrun runs here: the exception torchrun's agent stops its workers
     on, with SIGINT as the signal it sends them (what the workers take as "interrupted": their
-    runs end KILLED, a DataLoader worker leaves quietly), whichever of the two arrived.
-
-    Like the command line's own handler (`cli._Signals`), it is raised again every second until
-    it has reached `run_torchrun`, in case some ``except Exception`` swallowed it, but never while
-    it is being handled: that would cut torchrun's shutdown of the workers short."""
-
-    def __init__(self, exc_type: type[Exception]):
-        self.exc_type = exc_type
-        self.signum: int | None = None
-        self.done = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def handle(self, signum, frame) -> None:
-        if self.done.is_set() or isinstance(sys.exc_info()[1], self.exc_type):
-            return
-        if self.signum is None:
-            self.signum = signum
-            self._thread = threading.Thread(target=self._redeliver, name="dpstudy-launch-interrupt", daemon=True)
-            self._thread.start()
-        raise self.exc_type(f"interrupted ({signal.Signals(self.signum).name})", sigval=signal.SIGINT)
-
-    def _redeliver(self) -> None:
-        main_thread = threading.main_thread().ident
-        while not self.done.wait(1.0):
-            signal.pthread_kill(main_thread, self.signum)
-
-    def stop(self) -> None:
-        self.done.set()
-        if self._thread is not None:
-            self._thread.join()
+    runs end KILLED, a DataLoader worker leaves quietly), whichever of the two arrived; redelivered
+    until it has reached `run_torchrun` (`signals.Redelivery`)."""
+    return Redelivery(
+        lambda signum: exc_type(f"interrupted ({signal.Signals(signum).name})", sigval=signal.SIGINT), exc_type
+    )
 
 
 class _ShutdownNoise(logging.Filter):
@@ -331,7 +329,7 @@ class _ShutdownNoise(logging.Filter):
 
     MESSAGES = ("Received %s death signal, shutting down workers", "Sending process %s closing signal %s")
 
-    def __init__(self, interruption: _Interruption):
+    def __init__(self, interruption: Redelivery):
         super().__init__()
         self.interruption = interruption
 
@@ -349,7 +347,7 @@ def run_torchrun(cmd: list[str], env: Mapping[str, str]) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from .track.tracking import LAUNCH_ID
+    from .track.endings import LAUNCH_ID
 
     os.environ.update(env)
     os.environ[LAUNCHED] = "1"
@@ -358,13 +356,14 @@ def run_torchrun(cmd: list[str], env: Mapping[str, str]) -> int:
     if hasattr(args, "signals_to_handle"):  # torch >= 2.8
         kept = [s for s in args.signals_to_handle.split(",") if s.strip() not in ("", "SIGTERM", "SIGINT")]
         args.signals_to_handle = ",".join(kept) or "SIGHUP"
-    interruption = _Interruption(SignalException)
+    interruption = _interruption(SignalException)
     noise = _ShutdownNoise(interruption)
-    loggers = [logging.getLogger(f"torch.distributed.elastic.{name}")
-               for name in ("agent.server.api", "multiprocessing.api")]
+    loggers = [
+        logging.getLogger(f"torch.distributed.elastic.{name}") for name in ("agent.server.api", "multiprocessing.api")
+    ]
     for logger in loggers:
         logger.addFilter(noise)
-    previous = {s: signal.signal(s, interruption.handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    interruption.install()
     try:
         torchrun.run(args)
         code = 0
@@ -377,9 +376,7 @@ def run_torchrun(cmd: list[str], env: Mapping[str, str]) -> int:
             raise
         code = 0  # replaced below
     finally:
-        interruption.stop()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        interruption.uninstall()
         for logger in loggers:
             logger.removeFilter(noise)
     if interruption.signum is not None:  # however torchrun ended, the launch was interrupted
@@ -394,12 +391,12 @@ def _runs_killed(launch_id: str) -> None:
     A second signal meanwhile is ignored (the launch is stopping already); a store that cannot be
     read leaves the runs as the workers ended them, and the one line about the interruption comes
     all the same."""
-    from .track.tracking import mark_launch_killed
+    from .track.endings import mark_launch_killed
 
     previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         mark_launch_killed(launch_id)
-    except Exception:  # noqa: BLE001 - a broken store must not hide the interruption's line
+    except Exception:
         pass
     finally:
         for s, handler in previous.items():
@@ -413,16 +410,21 @@ def _runs_killed(launch_id: str) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the torchrun command and exit")
     p.add_argument("stage", choices=STAGES, help="the stage to start")
-    p.add_argument("stage_args", nargs=argparse.REMAINDER, metavar="...",
-                   help="the stage's own arguments (--params, --data, --out), passed through")
+    p.add_argument(
+        "stage_args",
+        nargs=argparse.REMAINDER,
+        metavar="...",
+        help="the stage's own arguments (--params, --data, --out), passed through",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from .stages import STAGES as MODULES
 
     # The stage's own parser checks its arguments now, not once per worker after the start.
-    stage_parser = argparse.ArgumentParser(prog=f"dpstudy launch {args.stage}",
-                                           description=f"Arguments of `dpstudy {args.stage}`, passed through.")
+    stage_parser = argparse.ArgumentParser(
+        prog=f"dpstudy launch {args.stage}", description=f"Arguments of `dpstudy {args.stage}`, passed through."
+    )
     MODULES[args.stage].add_arguments(stage_parser)
     stage_args = stage_parser.parse_args(args.stage_args)
     launch = settings(args.stage, stage_args.params)

@@ -21,7 +21,6 @@ import time
 import torch
 
 
-
 def _occupies_device(activity: str) -> bool:
     """Kineto's device records that are work (kernel, gpu_memcpy, gpu_memset), not spans drawn over
     it (gpu_user_annotation) or waits (cuda_sync)."""
@@ -75,9 +74,11 @@ class BusyWindow:
         events = self._profiler.profiler.kineto_results.events()
         self._profiler = None
         self.overhead_s += time.perf_counter() - t
-        intervals = [(e.start_ns(), e.end_ns()) for e in events
-                     if e.device_type() == torch.autograd.DeviceType.CUDA
-                     and _occupies_device(str(e.activity_type()).lower())]
+        intervals = [
+            (e.start_ns(), e.end_ns())
+            for e in events
+            if e.device_type() == torch.autograd.DeviceType.CUDA and _occupies_device(str(e.activity_type()).lower())
+        ]
         if not intervals:
             self.reason = "the profiler recorded no device activity in the window"
             return math.nan

@@ -9,8 +9,8 @@ otherwise measure only their launch.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -88,9 +88,39 @@ class ProbeResult:
         return self.images / self.total_s if self.total_s > 0 else float("nan")
 
 
-def run_probe(model: nn.Module, loader, device: torch.device, *, batch_size: int, steps: int,
-              warmup_steps: int, lr: float, momentum: float, sample_interval_s: float, step: str = "eager",
-              min_seconds: float = 0.0, busy_steps: int = 8) -> ProbeResult:
+def _timed_steps(run, batches, device: torch.device, result: ProbeResult, steps: int, min_seconds: float) -> None:
+    """At least ``steps`` steps, and on until ``min_seconds`` have passed, each one's data wait,
+    compute time, loss and images added to ``result``."""
+    start = time.perf_counter()
+    while len(result.compute_s) < steps or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        inputs = next(batches)
+        synchronize(device)
+        t1 = time.perf_counter()
+        (loss,) = run(*inputs)
+        synchronize(device)
+        t2 = time.perf_counter()
+        result.data_wait_s.append(t1 - t0)
+        result.compute_s.append(t2 - t1)
+        result.loss.append(loss.item())  # a sync point, but the step is already synced
+        result.images += inputs[-1].shape[-1]  # labels (b,) or a batch plan (4, b)
+
+
+def run_probe(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    *,
+    batch_size: int,
+    steps: int,
+    warmup_steps: int,
+    lr: float,
+    momentum: float,
+    sample_interval_s: float,
+    step: str = "eager",
+    min_seconds: float = 0.0,
+    busy_steps: int = 8,
+) -> ProbeResult:
     """Train ``model`` with SGD: warm-up steps, then timed steps (at least ``steps``, and on until
     ``min_seconds`` have passed), then on CUDA ``busy_steps`` steps watched by the profiler.
 
@@ -100,8 +130,8 @@ def run_probe(model: nn.Module, loader, device: torch.device, *, batch_size: int
     NVML (or the CPU) is sampled over the timed steps only. ``step``: eager or graph (`graphstep`;
     a graph's capture happens during warm-up, which is extended to cover it).
     """
-    from .devicebusy import BusyWindow
     from ..train.graphstep import WARMUP_STEPS, graph_optimizer, stepper
+    from .devicebusy import BusyWindow
 
     graph = step == "graph"
     model.train()
@@ -128,19 +158,7 @@ def run_probe(model: nn.Module, loader, device: torch.device, *, batch_size: int
             run(*next(batches))
         synchronize(device)
         sampler.start()
-        start = time.perf_counter()
-        while len(result.compute_s) < steps or time.perf_counter() - start < min_seconds:
-            t0 = time.perf_counter()
-            inputs = next(batches)
-            synchronize(device)
-            t1 = time.perf_counter()
-            (loss,) = run(*inputs)
-            synchronize(device)
-            t2 = time.perf_counter()
-            result.data_wait_s.append(t1 - t0)
-            result.compute_s.append(t2 - t1)
-            result.loss.append(loss.item())  # a sync point, but the step is already synced
-            result.images += inputs[-1].shape[-1]  # labels (b,) or a batch plan (4, b)
+        _timed_steps(run, batches, device, result, steps, min_seconds)
         result.samples = sampler.stop()
         if device.type == "cuda" and busy_steps:
             busy.start()

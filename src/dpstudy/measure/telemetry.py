@@ -14,11 +14,13 @@ than the period has no utilization at all (its mean is nan, reported as "window 
 as a number). Memory and power are readings of the moment and count from every sample.
 
 Telemetry is an observer: nothing here may stop or crash the run it watches. A sample that fails
-is dropped and counted in `errors`, and the sampler carries on.
+is dropped and counted in `errors`, and the sampler carries on. CPU and process readings come
+from psutil.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -26,9 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-# Linux sources for the CPU fallback; module constants so a test can point them elsewhere.
-PROC_STAT = "/proc/stat"
-PROC_SELF_STATM = "/proc/self/statm"
+import psutil
 
 # NVML averages utilization over the past 1/6 s to 1 s depending on the board (nvml.h,
 # nvmlDeviceGetUtilizationRates): a sample is inside a window only if the longest period fits.
@@ -100,44 +100,26 @@ def _describe(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _proc_stat_ticks() -> tuple[int, int] | None:
-    """(busy, total) jiffies over all CPUs since boot, or None where /proc/stat is unreadable."""
-    try:
-        with open(PROC_STAT) as f:
-            fields = f.readline().split()
-        if fields[0] != "cpu":
-            return None
-        # user nice system idle iowait irq softirq steal; guest time is already inside user.
-        ticks = [int(x) for x in fields[1:9]]
-        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
-    except (OSError, ValueError, IndexError):
-        return None
-    return sum(ticks) - idle, sum(ticks)
-
-
-def _process_ticks() -> tuple[float, float]:
-    """(CPU seconds of this process, wall seconds), scaled so the ratio is a share of the machine."""
-    t = os.times()
-    return (t.user + t.system) / (os.cpu_count() or 1), time.monotonic()
+def _cpu_ticks() -> tuple[float, float]:
+    """(busy, total) CPU seconds over all CPUs since boot: idle and I/O wait are not busy, and
+    guest time is left out of the total (the kernel counts it inside user time already)."""
+    t = psutil.cpu_times()
+    total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+    return total - t.idle - getattr(t, "iowait", 0.0), total
 
 
 class _CpuMeter:
-    """CPU utilisation % between successive calls, from whichever counter is readable."""
+    """The system's CPU utilisation % between successive calls (its own, unlike
+    psutil.cpu_percent's one module-wide reference point, which concurrent samplers would share)."""
 
     def __init__(self):
-        self._last = self._read()
-
-    @staticmethod
-    def _read() -> tuple[str, float, float]:
-        ticks = _proc_stat_ticks()
-        return ("system", *ticks) if ticks is not None else ("process", *_process_ticks())
+        self._last = _cpu_ticks()
 
     def util_pct(self) -> float | None:
-        now, last = self._read(), self._last
+        now, last = _cpu_ticks(), self._last
         self._last = now
-        busy, total = now[1] - last[1], now[2] - last[2]
-        # No comparable delta yet (first call within one clock tick, or the source changed).
-        if now[0] != last[0] or total <= 0:
+        busy, total = now[0] - last[0], now[1] - last[1]
+        if total <= 0:  # no comparable delta yet (within one clock tick of the last call)
             return None
         return min(max(100.0 * busy / total, 0.0), 100.0)
 
@@ -196,20 +178,11 @@ def system_metric(key: str) -> tuple[str, float]:
 
 
 def rss_mib() -> float | None:
-    """This process's resident memory in MiB (its peak where only getrusage is available)."""
+    """This process's resident memory in MiB; None where it cannot be read."""
     try:
-        with open(PROC_SELF_STATM) as f:
-            pages = int(f.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError, AttributeError):
-        pass
-    try:
-        import resource
-    except ImportError:  # Windows
+        return psutil.Process().memory_info().rss / 2**20
+    except psutil.Error:
         return None
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # ru_maxrss is in bytes on macOS and in KiB elsewhere.
-    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 2**10
 
 
 def _announce_fallback(reason: str) -> None:
@@ -225,6 +198,89 @@ def _announce_fallback(reason: str) -> None:
     )
 
 
+class _Gpus:
+    """The visible NVIDIA GPUs through NVML: utilisation, memory in use and power of each."""
+
+    def __init__(self, nvml, handles: list, names: list[str]):
+        self.nvml, self.handles, self.names = nvml, handles, names
+
+    @staticmethod
+    def open(nvml, visible: str | None) -> tuple[_Gpus | None, str | None]:
+        """(the GPUs, None), or (None, why they cannot be sampled). ``nvml`` None: pynvml."""
+        entries = _parse_visible(visible)
+        if entries == []:
+            return None, f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"
+        if nvml is None:
+            try:
+                import pynvml as nvml
+            except ImportError as exc:
+                return None, f"pynvml not importable: {_describe(exc)}"
+        try:
+            nvml.nvmlInit()
+        except Exception as exc:
+            return None, f"nvmlInit failed: {_describe(exc)}"
+        try:
+            handles = _open_devices(nvml, entries)
+            names = [_decode(nvml.nvmlDeviceGetName(h)) for h in handles]
+        except Exception as exc:
+            _Gpus(nvml, [], []).close()
+            return None, f"listing devices failed: {_describe(exc)}"
+        if not handles:
+            _Gpus(nvml, [], []).close()
+            return None, "device count is 0" if entries is None else f"no device matches {visible!r}"
+        return _Gpus(nvml, handles, names), None
+
+    def read(self) -> dict[str, float]:
+        nvml, values = self.nvml, {}
+        for i, handle in enumerate(self.handles):
+            values[f"gpu{i}_util_pct"] = float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            values[f"gpu{i}_mem_used_mib"] = nvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
+            # some boards and MIG slices do not report power; the rest is still worth having
+            with contextlib.suppress(nvml.NVMLError):
+                values[f"gpu{i}_power_w"] = nvml.nvmlDeviceGetPowerUsage(handle) / 1000
+        return values
+
+    def close(self) -> bool:
+        """Shut NVML down; False if that failed (it loses nothing, so it is counted, not raised)."""
+        try:
+            self.nvml.nvmlShutdown()
+            return True
+        except Exception:
+            return False
+
+
+def _read_cpu(meter: _CpuMeter) -> dict[str, float]:
+    """The CPU fallback's sample: system CPU utilisation (from the second sample on) and RSS."""
+    values = {}
+    util = meter.util_pct()
+    if util is not None:
+        values["cpu_util_pct"] = util
+    rss = rss_mib()
+    if rss is not None:
+        values["proc_rss_mib"] = rss
+    return values
+
+
+def summarize(samples: list[Sample], gpu_window_start: float | None, nvml_period_s: float) -> dict[str, float]:
+    """Mean of each metric ("<metric>_mean"), plus "<metric>_max" for memory. With NVML
+    (``gpu_window_start`` set), a utilization mean takes only samples whose NVML period lies inside
+    the window that starts there (module doc), and is nan when none does."""
+    columns: dict[str, list[float]] = {}
+    for sample in samples:
+        counts = gpu_window_start is None or sample.t - nvml_period_s >= gpu_window_start
+        for key, value in sample.values.items():
+            column = columns.setdefault(key, [])
+            if counts or not key.endswith("_util_pct"):
+                column.append(value)
+    out: dict[str, float] = {}
+    for key in sorted(columns):
+        values = columns[key]
+        out[f"{key}_mean"] = sum(values) / len(values) if values else math.nan
+        if key.endswith("_mib"):  # peak memory is what decides whether a run fits
+            out[f"{key}_max"] = max(values)
+    return out
+
+
 class ResourceSampler:
     """Samples GPU (or CPU) use every `interval_s` seconds in a daemon thread.
 
@@ -233,18 +289,22 @@ class ResourceSampler:
     reported as gpu0, gpu1, ... in that order, which is torch's numbering.
     """
 
-    def __init__(self, interval_s: float = 0.5, nvml=None, visible: str | None = None, clock=time.time,
-                 nvml_period_s: float = NVML_PERIOD_S):
+    def __init__(
+        self,
+        interval_s: float = 0.5,
+        nvml=None,
+        visible: str | None = None,
+        clock=time.time,
+        nvml_period_s: float = NVML_PERIOD_S,
+    ):
         if not (math.isfinite(interval_s) and interval_s > 0):
             raise ValueError(f"interval_s must be a positive number of seconds, got {interval_s!r}")
         self.interval_s = float(interval_s)
         self.mode = ""  # "nvml" or "cpu" once started
         self.device_names: list[str] = []
         self.errors = 0
-        self._nvml = nvml
-        self._visible = visible
-        self._nvml_open = False
-        self._handles: list = []
+        self._nvml, self._visible = nvml, visible
+        self._gpus: _Gpus | None = None
         self._cpu: _CpuMeter | None = None
         self._samples: list[Sample] = []
         self._lock = threading.Lock()
@@ -257,11 +317,11 @@ class ResourceSampler:
     def start(self) -> ResourceSampler:
         if self._thread is not None:
             raise RuntimeError("ResourceSampler.start() called twice; use a new sampler")
-        visible = self._visible
-        if visible is None:
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        reason = self._open_nvml(visible)
-        if reason is not None:
+        visible = self._visible if self._visible is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
+        self._gpus, reason = _Gpus.open(self._nvml, visible)
+        if self._gpus is not None:
+            self.mode, self.device_names = "nvml", self._gpus.names
+        else:
             _announce_fallback(reason)
             self.mode, self._cpu = "cpu", _CpuMeter()
         self._t_start = self._clock()
@@ -277,7 +337,8 @@ class ResourceSampler:
             self._thread.join()
             self._take_sample()  # the end of the window, so a short stage still gets two points
             self.window = (self._t_start, self._clock())
-            self._close_nvml()
+            if self._gpus is not None and not self._gpus.close():
+                self.errors += 1
         return self.samples()
 
     def samples(self) -> list[Sample]:
@@ -290,68 +351,15 @@ class ResourceSampler:
             return len(self._samples)
 
     def summary(self, since: int = 0) -> dict[str, float]:
-        """Mean of each metric over samples[since:] ("<metric>_mean"), plus "<metric>_max" for memory.
-
-        A GPU utilization mean takes only samples whose NVML period lies inside the window (module
-        doc); it is nan when none does: the window was too short to measure utilization."""
-        columns: dict[str, list[float]] = {}
-        for sample in self.samples()[since:]:
-            counts = self.mode != "nvml" or sample.t - self.nvml_period_s >= self._t_start
-            for key, value in sample.values.items():
-                if key.endswith("_util_pct") and self.mode == "nvml" and not counts:
-                    columns.setdefault(key, [])
-                    continue
-                columns.setdefault(key, []).append(value)
-        out: dict[str, float] = {}
-        for key in sorted(columns):
-            values = columns[key]
-            out[f"{key}_mean"] = sum(values) / len(values) if values else math.nan
-            if key.endswith("_mib"):  # peak memory is what decides whether a run fits
-                out[f"{key}_max"] = max(values)
-        return out
+        """`summarize` of samples[since:]: a GPU utilization mean is nan when the window was too
+        short to measure it."""
+        return summarize(self.samples()[since:], self._t_start if self.mode == "nvml" else None, self.nvml_period_s)
 
     def __enter__(self) -> ResourceSampler:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
-
-    def _open_nvml(self, visible: str | None) -> str | None:
-        """Open the visible GPUs through NVML; return why that is impossible, or None on success."""
-        entries = _parse_visible(visible)
-        if entries == []:
-            return f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"
-        nvml = self._nvml
-        if nvml is None:
-            try:
-                import pynvml as nvml
-            except ImportError as exc:
-                return f"pynvml not importable: {_describe(exc)}"
-        try:
-            nvml.nvmlInit()
-        except Exception as exc:
-            return f"nvmlInit failed: {_describe(exc)}"
-        self._nvml, self._nvml_open = nvml, True
-        try:
-            handles = _open_devices(nvml, entries)
-            names = [_decode(nvml.nvmlDeviceGetName(h)) for h in handles]
-        except Exception as exc:
-            self._close_nvml()
-            return f"listing devices failed: {_describe(exc)}"
-        if not handles:
-            self._close_nvml()
-            return "device count is 0" if entries is None else f"no device matches {visible!r}"
-        self.mode, self._handles, self.device_names = "nvml", handles, names
-        return None
-
-    def _close_nvml(self) -> None:
-        if not self._nvml_open:
-            return
-        self._nvml_open = False
-        try:
-            self._nvml.nvmlShutdown()
-        except Exception:
-            self.errors += 1  # a failed shutdown loses nothing; count it, do not raise it
 
     def _run(self) -> None:
         # Event.wait returns as soon as stop() sets the event, so stop() never waits out an interval.
@@ -361,7 +369,7 @@ class ResourceSampler:
     def _take_sample(self) -> None:
         t = self._clock()
         try:
-            values = self._read_gpus() if self.mode == "nvml" else self._read_cpu()
+            values = self._gpus.read() if self._gpus is not None else _read_cpu(self._cpu)
         except Exception:
             # A driver hiccup must not take the run down: drop this tick and keep sampling.
             with self._lock:
@@ -370,24 +378,3 @@ class ResourceSampler:
         if values:
             with self._lock:
                 self._samples.append(Sample(t, values))
-
-    def _read_gpus(self) -> dict[str, float]:
-        nvml, values = self._nvml, {}
-        for i, handle in enumerate(self._handles):
-            values[f"gpu{i}_util_pct"] = float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-            values[f"gpu{i}_mem_used_mib"] = nvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
-            try:
-                values[f"gpu{i}_power_w"] = nvml.nvmlDeviceGetPowerUsage(handle) / 1000
-            except nvml.NVMLError:
-                pass  # some boards and MIG slices do not report power; the rest is still worth having
-        return values
-
-    def _read_cpu(self) -> dict[str, float]:
-        values = {}
-        util = self._cpu.util_pct()
-        if util is not None:
-            values["cpu_util_pct"] = util
-        rss = rss_mib()
-        if rss is not None:
-            values["proc_rss_mib"] = rss
-        return values
