@@ -10,30 +10,56 @@ import pytest
 import torch
 from torch import nn
 
-from dpstudy.train import engine
-from dpstudy.grid.adaptive import adaptive_grid, time_to_target
-from dpstudy.train.batching import BatchSchedule, NoiseScaleEstimator
 from dpstudy.config import AugmentConfig, RecipeConfig, StepGrowthConfig, load_section
-from dpstudy.train.engine import Result, RunSpec
 from dpstudy.errors import UserError
+from dpstudy.grid.adaptive import adaptive_grid, time_to_target
+from dpstudy.train import engine
+from dpstudy.train.batching import BatchSchedule, NoiseScaleEstimator
+from dpstudy.train.engine import Result, RunSpec
 
-RECIPE = RecipeConfig(epochs=6, optimizer="sgd", lr=0.1, ref_batch=32, momentum=0.9, weight_decay=0.0,
-                      warmup_epochs=0, decay="step", milestones=[4], gamma=0.1,
-                      augment=AugmentConfig(crop_padding=0, hflip=False), step="eager")
+RECIPE = RecipeConfig(
+    epochs=6,
+    optimizer="sgd",
+    lr=0.1,
+    ref_batch=32,
+    momentum=0.9,
+    weight_decay=0.0,
+    warmup_epochs=0,
+    decay="step",
+    milestones=[4],
+    gamma=0.1,
+    augment=AugmentConfig(crop_padding=0, hflip=False),
+    step="eager",
+)
 
 
 def growth_spec(rule="linear", recipe=RECIPE, **growth) -> RunSpec:
-    g = StepGrowthConfig(**{"batch": 32, "lr_rule": rule, "factor": 2, "at_epochs": [1, 2, 3], "max_batch": 128,
-                            **growth})
-    return RunSpec("t", "resnet20", 1.0, 16, "digits", "single", 1, "resident", 0, g.batch, rule, 0, recipe,
-                   schedule="step_growth", growth=g)
+    g = StepGrowthConfig(
+        **{"batch": 32, "lr_rule": rule, "factor": 2, "at_epochs": [1, 2, 3], "max_batch": 128, **growth}
+    )
+    return RunSpec(
+        "t",
+        "resnet20",
+        1.0,
+        16,
+        "digits",
+        "single",
+        1,
+        "resident",
+        0,
+        g.batch,
+        rule,
+        0,
+        recipe,
+        schedule="step_growth",
+        growth=g,
+    )
 
 
 def plan(spec: RunSpec) -> list[tuple[int, float]]:
     """(global batch, lr at the epoch's first step) per epoch, as the engine computes them."""
     batches = engine.batch_schedule(spec)
-    return [(b, engine.lr_schedule(spec, b).lr_at(e)) for e in range(spec.recipe.epochs)
-            for b in [batches.batch_at(e)]]
+    return [(b, engine.lr_schedule(spec, b).lr_at(e)) for e in range(spec.recipe.epochs) for b in [batches.batch_at(e)]]
 
 
 def test_step_growth_exact_batch_and_lr_sequence_with_cap():
@@ -119,9 +145,9 @@ def test_estimator_recovers_b_simple_from_two_batch_sizes():
     est = NoiseScaleEstimator(ema=0.999)
     for _ in range(3000):
         x, y = regression_batch(gen, 64, w_star)
-        g = ((x @ u - y)[:, None] * x)  # per-sample gradients at w = w* + u
+        g = (x @ u - y)[:, None] * x  # per-sample gradients at w = w* + u
         parts = g.view(4, 16, D).mean(1)  # four "ranks" of 16: the small batches
-        value = est.update(float((parts ** 2).sum(1).mean()), float((g.mean(0) ** 2).sum()), 16, 64)
+        value = est.update(float((parts**2).sum(1).mean()), float((g.mean(0) ** 2).sum()), 16, 64)
     truth = known_b_simple(u)
     assert truth == pytest.approx(10.0)
     assert abs(value - truth) / truth < 0.2, (value, truth)
@@ -140,7 +166,8 @@ def test_engine_micro_batch_measurement_recovers_b_simple():
     for _ in range(3000):
         x, y = regression_batch(gen, 48, w_star)
         _, _, small_sq, b_small, big_sq = engine.train_step_micro_norms(
-            model, optimizer, nn.MSELoss(), x, y.view(-1, 1), lambda out, t: torch.zeros(()))
+            model, optimizer, nn.MSELoss(), x, y.view(-1, 1), lambda out, t: torch.zeros(())
+        )
         value = est.update(float(small_sq), float(big_sq), b_small, 48)
     truth = known_b_simple(u)  # 5 * (1 + 1 / 3.2) + 1 = 7.5625
     assert abs(value - truth) / truth < 0.2, (value, truth)
@@ -163,19 +190,37 @@ def test_estimator_ignores_non_finite_steps_and_rejects_equal_batch_sizes():
 # The adaptive grid refuses bad settings before any work, naming the key
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda t: {"schedules": dataclasses.replace(t.schedules, fixed_small=dataclasses.replace(
-        t.schedules.fixed_small, batch=33))},
-     "train_adaptive.classification.schedules.fixed_small.batch: 33 must be a multiple of the 2 processes"),
-    (lambda t: {"schedules": dataclasses.replace(t.schedules, step_growth=dataclasses.replace(
-        t.schedules.step_growth, at_epochs=[1, 99]))},
-     r"train_adaptive.classification.schedules.step_growth.at_epochs: \[99\] at or after the last epoch"),
-    (lambda t: {"schedules": dataclasses.replace(t.schedules, noise_scale=dataclasses.replace(
-        t.schedules.noise_scale, max_batch=16))},
-     "noise_scale.max_batch: 16 is below the starting batch"),
-    (lambda t: {"model": "srnet"}, "train_adaptive.classification.model: srnet is a restoration network"),
-    (lambda t: {"model": "vgg16", "input_size": 16}, "train_adaptive.classification: VGG16 halves its input"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda t: {
+                "schedules": dataclasses.replace(
+                    t.schedules, fixed_small=dataclasses.replace(t.schedules.fixed_small, batch=33)
+                )
+            },
+            "train_adaptive.classification.schedules.fixed_small.batch: 33 must be a multiple of the 2 processes",
+        ),
+        (
+            lambda t: {
+                "schedules": dataclasses.replace(
+                    t.schedules, step_growth=dataclasses.replace(t.schedules.step_growth, at_epochs=[1, 99])
+                )
+            },
+            r"train_adaptive.classification.schedules.step_growth.at_epochs: \[99\] at or after the last epoch",
+        ),
+        (
+            lambda t: {
+                "schedules": dataclasses.replace(
+                    t.schedules, noise_scale=dataclasses.replace(t.schedules.noise_scale, max_batch=16)
+                )
+            },
+            "noise_scale.max_batch: 16 is below the starting batch",
+        ),
+        (lambda t: {"model": "srnet"}, "train_adaptive.classification.model: srnet is a restoration network"),
+        (lambda t: {"model": "vgg16", "input_size": 16}, "train_adaptive.classification: VGG16 halves its input"),
+    ],
+)
 def test_adaptive_grid_rejects_bad_settings(change, message):
     _, cfg = load_section("train_adaptive")
     task = dataclasses.replace(cfg.classification, **change(cfg.classification))
@@ -195,8 +240,10 @@ def test_grid_runs_fixed_small_first_with_the_per_rank_share_of_each_batch():
 
 def test_time_to_target_is_training_time_until_the_first_epoch_at_the_target():
     spec = growth_spec()
-    rows = [{"epoch_time_s": t, "steps": n, "test_accuracy": a}
-            for t, n, a in [(2.0, 10, 0.5), (1.0, 5, 0.97), (1.0, 5, 0.96), (1.0, 5, 0.99)]]
+    rows = [
+        {"epoch_time_s": t, "steps": n, "test_accuracy": a}
+        for t, n, a in [(2.0, 10, 0.5), (1.0, 5, 0.97), (1.0, 5, 0.96), (1.0, 5, 0.99)]
+    ]
     result = Result(spec, "finished", rows, [], ["cpu"])
     assert time_to_target(result, 0.97) == {"time_to_target_s": 3.0, "steps_to_target": 15, "epochs_to_target": 2}
     assert math.isnan(time_to_target(result, 0.995)["time_to_target_s"])

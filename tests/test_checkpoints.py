@@ -8,11 +8,11 @@ import sqlite3
 
 import pytest
 import torch
-
 from conftest import run_cli, write_params
+from test_engine import RECIPE, learned, spec
+
 from dpstudy.data.datasets import file_sha256, load_prepared
 from dpstudy.train.engine import Context, TrainData, train
-from test_engine import RECIPE, learned, spec
 
 CPU = Context(torch.device("cpu"), sample_interval_s=0.05)
 ONE_EPOCH = dataclasses.replace(RECIPE, epochs=1)
@@ -68,9 +68,13 @@ def test_a_diverged_run_never_overwrites_another_configurations_finished_checkpo
 def _tiny_train_dp(path, batch_sizes, **extra):
     overrides = {"train_dp.seeds": [0], "train_dp.device": "cpu"}
     for grid in ("lenet_utilization", "lenet_lr_scaling", "vgg"):
-        overrides |= {f"train_dp.{grid}.modes": ["single"], f"train_dp.{grid}.loaders": ["resident"],
-                      f"train_dp.{grid}.lr_rules": ["linear"], f"train_dp.{grid}.batch_sizes": batch_sizes,
-                      f"train_dp.{grid}.recipe.epochs": 1}
+        overrides |= {
+            f"train_dp.{grid}.modes": ["single"],
+            f"train_dp.{grid}.loaders": ["resident"],
+            f"train_dp.{grid}.lr_rules": ["linear"],
+            f"train_dp.{grid}.batch_sizes": batch_sizes,
+            f"train_dp.{grid}.recipe.epochs": 1,
+        }
     overrides |= {"train_dp.vgg.width": 0.125, **extra}
     return write_params(path, overrides)
 
@@ -98,7 +102,7 @@ def test_changing_a_grid_keeps_the_finished_checkpoints_and_switching_back_reuse
 
 
 def test_configurations_whose_lr_rule_changes_nothing_are_twins_and_train_identically(digits, tmp_path):
-    from dpstudy.grid.sweep import split_twins
+    from dpstudy.grid.twins import split_twins
 
     grid = [spec(batch=b, lr_rule=r, recipe=ONE_EPOCH) for b in (64, 128) for r in ("none", "linear", "sqrt")]
     trained, copies = split_twins(grid)
@@ -110,7 +114,7 @@ def test_configurations_whose_lr_rule_changes_nothing_are_twins_and_train_identi
 
 
 def test_on_the_cpu_dataparallel_configurations_are_twins_of_single_and_train_identically(digits, tmp_path):
-    from dpstudy.grid.sweep import split_twins, twin_reason
+    from dpstudy.grid.twins import split_twins, twin_reason
 
     grid = [spec(mode=m, batch=b, recipe=ONE_EPOCH) for m in ("single", "dp") for b in (64, 128)]
     trained, copies = split_twins(grid, torch.device("cpu"))
@@ -126,9 +130,13 @@ def test_on_the_cpu_dataparallel_configurations_are_twins_of_single_and_train_id
 
 @pytest.mark.slow
 def test_a_twin_is_recorded_with_its_own_checkpoint_row_and_run_not_trained_again(digits_dir, tmp_path):
-    params = _tiny_train_dp(tmp_path / "p.yaml", [16], **{"train_dp.lenet_lr_scaling.lr_rules": ["none", "linear", "sqrt"]})
+    params = _tiny_train_dp(
+        tmp_path / "p.yaml", [16], **{"train_dp.lenet_lr_scaling.lr_rules": ["none", "linear", "sqrt"]}
+    )
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    done = run_cli("train_dp", "--data", str(digits_dir), "--out", "out", "--params", str(params), cwd=tmp_path, env=env)
+    done = run_cli(
+        "train_dp", "--data", str(digits_dir), "--out", "out", "--params", str(params), cwd=tmp_path, env=env
+    )
     assert done.returncode == 0, done.stderr
     names = [f"lenet_lr_scaling-single-resident-b16-{rule}-s0" for rule in ("none", "linear", "sqrt")]
     assert done.stdout.count(f"the same training as {names[0]}") == 2
@@ -140,6 +148,10 @@ def test_a_twin_is_recorded_with_its_own_checkpoint_row_and_run_not_trained_agai
     rows = {r["name"]: r for r in csv.DictReader((tmp_path / "out" / "runs.csv").open())}
     assert [rows[n]["test_accuracy"] for n in names] == [rows[names[0]]["test_accuracy"]] * 3
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
-        tags = dict(db.execute("select c.value, t.value from tags c join tags t on t.run_uuid = c.run_uuid "
-                               "where c.key = 'configuration' and t.key = 'trained_as'").fetchall())
+        tags = dict(
+            db.execute(
+                "select c.value, t.value from tags c join tags t on t.run_uuid = c.run_uuid "
+                "where c.key = 'configuration' and t.key = 'trained_as'"
+            ).fetchall()
+        )
     assert tags == {names[1]: names[0], names[2]: names[0]}

@@ -13,19 +13,30 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import write_params
+
 from dpstudy.config import AugmentConfig, NoiseScaleConfig, RecipeConfig
 from dpstudy.data.datasets import file_sha256, load_prepared
+from dpstudy.grid.sweep import run_grid
+from dpstudy.track.tracking import Tracker
 from dpstudy.train import engine
 from dpstudy.train.engine import Context, RunSpec, TrainData, train
 from dpstudy.train.models import build_model
-from dpstudy.grid.sweep import run_grid
-from dpstudy.track.tracking import Tracker
 
-RECIPE = RecipeConfig(epochs=3, optimizer="sgd", lr=0.05, ref_batch=64, momentum=0.9, weight_decay=5e-4,
-                      warmup_epochs=1, decay="cosine", milestones=[], gamma=0.1,
-                      augment=AugmentConfig(crop_padding=2, hflip=True), step="eager")
+RECIPE = RecipeConfig(
+    epochs=3,
+    optimizer="sgd",
+    lr=0.05,
+    ref_batch=64,
+    momentum=0.9,
+    weight_decay=5e-4,
+    warmup_epochs=1,
+    decay="cosine",
+    milestones=[],
+    gamma=0.1,
+    augment=AugmentConfig(crop_padding=2, hflip=True),
+    step="eager",
+)
 CPU = Context(torch.device("cpu"), sample_interval_s=0.05)
 
 
@@ -137,20 +148,33 @@ def test_growth_schedules_continue_from_fixed_smalls_first_epoch_and_end_as_if_t
     from mlflow.tracking import MlflowClient
 
     from dpstudy.config import StepGrowthConfig
-    from dpstudy.grid.sweep import FIRST_EPOCHS, shared_first_epochs
+    from dpstudy.grid.twins import FIRST_EPOCHS, shared_first_epochs
 
     small = spec(schedule="fixed_small", lr_rule="none", noise_ema=0.9)
-    growth = spec(schedule="step_growth", growth=StepGrowthConfig(batch=64, lr_rule="linear", factor=2,
-                                                                  at_epochs=[1], max_batch=128), noise_ema=0.9)
-    noise = spec(schedule="noise_scale", growth=NoiseScaleConfig(batch=64, lr_rule="linear", factor=2,
-                                                                 max_batch=128, ema=0.9), noise_ema=0.9)
+    growth = spec(
+        schedule="step_growth",
+        growth=StepGrowthConfig(batch=64, lr_rule="linear", factor=2, at_epochs=[1], max_batch=128),
+        noise_ema=0.9,
+    )
+    noise = spec(
+        schedule="noise_scale",
+        growth=NoiseScaleConfig(batch=64, lr_rule="linear", factor=2, max_batch=128, ema=0.9),
+        noise_ema=0.9,
+    )
     other_seed = dataclasses.replace(growth, seed=1)  # its own first epoch: nothing to take
     assert shared_first_epochs([small, growth, noise, other_seed]) == {growth.name: small, noise.name: small}
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with Tracker("C", "test", preset="quick", params={}, uri=uri, root=tmp_path) as tracker:
-        grid = run_grid([small, growth, noise, other_seed], {"digits": digits}, tracker, tmp_path / "grid",
-                        device=torch.device("cpu"))
-    for shared, alone in zip(grid[1:3], (train(s, digits, CPU, tmp_path / f"{s.schedule}.pt") for s in (growth, noise))):
+        grid = run_grid(
+            [small, growth, noise, other_seed],
+            {"digits": digits},
+            tracker,
+            tmp_path / "grid",
+            device=torch.device("cpu"),
+        )
+    for shared, alone in zip(
+        grid[1:3], (train(s, digits, CPU, tmp_path / f"{s.schedule}.pt") for s in (growth, noise))
+    ):
         assert shared.restored_epochs == 1 and alone.restored_epochs == 0
         assert learned(shared.history) == learned(alone.history) and shared.step_loss == alone.step_loss
         assert shared.history[0]["epoch_time_s"] == grid[0].history[0]["epoch_time_s"]  # fixed_small's epoch
@@ -167,13 +191,52 @@ def test_growth_schedules_continue_from_fixed_smalls_first_epoch_and_end_as_if_t
     assert history[0].value == 64 and history[-1].value == 128
 
 
+class Recorder(engine.Observer):
+    """An observer that writes down the hooks it sees and adds one per-rank sum to each epoch."""
+
+    def __init__(self):
+        self.calls: list = []
+
+    def on_train_start(self, run):
+        self.calls.append("train_start")
+
+    def on_epoch_start(self, run, epoch):
+        self.calls.append(("epoch_start", epoch.index))
+
+    def on_step_end(self, i):
+        self.calls.append(i)
+
+    def on_steps_end(self, run, epoch):
+        epoch.local["probe"] = 3.0
+
+    def on_epoch_end(self, run, epoch):
+        self.calls.append(("epoch_end", epoch.index, epoch.totals["probe"], epoch.row is run.result.history[-1]))
+
+    def on_train_end(self, run):
+        self.calls.append("train_end")
+
+
+def test_observers_see_the_hooks_in_order_and_their_sums_join_the_epochs_reduction(digits, tmp_path):
+    s = spec(batch=256, recipe=dataclasses.replace(RECIPE, epochs=2))
+    seen = Recorder()
+    result = train(s, digits, CPU, tmp_path / "o.pt", observers=[seen])
+    expected = ["train_start"]
+    for row in result.history:
+        expected += [("epoch_start", row["epoch"]), *range(row["steps"]), ("epoch_end", row["epoch"], 3.0, True)]
+    assert seen.calls == [*expected, "train_end"]
+    assert "probe" not in result.history[0]  # a sum is the observer's, not a figure of the row
+    again = Recorder()
+    assert train(s, digits, CPU, tmp_path / "o.pt", observers=[again]).restored_epochs == 2
+    assert again.calls == []  # a finished checkpoint trains nothing, so no hook runs
+
+
 def test_divergence_ends_the_configuration_and_the_sweep_goes_on(digits, tmp_path):
     blowup = spec(recipe=dataclasses.replace(RECIPE, lr=1e4, warmup_epochs=0))
     healthy = spec(lr_rule="none")
-    with Tracker("A", "test", preset="quick", params={}, uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                 root=tmp_path) as tracker:
-        results = run_grid([blowup, healthy], {"digits": digits}, tracker, tmp_path / "out",
-                           device=torch.device("cpu"))
+    with Tracker(
+        "A", "test", preset="quick", params={}, uri=f"sqlite:///{tmp_path / 'mlflow.db'}", root=tmp_path
+    ) as tracker:
+        results = run_grid([blowup, healthy], {"digits": digits}, tracker, tmp_path / "out", device=torch.device("cpu"))
     bad, good = results
     assert bad.outcome == "diverged" and bad.diverged_step is not None
     assert bad.diverged_step < len(bad.history) * bad.history[0]["steps"]
@@ -182,9 +245,12 @@ def test_divergence_ends_the_configuration_and_the_sweep_goes_on(digits, tmp_pat
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    child = client.get_run(client.search_runs([tracker.experiment_id],
-                                              f"tags.`mlflow.parentRunId` = '{tracker.parent.run_id}' "
-                                              f"and tags.configuration = '{blowup.name}'")[0].info.run_id)
+    child = client.get_run(
+        client.search_runs(
+            [tracker.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{tracker.parent.run_id}' and tags.configuration = '{blowup.name}'",
+        )[0].info.run_id
+    )
     assert child.data.tags["outcome"] == "diverged"
     assert child.data.tags["diverged_step"] == str(bad.diverged_step)
     assert child.info.status == "FINISHED"
@@ -198,19 +264,32 @@ def _small_train_dp(path: Path) -> Path:
     tiny = {"epochs": 1}
     overrides = {"train_dp.seeds": [0], "train_dp.device": "cpu"}
     for grid in ("lenet_utilization", "lenet_lr_scaling"):
-        overrides |= {f"train_dp.{grid}.modes": ["single"], f"train_dp.{grid}.loaders": ["resident"],
-                      f"train_dp.{grid}.batch_sizes": [64], f"train_dp.{grid}.lr_rules": ["linear"],
-                      **{f"train_dp.{grid}.recipe.{k}": v for k, v in tiny.items()}}
-    overrides |= {"train_dp.vgg.modes": ["single"], "train_dp.vgg.batch_sizes": [32],
-                  "train_dp.vgg.num_workers": 1, "train_dp.vgg.recipe.epochs": 4}
+        overrides |= {
+            f"train_dp.{grid}.modes": ["single"],
+            f"train_dp.{grid}.loaders": ["resident"],
+            f"train_dp.{grid}.batch_sizes": [64],
+            f"train_dp.{grid}.lr_rules": ["linear"],
+            **{f"train_dp.{grid}.recipe.{k}": v for k, v in tiny.items()},
+        }
+    overrides |= {
+        "train_dp.vgg.modes": ["single"],
+        "train_dp.vgg.batch_sizes": [32],
+        "train_dp.vgg.num_workers": 1,
+        "train_dp.vgg.recipe.epochs": 4,
+    }
     return write_params(path, overrides)
 
 
 def _stage(params: Path, data: Path, out: Path, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
-    return subprocess.Popen([sys.executable, "-m", "dpstudy", "train_dp", "--params", str(params), "--data",
-                             str(data), "--out", str(out)], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dpstudy", "train_dp", "--params", str(params), "--data", str(data), "--out", str(out)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -242,4 +321,6 @@ def test_a_killed_stage_resumes_and_ends_with_the_uninterrupted_metrics(digits_d
     assert learned(a["history"]) == learned(b["history"])
     assert a["step_loss"] == b["step_loss"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert (tmp_path / "whole" / "runs.csv").read_text().count("\n") == (tmp_path / "killed" / "runs.csv").read_text().count("\n")
+    assert (tmp_path / "whole" / "runs.csv").read_text().count("\n") == (
+        tmp_path / "killed" / "runs.csv"
+    ).read_text().count("\n")

@@ -12,21 +12,33 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 
-from dpstudy.train import engine, graphstep
 from dpstudy.config import AugmentConfig, RecipeConfig, StepGrowthConfig
 from dpstudy.data.datasets import file_sha256, load_prepared
 from dpstudy.measure.devicebusy import BusyWindow, busy_share
+from dpstudy.train import engine, graphstep
 from dpstudy.train.engine import Context, RunSpec, TrainData, busy_steps, train
 
 CPU = torch.device("cpu")
-RECIPE = RecipeConfig(epochs=3, optimizer="sgd", lr=0.05, ref_batch=64, momentum=0.9, weight_decay=5e-4,
-                      warmup_epochs=1, decay="cosine", milestones=[], gamma=0.1,
-                      augment=AugmentConfig(crop_padding=2, hflip=True), step="eager")
+RECIPE = RecipeConfig(
+    epochs=3,
+    optimizer="sgd",
+    lr=0.05,
+    ref_batch=64,
+    momentum=0.9,
+    weight_decay=5e-4,
+    warmup_epochs=1,
+    decay="cosine",
+    milestones=[],
+    gamma=0.1,
+    augment=AugmentConfig(crop_padding=2, hflip=True),
+    step="eager",
+)
 
 
 def spec(**changes) -> RunSpec:
@@ -47,7 +59,7 @@ def digits(digits_dir) -> TrainData:
 class CpuReplay(graphstep.CapturedStep):
     """`CapturedStep` with the capture emulated (module doc); records every instance."""
 
-    made: list[CpuReplay] = []
+    made: ClassVar[list[CpuReplay]] = []
     never = False  # True: every step eager (the graph path's optimizer and inputs, no capture)
 
     def __init__(self, *args, **kwargs):
@@ -71,6 +83,7 @@ class CpuReplay(graphstep.CapturedStep):
                 for slot, value in zip(static_out, out):
                     if torch.is_tensor(slot):
                         slot.copy_(value)
+
         return replay, static_in, static_out
 
 
@@ -92,7 +105,10 @@ def test_graph_is_refused_on_the_cpu_across_processes_and_across_gpus_with_the_f
     assert graphstep.refusal("eager", "k", CPU, processes=8, gpus=8) is None
     assert graphstep.refusal("graph", "k", cuda) is None
     cpu = graphstep.refusal("graph", "train_dp.vgg.recipe.step", CPU)
-    assert cpu.startswith("train_dp.vgg.recipe.step: graph needs a CUDA GPU") and "set train_dp.vgg.recipe.step: eager" in cpu
+    assert (
+        cpu.startswith("train_dp.vgg.recipe.step: graph needs a CUDA GPU")
+        and "set train_dp.vgg.recipe.step: eager" in cpu
+    )
     ddp = graphstep.refusal("graph", "k", cuda, processes=2)
     assert "2 DDP processes" in ddp and "set k: eager" in ddp
     dp = graphstep.refusal("graph", "k", cuda, gpus=4)
@@ -101,7 +117,7 @@ def test_graph_is_refused_on_the_cpu_across_processes_and_across_gpus_with_the_f
 
 
 def test_the_engine_refuses_graph_on_the_cpu_before_training(digits, tmp_path):
-    with pytest.raises(ValueError, match="recipe.step: graph needs a CUDA GPU"):
+    with pytest.raises(ValueError, match=r"recipe\.step: graph needs a CUDA GPU"):
         train(graph(spec()), digits, Context(CPU), tmp_path / "g.pt")
     assert not (tmp_path / "g.pt").exists()
 
@@ -135,8 +151,18 @@ def test_resident_plans_gather_exactly_the_batches_iteration_yields(digits):
     d = digits.data
     shape, mean, std = digits.stats("lenet")
     for rank in (0, 1):
-        loader = ResidentLoader(d.train_images, d.train_labels, spec=shape, batch_size=100, mean=mean, std=std,
-                                augment=Augment(2, True), seed=3, rank=rank, world=2)
+        loader = ResidentLoader(
+            d.train_images,
+            d.train_labels,
+            spec=shape,
+            batch_size=100,
+            mean=mean,
+            std=std,
+            augment=Augment(2, True),
+            seed=3,
+            rank=rank,
+            world=2,
+        )
         loader.set_epoch(5)
         plans = list(loader.plans())
         eager = list(loader)
@@ -189,14 +215,17 @@ def test_a_growing_batch_captures_a_graph_per_batch_and_measures_the_noise_scale
 # The device's busy share
 
 
-@pytest.mark.parametrize("intervals, share", [
-    ([(0, 10)], 1.0),
-    ([(0, 10), (20, 30)], 20 / 30),
-    ([(0, 10), (5, 15), (30, 40)], 25 / 40),  # overlapping kernels (two streams) count once
-    ([(10, 20), (0, 5)], 15 / 20),  # order does not matter
-    ([(3, 3)], math.nan),
-    ([], math.nan),
-])
+@pytest.mark.parametrize(
+    "intervals, share",
+    [
+        ([(0, 10)], 1.0),
+        ([(0, 10), (20, 30)], 20 / 30),
+        ([(0, 10), (5, 15), (30, 40)], 25 / 40),  # overlapping kernels (two streams) count once
+        ([(10, 20), (0, 5)], 15 / 20),  # order does not matter
+        ([(3, 3)], math.nan),
+        ([], math.nan),
+    ],
+)
 def test_busy_share_is_the_union_of_device_activity_over_its_span(intervals, share):
     got = busy_share(intervals)
     assert (math.isnan(got) and math.isnan(share)) or got == pytest.approx(share)
@@ -207,8 +236,15 @@ def test_busy_window_on_the_cpu_gives_no_number_and_says_why():
     assert math.isnan(window.stop()) and "no CUDA device" in window.reason
 
 
-@pytest.mark.parametrize("wanted, steps, device, watched", [
-    (8, 100, "cuda", 8), (8, 20, "cuda", 5), (8, 7, "cuda", 0), (8, 100, "cpu", 0), (0, 100, "cuda", 0),
-])
+@pytest.mark.parametrize(
+    "wanted, steps, device, watched",
+    [
+        (8, 100, "cuda", 8),
+        (8, 20, "cuda", 5),
+        (8, 7, "cuda", 0),
+        (8, 100, "cpu", 0),
+        (0, 100, "cuda", 0),
+    ],
+)
 def test_busy_steps_leave_three_quarters_of_an_epoch_to_nvml(wanted, steps, device, watched):
     assert busy_steps(wanted, steps, torch.device(device)) == watched

@@ -76,13 +76,15 @@ class BatchSchedule:
     """The global batch of each epoch. ``end_epoch`` must be told each epoch's final noise-scale
     estimate (nan if not measured) before ``batch_at`` is asked for the next epoch."""
 
-    def __init__(self, kind: str, batch: int, *, factor: int = 1, at_epochs: tuple[int, ...] = (),
-                 max_batch: int | None = None):
+    def __init__(
+        self, kind: str, batch: int, *, factor: int = 1, at_epochs: tuple[int, ...] = (), max_batch: int | None = None
+    ):
         if kind not in KINDS:
             raise ValueError(f"unknown batch schedule {kind!r} (allowed: {', '.join(KINDS)})")
         if kind != "fixed" and (factor < 2 or max_batch is None or max_batch < batch):
-            raise ValueError(f"{kind} needs factor >= 2 and max_batch >= batch ({batch}), "
-                             f"got factor {factor}, max_batch {max_batch}")
+            raise ValueError(
+                f"{kind} needs factor >= 2 and max_batch >= batch ({batch}), got factor {factor}, max_batch {max_batch}"
+            )
         self.kind, self.batch, self.factor = kind, batch, factor
         self.at_epochs, self.max_batch = tuple(sorted(at_epochs)), max_batch
         self.batches = [batch]  # noise_scale: the batch each epoch so far was given
@@ -104,7 +106,7 @@ class BatchSchedule:
         current = self.batches[epoch]
         grow = math.isfinite(noise_scale) and noise_scale > current and current < self.max_batch
         nxt = min(current * self.factor, self.max_batch) if grow else current
-        del self.batches[epoch + 1:]
+        del self.batches[epoch + 1 :]
         self.batches.append(nxt)
 
     def state_dict(self) -> dict:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -59,9 +59,14 @@ def open_for(path: Path, identity: dict, data_sha256: str, code_sha256: str, fmt
     """The checkpoint of exactly these settings, data and code: at ``path``, or brought back from
     ``kept/``; None when there is none. Another configuration's usable checkpoint at ``path`` is
     moved to ``kept/`` first, so training this one never overwrites it."""
+
     def ours(ckpt: dict) -> bool:
-        return (ckpt.get("format") == fmt and ckpt.get("spec") == identity
-                and ckpt.get("data_sha256") == data_sha256 and ckpt.get("code_sha256") == code_sha256)
+        return (
+            ckpt.get("format") == fmt
+            and ckpt.get("spec") == identity
+            and ckpt.get("data_sha256") == data_sha256
+            and ckpt.get("code_sha256") == code_sha256
+        )
 
     if path.is_file():
         ckpt = read(path)
@@ -91,8 +96,10 @@ def set_aside(folder: Path, names: Iterable[str], code_sha256: str, fmt: int) ->
         if ckpt is not None:
             moved += _keep_or_drop(path, ckpt, code_sha256, fmt)
     if moved:
-        say(f"[checkpoint] {moved} checkpoint(s) of configurations not in the grid now moved to "
-            f"{folder / KEPT}/ (used again if those settings return)")
+        say(
+            f"[checkpoint] {moved} checkpoint(s) of configurations not in the grid now moved to "
+            f"{folder / KEPT}/ (used again if those settings return)"
+        )
     return moved
 
 

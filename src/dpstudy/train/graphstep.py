@@ -32,7 +32,7 @@ module in threads at every forward.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -50,15 +50,21 @@ def refusal(step: str, key: str, device: torch.device | None, *, processes: int 
     if step != "graph":
         return None
     if device is None or device.type != "cuda":
-        return (f"{key}: graph needs a CUDA GPU (a CUDA graph replays GPU kernels) and this run is on the CPU; "
-                f"set {key}: eager, or run where a GPU is visible")
+        return (
+            f"{key}: graph needs a CUDA GPU (a CUDA graph replays GPU kernels) and this run is on the CPU; "
+            f"set {key}: eager, or run where a GPU is visible"
+        )
     if processes > 1:
-        return (f"{key}: graph cannot capture a step shared by {processes} DDP processes (DDP's reducer and the "
-                f"all-reduce hook keep host-side state per backward that a replay would skip); set {key}: eager, "
-                f"or run one process")
+        return (
+            f"{key}: graph cannot capture a step shared by {processes} DDP processes (DDP's reducer and the "
+            f"all-reduce hook keep host-side state per backward that a replay would skip); set {key}: eager, "
+            f"or run one process"
+        )
     if gpus > 1:
-        return (f"{key}: graph cannot capture nn.DataParallel over {gpus} GPUs (it replicates the module in "
-                f"threads at every forward); set {key}: eager, or make one GPU visible (CUDA_VISIBLE_DEVICES)")
+        return (
+            f"{key}: graph cannot capture nn.DataParallel over {gpus} GPUs (it replicates the module in "
+            f"threads at every forward); set {key}: eager, or make one GPU visible (CUDA_VISIBLE_DEVICES)"
+        )
     return None
 
 
@@ -141,8 +147,11 @@ def stepper(step: Callable, loader, pair: Callable, device: torch.device, graph:
     (images, labels). Graph: a `CapturedStep`; with a loader that plans its batches (the resident
     loader's ``plans``/``gather``) the inputs are the plans, and gathering is inside the graph."""
     if graph and hasattr(loader, "plans"):
-        return (lambda: ((plan,) for plan in loader.plans())), \
-            CapturedStep(lambda plan: step(*pair(*loader.gather(plan))), device)
+        return (lambda: ((plan,) for plan in loader.plans())), CapturedStep(
+            lambda plan: step(*pair(*loader.gather(plan))), device
+        )
+
     def body(x, y):
         return step(*pair(x, y))
+
     return (lambda: iter(loader)), (CapturedStep(body, device) if graph else body)

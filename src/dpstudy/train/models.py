@@ -24,16 +24,22 @@ class LeNet5(nn.Module):
         if width != 1:
             raise ValueError(f"LeNet-5 has a fixed width (no width knob in the published net), got {width}")
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, 6, 5),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
         )
         side = ((size - 4) // 2 - 4) // 2
         if side < 1:
             raise ValueError(f"LeNet-5 needs inputs of at least 12×12 pixels, got {size}")
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(16 * side * side, 120), nn.ReLU(inplace=True),
-            nn.Linear(120, 84), nn.ReLU(inplace=True),
+            nn.Linear(16 * side * side, 120),
+            nn.ReLU(inplace=True),
+            nn.Linear(120, 84),
+            nn.ReLU(inplace=True),
             nn.Linear(84, num_classes),
         )
 
@@ -126,9 +132,12 @@ class ResNet20(nn.Module):
                 blocks.append(_BasicBlock(prev, channels, stride if i == 0 else 1))
                 prev = channels
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, c1, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c1),
+            nn.ReLU(inplace=True),
             *blocks,
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.fc = nn.Linear(c3, num_classes)
         for m in self.modules():
@@ -148,8 +157,11 @@ class _ResBlock(nn.Module):
 
     def __init__(self, channels: int, scale: float):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(channels, channels, 3, padding=1))
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,8 +189,9 @@ class SRNet(nn.Module):
             raise ValueError(f"2x restoration needs an even image size, got {size}")
         features = _scaled(64, width)
         self.head = nn.Conv2d(in_channels, features, 3, padding=1)
-        self.body = nn.Sequential(*[_ResBlock(features, 0.1) for _ in range(self.blocks)],
-                                  nn.Conv2d(features, features, 3, padding=1))
+        self.body = nn.Sequential(
+            *[_ResBlock(features, 0.1) for _ in range(self.blocks)], nn.Conv2d(features, features, 3, padding=1)
+        )
         self.tail = nn.Conv2d(features, in_channels, 3, padding=1)
         nn.init.zeros_(self.tail.weight)  # starts as the identity: the interpolated input
         nn.init.zeros_(self.tail.bias)
@@ -191,7 +204,7 @@ class SRNet(nn.Module):
 # name -> network class. Each class knows the task it serves and the input size it is built for
 # (None: the data's own size).
 MODELS = {"lenet": LeNet5, "vgg16": VGG16, "resnet20": ResNet20, "srnet": SRNet}
-# config.py checks params.yaml against names.MODEL_NAMES without importing torch: keep them equal.
+# dpstudy.config checks params.yaml against names.MODEL_NAMES without importing torch: keep them equal.
 if tuple(MODELS) != MODEL_NAMES:  # pragma: no cover - a programming error, caught at import
     raise ImportError(f"models.MODELS {tuple(MODELS)} differs from names.MODEL_NAMES {MODEL_NAMES}")
 
@@ -209,11 +222,9 @@ def input_spec(model: str, channels: int, size: int | None = None) -> InputSpec:
     return InputSpec(channels=channels, size=size)
 
 
-def build_model(model: str, channels: int, num_classes: int, width: float = 1.0, size: int | None = None
-                ) -> nn.Module:
+def build_model(model: str, channels: int, num_classes: int, width: float = 1.0, size: int | None = None) -> nn.Module:
     cls = MODELS[model]
-    return cls(in_channels=channels, num_classes=num_classes, size=input_spec(model, channels, size).size,
-               width=width)
+    return cls(in_channels=channels, num_classes=num_classes, size=input_spec(model, channels, size).size, width=width)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -30,8 +30,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -145,16 +145,17 @@ def distributed(device_choice: str, timeout_s: float = 1800) -> Iterator[Dist]:
     device = resolve_device(device_choice)
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise UserError(f"process {local_rank} on this node has no GPU of its own "
-                            f"({torch.cuda.device_count()} visible): start one process per GPU "
-                            "(train_ddp.nproc_per_node: gpu) or set train_ddp.device: cpu")
+            raise UserError(
+                f"process {local_rank} on this node has no GPU of its own "
+                f"({torch.cuda.device_count()} visible): start one process per GPU "
+                "(train_ddp.nproc_per_node: gpu) or set train_ddp.device: cpu"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     timeout = datetime.timedelta(seconds=timeout_s)
     if "WORLD_SIZE" in os.environ:
-        dist.init_process_group(backend, timeout=timeout,
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(backend, timeout=timeout, device_id=device if device.type == "cuda" else None)
     else:  # a plain process: a group of one, so DDP code paths work unchanged
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     # Under torchrun a worker's SIGTERM means a peer died (or the job is stopping): the runs end
@@ -184,8 +185,8 @@ def wrap(model: nn.Module, mode: str, device: torch.device, group=None) -> tuple
     """The model as the mode trains it, and the names of the devices it computes on.
 
     single: the model on ``device``. dp: ``nn.DataParallel`` over every visible GPU (with fewer
-    than two GPUs it runs on one device, as PyTorch's DataParallel does; on the CPU, the module itself). ddp: one replica per
-    process in ``group``, gradients averaged by all-reduce.
+    than two GPUs it runs on one device, as PyTorch's DataParallel does; on the CPU, the module
+    itself). ddp: one replica per process in ``group``, gradients averaged by all-reduce.
     """
     model = model.to(device)
     if mode == "single":
@@ -207,9 +208,11 @@ def wrap(model: nn.Module, mode: str, device: torch.device, group=None) -> tuple
 # one more collective per step, ~2.7 ms of a 34 ms ResNet-20 step over gloo here. Training reads
 # batch statistics, not those buffers, so they are only needed when evaluating: `sync_buffers`
 # gives every rank rank 0's once per epoch instead. (torch 2.14 renamed the switch; 2.11 has the old.)
-_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
-                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                   else {"broadcast_buffers": False})
+_NO_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 def sync_buffers(model: nn.Module, group=None) -> None:

@@ -55,7 +55,7 @@ class LRSchedule:
             return start + (self.peak_lr - start) * progress / self.warmup_epochs
         if self.decay == "step":
             passed = sum(1 for m in self.milestones if progress >= m)
-            return self.peak_lr * self.gamma ** passed
+            return self.peak_lr * self.gamma**passed
         if self.decay == "cosine":
             span = self.epochs - self.warmup_epochs
             t = min(1.0, (progress - self.warmup_epochs) / span) if span > 0 else 1.0
