@@ -40,7 +40,9 @@ def worker(args) -> None:
     from dpstudy.data.datasets import prepare
     from dpstudy.devices import cpu_name
     from dpstudy.grid.adaptive import adaptive_grid, run_figures, schedule_summary, target
-    from dpstudy.grid.sweep import load_data, run_grid, summary_row
+    from dpstudy.grid.build import load_data
+    from dpstudy.grid.sweep import run_grid
+    from dpstudy.grid.tables import summary_row
     from dpstudy.track.tracking import Tracker
     from dpstudy.train.parallel import distributed
 

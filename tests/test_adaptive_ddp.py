@@ -6,6 +6,7 @@ changes the global batch, the step count and the learning rate epoch by epoch.""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -13,11 +14,11 @@ import subprocess
 
 import pytest
 import torch
-
 from conftest import REPO
+from test_ddp import ONE_THREAD, torchrun_cmd
+
 from dpstudy.data.datasets import load_prepared
 from dpstudy.data.loaders import epoch_permutation, rank_batches, step_bounds
-from test_ddp import ONE_THREAD, torchrun_cmd
 
 SCRIPT = REPO / "tests" / "ddp_batch_change.py"
 WORLD = 2
@@ -26,8 +27,14 @@ LOADERS = ("standard0w", "standard1w", "standard1w-next", "resident", "resident-
 
 
 def launch(tmp_path, *args: str) -> None:
-    res = subprocess.run(torchrun_cmd(WORLD, str(SCRIPT), *args), cwd=tmp_path,
-                         env={**os.environ, **ONE_THREAD}, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        torchrun_cmd(WORLD, str(SCRIPT), *args),
+        cwd=tmp_path,
+        env={**os.environ, **ONE_THREAD},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
 
 
@@ -93,7 +100,7 @@ def test_a_bigger_batch_really_takes_fewer_steps(loader_run, loader):
     # 299 samples: step 8 has a 3-sample tail (folded into the step before), step 32 an 11-sample
     # and step 64 a 43-sample tail (kept as steps of their own).
     assert steps == [37, 37, 10, 5]
-    for prev, cur in zip(epochs, epochs[1:]):
+    for prev, cur in itertools.pairwise(epochs):
         a, b = len(prev["ranks"][0]["batch_sizes"]), len(cur["ranks"][0]["batch_sizes"])
         if cur["global_batch"] > prev["global_batch"]:
             assert b < a, (prev["global_batch"], a, cur["global_batch"], b)

@@ -19,19 +19,23 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable
 
 from ..config import AdaptiveTaskConfig
 from ..console import format_table
-from ..train.engine import Result, RunSpec
+from ..data.loaders import MIN_PER_RANK
 from ..errors import UserError
 from ..fsutil import csv_text, json_text
-from ..data.loaders import MIN_PER_RANK
+from ..train.engine import Result, RunSpec
 from ..train.models import model_task
-from .sweep import check_model, figure, numeric, rounded, tables
 from ..train.tasks import TASKS
+from .build import check_model
+from .configuration import numeric
+from .headline import figure
+from .means import finite_mean
+from .tables import rounded, tables
 
 SCHEDULES = ("fixed_small", "fixed_large", "step_growth", "noise_scale")
 STAGE = "train_adaptive"
@@ -53,12 +57,31 @@ def adaptive_grid(task: str, cfg: AdaptiveTaskConfig, seeds: Iterable[int], worl
         for key in ("batch", "max_batch"):
             value = getattr(sched, key, None)
             if value is not None and (value % world or value < MIN_PER_RANK * world):
-                raise UserError(f"{where}.schedules.{name}.{key}: {value} must be a multiple of the "
-                                f"{world} processes, at least {MIN_PER_RANK} per process")
-        grid += [RunSpec(task, cfg.model, cfg.width, cfg.input_size, cfg.dataset, mode, world, cfg.loader,
-                         cfg.num_workers, sched.batch // world, sched.lr_rule, seed, cfg.recipe,
-                         schedule=name, growth=growth, noise_ema=cfg.schedules.noise_scale.ema)
-                 for seed in seeds]
+                raise UserError(
+                    f"{where}.schedules.{name}.{key}: {value} must be a multiple of the "
+                    f"{world} processes, at least {MIN_PER_RANK} per process"
+                )
+        grid += [
+            RunSpec(
+                task,
+                cfg.model,
+                cfg.width,
+                cfg.input_size,
+                cfg.dataset,
+                mode,
+                world,
+                cfg.loader,
+                cfg.num_workers,
+                sched.batch // world,
+                sched.lr_rule,
+                seed,
+                cfg.recipe,
+                schedule=name,
+                growth=growth,
+                noise_ema=cfg.schedules.noise_scale.ema,
+            )
+            for seed in seeds
+        ]
     return grid
 
 
@@ -71,8 +94,10 @@ def _resolved(sched, cfg: AdaptiveTaskConfig, where: str):
     epochs = sched.at_epochs
     if epochs == "milestones":
         if any(m != int(m) for m in cfg.recipe.milestones):
-            raise UserError(f"{where}.at_epochs: milestones {cfg.recipe.milestones} are not whole epochs; "
-                            "batches change only between epochs")
+            raise UserError(
+                f"{where}.at_epochs: milestones {cfg.recipe.milestones} are not whole epochs; "
+                "batches change only between epochs"
+            )
         epochs = [int(m) for m in cfg.recipe.milestones]
         if not epochs:
             raise UserError(f"{where}.at_epochs: 'milestones' but the recipe has no lr milestones")
@@ -132,8 +157,9 @@ def schedule_summary(rows: list[dict], metric: str) -> dict[str, dict[str, float
         entry: dict[str, float] = {"seeds": len(mine)}
         for key in figures:
             values = [float(r[key]) for r in mine]
-            entry[key] = _mean(values)
-            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 and _finite(values) else 0.0
+            entry[key] = finite_mean(values)
+            finite = all(math.isfinite(v) for v in values)
+            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 and finite else 0.0
         entry["reached_target"] = sum(math.isfinite(float(r["time_to_target_s"])) for r in mine)
         out[name] = entry
     base = out.get("fixed_small", {}).get("time_to_target_s", math.nan)
@@ -156,9 +182,17 @@ def finish_task(task: str, results: list[Result], tolerance: float, out: Path, t
         figures = {k: row[k] for k in ("target", "time_to_target_s", "steps_to_target", "wall_time_s")}
         tracker.run(result.run_id).log_metrics(numeric(figures), step=len(result.history) - 1)
     summary = schedule_summary(rows, TASKS[task].metric)
-    # the stage's headline on its parent run, beside the figures `sweep` logs per grid
-    tracker.parent.log_metrics(numeric({f"{task}/{schedule}_{key}": entry[key] for schedule, entry in summary.items()
-                                        for key in ("time_to_target_s", "speedup")}), step=0)
+    # the stage's headline on its parent run, beside the figures `headline.log_headline` logs per grid
+    tracker.parent.log_metrics(
+        numeric(
+            {
+                f"{task}/{schedule}_{key}": entry[key]
+                for schedule, entry in summary.items()
+                for key in ("time_to_target_s", "speedup")
+            }
+        ),
+        step=0,
+    )
     return summary
 
 
@@ -191,9 +225,11 @@ def headline(summaries: dict[str, dict]) -> dict:
         return float(per.get(schedule, {}).get(key, nan))
 
     small_ips = mean("fixed_small", "run_images_per_s")
-    return {"C1_acc_gap": figure(mean("fixed_large", "test_accuracy") - mean("fixed_small", "test_accuracy")),
-            "C2_acc_gap": figure(mean("step_growth", "test_accuracy") - mean("fixed_small", "test_accuracy")),
-            "C3_ips_gain": figure(mean("step_growth", "run_images_per_s") / small_ips if small_ips > 0 else nan, 3)}
+    return {
+        "C1_acc_gap": figure(mean("fixed_large", "test_accuracy") - mean("fixed_small", "test_accuracy")),
+        "C2_acc_gap": figure(mean("step_growth", "test_accuracy") - mean("fixed_small", "test_accuracy")),
+        "C3_ips_gain": figure(mean("step_growth", "run_images_per_s") / small_ips if small_ips > 0 else nan, 3),
+    }
 
 
 def print_summary(title: str, summaries: dict[str, dict], out: Path) -> None:
@@ -201,24 +237,29 @@ def print_summary(title: str, summaries: dict[str, dict], out: Path) -> None:
     for task, per_schedule in summaries.items():
         metric = TASKS[task].metric
         key = f"test_{metric}"
-        print(format_table(
-            ["schedule", metric, "steps", "all-reduces", "train s", "images/s", "to target s", "speedup"],
-            [(name, f"{e[key]:.3f} ± {e[key + '_std']:.3f}", f"{e['steps']:.0f}", f"{e['allreduces']:.0f}",
-              f"{e['train_time_s']:.1f}", f"{e['run_images_per_s']:,.0f}",
-              f"{e['time_to_target_s']:.1f} ± {e['time_to_target_s_std']:.1f}", f"{e['speedup']:.2f}x")
-             for name, e in per_schedule.items()]))
-    print(f"\nfiles: {out}/metrics.json, summary.csv, <task>/runs.csv, <task>/epochs.csv, checkpoints/; "
-          "runs in MLflow (study C)")
+        print(
+            format_table(
+                ["schedule", metric, "steps", "all-reduces", "train s", "images/s", "to target s", "speedup"],
+                [
+                    (
+                        name,
+                        f"{e[key]:.3f} ± {e[key + '_std']:.3f}",
+                        f"{e['steps']:.0f}",
+                        f"{e['allreduces']:.0f}",
+                        f"{e['train_time_s']:.1f}",
+                        f"{e['run_images_per_s']:,.0f}",
+                        f"{e['time_to_target_s']:.1f} ± {e['time_to_target_s_std']:.1f}",
+                        f"{e['speedup']:.2f}x",
+                    )
+                    for name, e in per_schedule.items()
+                ],
+            )
+        )
+    print(
+        f"\nfiles: {out}/metrics.json, summary.csv, <task>/runs.csv, <task>/epochs.csv, checkpoints/; "
+        "runs in MLflow (study C)"
+    )
 
 
 def _metric(results: list[Result]) -> str:
     return TASKS[results[0].spec.task].metric
-
-
-def _finite(values: list[float]) -> bool:
-    return all(math.isfinite(v) for v in values)
-
-
-def _mean(values: list[float]) -> float:
-    """The mean, nan if any value is nan (a seed that never reached the target)."""
-    return statistics.fmean(values) if values and _finite(values) else math.nan

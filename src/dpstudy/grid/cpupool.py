@@ -71,8 +71,9 @@ class Pool:
     row (train_dp's studies share one: starting workers costs seconds of imports each time)."""
 
     def __init__(self, processes: int, data: dict[str, TrainData]):
-        self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_start_worker, initargs=(data,))
+        self._pool = ProcessPoolExecutor(
+            processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(data,)
+        )
 
     def train_all(self, specs: list[RunSpec], checkpoints: Path, ctx: Context, on_done) -> list[Result]:
         """Train ``specs``; ``on_done(result)`` runs in this process as each one finishes; ``ctx``:
@@ -81,8 +82,10 @@ class Pool:
         results: list[Result | None] = [None] * len(specs)
         try:
             with _sigint_blocked():  # submitting starts the workers (the first grid of a pool)
-                futures = {self._pool.submit(_train, spec, checkpoints / f"{spec.name}.pt", ctx): i
-                           for i, spec in enumerate(specs)}
+                futures = {
+                    self._pool.submit(_train, spec, checkpoints / f"{spec.name}.pt", ctx): i
+                    for i, spec in enumerate(specs)
+                }
             for future in as_completed(futures):
                 result = future.result()
                 results[futures[future]] = result
@@ -107,7 +110,7 @@ class Pool:
         for process in gone.values():
             process.kill()
 
-    def __enter__(self) -> "Pool":
+    def __enter__(self) -> Pool:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -117,8 +120,9 @@ class Pool:
             self.terminate()
 
 
-def train_all(specs: list[RunSpec], data: dict[str, TrainData], checkpoints: Path, processes: int,
-              ctx: Context, on_done) -> list[Result]:
+def train_all(
+    specs: list[RunSpec], data: dict[str, TrainData], checkpoints: Path, processes: int, ctx: Context, on_done
+) -> list[Result]:
     """`Pool.train_all` on a pool of its own."""
     with Pool(processes, data) as pool:
         return pool.train_all(specs, checkpoints, ctx, on_done)

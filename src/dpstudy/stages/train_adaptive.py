@@ -2,10 +2,11 @@
 noise-scale schedules, for classification (ResNet-20) and 2× image restoration (PSNR).
 
 dvc.yaml starts it as ``dpstudy launch train_adaptive`` (torchrun with
-<train_adaptive.nproc_per_node> processes per machine, see `dpstudy.launch`); every configuration uses all launched processes (the per-process
-batch is the global batch / processes; a plain process runs alone and measures the noise scale
-from micro-batches). Per task, schedule × seed, fixed_small first; then each run's time-to-target
-against fixed_small's final figure (see `dpstudy.grid.adaptive`).
+<train_adaptive.nproc_per_node> processes per machine, see `dpstudy.launch`); every configuration
+uses all launched processes (the per-process batch is the global batch / processes; a plain
+process runs alone and measures the noise scale from micro-batches). Per task, schedule × seed,
+fixed_small first; then each run's time-to-target against fixed_small's final figure (see
+`dpstudy.grid.adaptive`).
 
 Reads params: preset, telemetry, train_adaptive. Reads <data>/<dataset>.pt. Writes into <out>:
 metrics.json (per task and schedule: mean over seeds of the final test figure, optimizer steps,
@@ -42,9 +43,9 @@ def plan(args: argparse.Namespace, world: int) -> SimpleNamespace:
     grids and data (`dpstudy launch` calls this before torchrun starts, each worker again)."""
     preset, cfg = load_section(STAGE, args.params)
     _, telemetry = load_section("telemetry", args.params)
-    from ..grid.adaptive import adaptive_grid  # torch: only once the params are known to be good
     from ..devices import resolve_device
-    from ..grid.sweep import check_batches, check_steps, load_data
+    from ..grid.adaptive import adaptive_grid  # torch: only once the params are known to be good
+    from ..grid.build import check_batches, check_steps, load_data
 
     grids = {task: adaptive_grid(task, getattr(cfg, task), cfg.seeds, world) for task in TASKS}
     check_steps(STAGE, [spec for grid in grids.values() for spec in grid], resolve_device(cfg.device))
@@ -58,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
     p = plan(args, world)
     preset, cfg, telemetry, grids, data = p.preset, p.cfg, p.telemetry, p.grids, p.data
     from ..grid.adaptive import finish_task, print_summary, summary_files
+    from ..grid.build import set_aside_checkpoints
+    from ..grid.sweep import run_grid
     from ..train.parallel import distributed
-    from ..grid.sweep import run_grid, set_aside_checkpoints
 
     out = Path(args.out)
     summaries: dict[str, dict] = {}
@@ -69,20 +71,34 @@ def run(args: argparse.Namespace) -> int:
             set_aside_checkpoints(out, [spec for grid in grids.values() for spec in grid])
             say(f"[{STAGE}] {dist.world} process(es), backend {dist.backend}, {dist.device.type}")
         params = {"preset": preset, "telemetry": as_dict(telemetry), STAGE: as_dict(cfg)}
-        with Tracker("C", STAGE, preset=preset, params=params, rank=dist.rank, world_size=dist.world,
-                     devices=device_names(dist.device)) as tracker:
+        with Tracker(
+            "C",
+            STAGE,
+            preset=preset,
+            params=params,
+            rank=dist.rank,
+            world_size=dist.world,
+            devices=device_names(dist.device),
+        ) as tracker:
             tracker.parent.set_tags({"tasks": ",".join(grids), "backend": dist.backend})
             for task, grid in grids.items():
-                results = run_grid(grid, data, tracker, out, dist=dist, sync_timing=cfg.sync_timing,
-                                   sample_interval_s=telemetry.interval_s)
+                results = run_grid(
+                    grid,
+                    data,
+                    tracker,
+                    out,
+                    dist=dist,
+                    sync_timing=cfg.sync_timing,
+                    sample_interval_s=telemetry.interval_s,
+                )
                 if dist.is_main:
-                    summaries[task] = finish_task(task, results, getattr(cfg, task).target_tolerance, out,
-                                                  tracker, files)
+                    summaries[task] = finish_task(
+                        task, results, getattr(cfg, task).target_tolerance, out, tracker, files
+                    )
             if dist.is_main:
                 # Both tasks done: every table changes together, never to a partial set.
                 write_files_atomic({**files, **summary_files(summaries, out)})
                 tracker.parent.log_artifact(out / "summary.csv")
     if dist.is_main:
-        print_summary(f"{STAGE} ({preset} preset, {dist.world} × {dist.device.type}, {dist.backend})",
-                      summaries, out)
+        print_summary(f"{STAGE} ({preset} preset, {dist.world} × {dist.device.type}, {dist.backend})", summaries, out)
     return 0

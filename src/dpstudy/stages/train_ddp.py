@@ -37,13 +37,18 @@ def headline(rows: list[dict]) -> dict:
     (lr rule none; the per-process batch is fixed, so the global batch grows), mean over seeds;
     negative: accuracy fell as processes were added. nan with one world size or no lr rule none.
     B4 compares DDP with train_dp's DataParallel: REPORT.md has it."""
-    from ..grid.sweep import figure, mean_of
+    from ..grid.headline import figure, mean_of
 
     worlds = sorted({r["world"] for r in rows}, key=float)
-    gap = (mean_of(rows, "test_accuracy", world=worlds[-1], lr_rule="none")
-           - mean_of(rows, "test_accuracy", world=worlds[0], lr_rule="none")) if len(worlds) > 1 else float("nan")
+    gap = (
+        (
+            mean_of(rows, "test_accuracy", world=worlds[-1], lr_rule="none")
+            - mean_of(rows, "test_accuracy", world=worlds[0], lr_rule="none")
+        )
+        if len(worlds) > 1
+        else float("nan")
+    )
     return {"B5_acc_gap": figure(gap)}
-
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,7 +61,13 @@ def plan(args: argparse.Namespace, world: int) -> SimpleNamespace:
     preset, cfg = load_section(STAGE, args.params)
     _, telemetry = load_section("telemetry", args.params)
     from ..devices import resolve_device
-    from ..grid.sweep import check_batches, check_model, check_steps, ddp_grid, load_data  # torch: once the params are good
+    from ..grid.build import (  # torch: once the params are good
+        check_batches,
+        check_model,
+        check_steps,
+        ddp_grid,
+        load_data,
+    )
 
     check_model(f"{STAGE}.vgg", cfg.vgg)
     grid, skipped = ddp_grid("vgg", cfg.vgg, cfg.seeds, launched=world)
@@ -71,22 +82,36 @@ def run(args: argparse.Namespace) -> int:
     p = plan(args, world)
     preset, cfg, telemetry, grid, skipped, data = p.preset, p.cfg, p.telemetry, p.grid, p.skipped, p.data
     out = Path(args.out)
+    from ..grid.build import set_aside_checkpoints
+    from ..grid.printout import print_table
+    from ..grid.sweep import run_grid
+    from ..grid.tables import results_files
     from ..train.parallel import distributed
-    from ..grid.sweep import print_table, results_files, run_grid, set_aside_checkpoints
 
     with distributed(cfg.device, cfg.timeout_s) as dist:
         dist.make_groups([spec.world for spec in grid])
         if dist.is_main:
             set_aside_checkpoints(out, grid)
-            say(f"[{STAGE}] {dist.world} process(es), backend {dist.backend}, {dist.device.type}"
-                + (f"; world sizes {skipped} skipped: only {dist.world} launched" if skipped else ""))
+            say(
+                f"[{STAGE}] {dist.world} process(es), backend {dist.backend}, {dist.device.type}"
+                + (f"; world sizes {skipped} skipped: only {dist.world} launched" if skipped else "")
+            )
         params = {"preset": preset, "telemetry": as_dict(telemetry), STAGE: as_dict(cfg)}
-        with Tracker("B", STAGE, preset=preset, params=params, rank=dist.rank, world_size=dist.world,
-                     devices=device_names(dist.device)) as tracker:
-            tracker.parent.set_tags({"sweep": "vgg", "backend": dist.backend,
-                                     "skipped_world_sizes": ",".join(map(str, skipped)) or "none"})
-            results = run_grid(grid, data, tracker, out, dist=dist, sync_timing=cfg.sync_timing,
-                               sample_interval_s=telemetry.interval_s)
+        with Tracker(
+            "B",
+            STAGE,
+            preset=preset,
+            params=params,
+            rank=dist.rank,
+            world_size=dist.world,
+            devices=device_names(dist.device),
+        ) as tracker:
+            tracker.parent.set_tags(
+                {"sweep": "vgg", "backend": dist.backend, "skipped_world_sizes": ",".join(map(str, skipped)) or "none"}
+            )
+            results = run_grid(
+                grid, data, tracker, out, dist=dist, sync_timing=cfg.sync_timing, sample_interval_s=telemetry.interval_s
+            )
             if dist.is_main:
                 write_files_atomic(results_files(results, out, headline))
                 tracker.parent.log_artifact(out / "runs.csv")

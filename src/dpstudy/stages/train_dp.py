@@ -39,7 +39,7 @@ def headline(rows: list[dict]) -> dict:
     - A4_acc_gap: test accuracy at lenet_lr_scaling's largest batch (linear rule) minus at its
       smallest, mean over seeds (negative: the large batch lost accuracy).
     nan where the grid lacks what a figure compares."""
-    from ..grid.sweep import figure, mean_of
+    from ..grid.headline import figure, mean_of
 
     util = [r for r in rows if r["sweep"] == "lenet_utilization" and r["loader"] == "standard"]
     scaling = [r for r in rows if r["sweep"] == "lenet_lr_scaling"]
@@ -47,12 +47,17 @@ def headline(rows: list[dict]) -> dict:
     gap = float("nan")
     if len(batches) > 1:
         small, large = batches[0], batches[-1]
-        gap = (mean_of(scaling, "test_accuracy", global_batch=large, lr_rule="linear")
-               - mean_of(scaling, "test_accuracy", global_batch=small))  # the rules coincide at the smallest
-    return {"A2_wait_share": figure(mean_of(util, "data_wait_fraction",
-                                            global_batch=max((r["global_batch"] for r in util), key=float, default=None))),
-            "A4_acc_gap": figure(gap)}
-
+        gap = mean_of(scaling, "test_accuracy", global_batch=large, lr_rule="linear") - mean_of(
+            scaling, "test_accuracy", global_batch=small
+        )  # the rules coincide at the smallest
+    return {
+        "A2_wait_share": figure(
+            mean_of(
+                util, "data_wait_fraction", global_batch=max((r["global_batch"] for r in util), key=float, default=None)
+            )
+        ),
+        "A4_acc_gap": figure(gap),
+    }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,9 +68,11 @@ def run(args: argparse.Namespace) -> int:
     preset, cfg = load_section(STAGE, args.params)
     _, telemetry = load_section("telemetry", args.params)
     # torch and the engine: only once the params are known to be good
+    from ..grid.build import check_batches, check_steps, dp_grid, load_data, set_aside_checkpoints
     from ..grid.cpupool import Pool
-    from ..grid.sweep import (check_batches, check_steps, dp_grid, load_data, print_table, results_files, run_grid,
-                         set_aside_checkpoints)
+    from ..grid.printout import print_table
+    from ..grid.sweep import run_grid
+    from ..grid.tables import results_files
 
     device = resolve_device(cfg.device)
     grids = {name: dp_grid(name, getattr(cfg, name), cfg.seeds) for name in STUDY}
@@ -80,17 +87,28 @@ def run(args: argparse.Namespace) -> int:
     # stays open until the tables are written: a stage that fails writing them (a full disk) ends
     # every one of its runs FAILED, not the studies trained first FINISHED.
     with contextlib.ExitStack() as stack:
-        pool = stack.enter_context(Pool(cfg.cpu_processes, data) if device.type == "cpu" and cfg.cpu_processes > 1
-                                   else contextlib.nullcontext())
+        pool = stack.enter_context(
+            Pool(cfg.cpu_processes, data)
+            if device.type == "cpu" and cfg.cpu_processes > 1
+            else contextlib.nullcontext()
+        )
         for study in dict.fromkeys(STUDY.values()):  # one parent run per study's experiment
             names = [name for name in grids if STUDY[name] == study]
-            tracker = stack.enter_context(Tracker(study, STAGE, preset=preset, params=params,
-                                                  devices=device_names(device)))
+            tracker = stack.enter_context(
+                Tracker(study, STAGE, preset=preset, params=params, devices=device_names(device))
+            )
             tracker.parent.set_tags({"sweep": ",".join(names), "device": str(device)})
-            results += run_grid([spec for name in names for spec in grids[name]], data, tracker, out,
-                                device=device, sync_timing=cfg.sync_timing,
-                                sample_interval_s=telemetry.interval_s, cpu_processes=cfg.cpu_processes,
-                                pool=pool)
+            results += run_grid(
+                [spec for name in names for spec in grids[name]],
+                data,
+                tracker,
+                out,
+                device=device,
+                sync_timing=cfg.sync_timing,
+                sample_interval_s=telemetry.interval_s,
+                cpu_processes=cfg.cpu_processes,
+                pool=pool,
+            )
             parents.append(tracker.parent)
         # Only now, with every grid done: the tables change together, never to a partial set.
         write_files_atomic(results_files(results, out, headline))
