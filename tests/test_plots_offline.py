@@ -29,14 +29,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import dvc, make_png
 from mlflow_browser import browser  # noqa: F401  (the fixture: Debian's chromium, skip or fail as CI says)
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-ASSETS = REPO / "build" / "dvc-plots"          # `make plots-assets`
+ASSETS = REPO / "build" / "dvc-plots"  # `make plots-assets`
 LIBRARIES = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
 VIEWPORT = {"width": 1280, "height": 900}
 
@@ -49,40 +48,50 @@ def _epochs(rows: list[tuple[str, str]]) -> str:
     lines = [EPOCHS_HEADER]
     for series, sweep in rows:
         for epoch in range(3):
-            lines.append(f"{series},{sweep},{45 * (epoch + 1)},{2.5 * (epoch + 1):.1f},{epoch},"
-                         f"{2.2 / (epoch + 1):.3f},{0.5 + 0.15 * epoch:.2f},{14 + 1.5 * epoch:.1f}")
+            lines.append(
+                f"{series},{sweep},{45 * (epoch + 1)},{2.5 * (epoch + 1):.1f},{epoch},"
+                f"{2.2 / (epoch + 1):.3f},{0.5 + 0.15 * epoch:.2f},{14 + 1.5 * epoch:.1f}"
+            )
     return "\n".join(lines) + "\n"
 
 
 TABLES = {
-    "results/profile_dataloader/throughput.csv":
-        'series,batch_size,images_per_s\n"standard, 0 workers",16,2499.9\n"standard, 0 workers",256,2874.3\n'
-        "resident,16,121716.1\nresident,256,430736.2\n",
-    "results/profile_dataloader/workers.csv":
-        "series,num_workers,repeat,images_per_s\nbatch 16,0,0,2591.7\nbatch 16,1,0,2086.9\nbatch 16,2,0,2966.3\n",
-    "results/profile_dataloader/probes.csv":
-        "series,loader,batch_size,data_wait_fraction\nstandard,standard,16,0.548\nstandard,standard,64,0.706\n"
-        "resident,resident,16,0.01\nresident,resident,64,0.02\n",
-    "results/train_dp/runs.csv":
-        RUNS_HEADER + "\nlenet_utilization single standard linear,lenet_utilization,1,16,0.52,0.87\n"
-        "lenet_utilization single standard linear,lenet_utilization,1,64,0.61,0.55\n"
-        "vgg single standard linear,vgg,1,32,0.2,2.3\nvgg single standard linear,vgg,1,128,0.25,1.9\n",
-    "results/train_dp/epochs.csv": _epochs([
-        ("lenet_lr_scaling-single-resident-b16-linear-s0", "lenet_lr_scaling"),
-        ("lenet_lr_scaling-single-resident-b16-linear-s1", "lenet_lr_scaling"),
-        ("lenet_lr_scaling-single-resident-b256-sqrt-s0", "lenet_lr_scaling"),
-        ("vgg-single-standard0w-b32-linear-s0", "vgg"),
-        ("vgg-dp-standard0w-b128-linear-s0", "vgg")]),
-    "results/train_ddp/runs.csv":
-        RUNS_HEADER + "\nvgg ddp standard none,vgg,1,32,0.2,2.32\nvgg ddp standard none,vgg,1,32,0.2,2.41\n"
-        "vgg ddp standard none,vgg,2,64,0.2,1.35\nvgg ddp standard none,vgg,4,128,0.2,0.81\n",
-    "results/train_ddp/epochs.csv": _epochs([("vgg-ddp1-standard0w-b32-none-s0", "vgg"),
-                                             ("vgg-ddp2-standard0w-b64-linear-s0", "vgg")]),
-    "results/train_adaptive/classification/epochs.csv": _epochs([
-        ("classification-fixed_small-ddp2-resident-b32-none-s0", "classification"),
-        ("classification-noise_scale-ddp2-resident-b32-sqrt-s0", "classification")]),
-    "results/train_adaptive/restoration/epochs.csv": _epochs([
-        ("restoration-fixed_small-ddp2-resident-b16-none-s0", "restoration")]),
+    "results/profile_dataloader/throughput.csv": "series,batch_size,images_per_s\n"
+    '"standard, 0 workers",16,2499.9\n"standard, 0 workers",256,2874.3\n'
+    "resident,16,121716.1\nresident,256,430736.2\n",
+    "results/profile_dataloader/workers.csv": "series,num_workers,repeat,images_per_s\n"
+    "batch 16,0,0,2591.7\nbatch 16,1,0,2086.9\nbatch 16,2,0,2966.3\n",
+    "results/profile_dataloader/probes.csv": "series,loader,batch_size,data_wait_fraction\n"
+    "standard,standard,16,0.548\nstandard,standard,64,0.706\n"
+    "resident,resident,16,0.01\nresident,resident,64,0.02\n",
+    "results/train_dp/runs.csv": RUNS_HEADER
+    + "\nlenet_utilization single standard linear,lenet_utilization,1,16,0.52,0.87\n"
+    "lenet_utilization single standard linear,lenet_utilization,1,64,0.61,0.55\n"
+    "vgg single standard linear,vgg,1,32,0.2,2.3\nvgg single standard linear,vgg,1,128,0.25,1.9\n",
+    "results/train_dp/epochs.csv": _epochs(
+        [
+            ("lenet_lr_scaling-single-resident-b16-linear-s0", "lenet_lr_scaling"),
+            ("lenet_lr_scaling-single-resident-b16-linear-s1", "lenet_lr_scaling"),
+            ("lenet_lr_scaling-single-resident-b256-sqrt-s0", "lenet_lr_scaling"),
+            ("vgg-single-standard0w-b32-linear-s0", "vgg"),
+            ("vgg-dp-standard0w-b128-linear-s0", "vgg"),
+        ]
+    ),
+    "results/train_ddp/runs.csv": RUNS_HEADER
+    + "\nvgg ddp standard none,vgg,1,32,0.2,2.32\nvgg ddp standard none,vgg,1,32,0.2,2.41\n"
+    "vgg ddp standard none,vgg,2,64,0.2,1.35\nvgg ddp standard none,vgg,4,128,0.2,0.81\n",
+    "results/train_ddp/epochs.csv": _epochs(
+        [("vgg-ddp1-standard0w-b32-none-s0", "vgg"), ("vgg-ddp2-standard0w-b64-linear-s0", "vgg")]
+    ),
+    "results/train_adaptive/classification/epochs.csv": _epochs(
+        [
+            ("classification-fixed_small-ddp2-resident-b32-none-s0", "classification"),
+            ("classification-noise_scale-ddp2-resident-b32-sqrt-s0", "classification"),
+        ]
+    ),
+    "results/train_adaptive/restoration/epochs.csv": _epochs(
+        [("restoration-fixed_small-ddp2-resident-b16-none-s0", "restoration")]
+    ),
 }
 WIDE_PNG_PX = 1700  # wider than the window: the page must scale it, not clip it
 
@@ -98,7 +107,7 @@ def _plot_definitions() -> tuple[list[str], int]:
                 images.append(name)
             else:
                 vega += 1
-    for entry in spec.get("plots", []):     # top level: a PNG path, or {title: definition}
+    for entry in spec.get("plots", []):  # top level: a PNG path, or {title: definition}
         if isinstance(entry, str) and entry.endswith(".png"):
             images.append(entry)
         else:
@@ -112,7 +121,7 @@ def _show(repo: Path, with_assets: bool) -> Path:
     init = dvc("init", "-q", cwd=repo, timeout=120)
     assert init.returncode == 0, init.stderr
     shutil.copy2(REPO / "dvc.yaml", repo / "dvc.yaml")
-    shutil.copy2(REPO / ".dvc" / "config", repo / ".dvc" / "config")   # plots.html_template
+    shutil.copy2(REPO / ".dvc" / "config", repo / ".dvc" / "config")  # plots.html_template
     shutil.copytree(REPO / ".dvc" / "plots", repo / ".dvc" / "plots")
     if with_assets:
         shutil.copytree(ASSETS, repo / ASSETS.relative_to(REPO))
@@ -135,8 +144,10 @@ def _show(repo: Path, with_assets: bool) -> Path:
 def plots_html(tmp_path_factory) -> Path:
     missing = [name for name in LIBRARIES if not (ASSETS / name).is_file()]
     if missing:
-        pytest.skip(f"{ASSETS.relative_to(REPO)}/ lacks {', '.join(missing)}: run `make plots-assets` "
-                    "(fetches vega from the npm registry)")
+        pytest.skip(
+            f"{ASSETS.relative_to(REPO)}/ lacks {', '.join(missing)}: run `make plots-assets` "
+            "(fetches vega from the npm registry)"
+        )
     return _show(tmp_path_factory.mktemp("plots_repo"), with_assets=True)
 
 
@@ -159,8 +170,12 @@ def _open_offline(browser, html: Path):
 
 def _specs(html: str) -> dict[str, dict]:
     """The vega-lite spec of each plot div, by div id."""
-    found = re.findall(r'<div id = "([^"]+)">\s*<script type = "text/javascript">\s*var spec = (.*?);\s*'
-                       r"vegaEmbed\(", html, flags=re.S)
+    found = re.findall(
+        r'<div id = "([^"]+)">\s*<script type = "text/javascript">\s*var spec = (.*?);\s*'
+        r"vegaEmbed\(",
+        html,
+        flags=re.S,
+    )
     return {div: json.loads(spec) for div, spec in found}
 
 
@@ -176,13 +191,13 @@ def test_page_loads_vega_from_the_local_build(plots_html):
 
 def test_plot_defects_fixed_in_the_specs(plots_html):
     specs = _specs(plots_html.read_text(encoding="utf-8"))
-    loss = specs["results_train_dp_epochs_csv"]          # A4/B: LeNet and VGG in separate panels
+    loss = specs["results_train_dp_epochs_csv"]  # A4/B: LeNet and VGG in separate panels
     assert loss["facet"]["row"]["field"] == "sweep"
     assert loss["resolve"]["scale"]["color"] == "independent"
-    assert loss["spec"]["encoding"]["color"]["legend"]["labelLimit"] == 0   # names not cut
-    throughput = specs["results_profile_dataloader_throughput_csv"]          # A1/A3: log axes
+    assert loss["spec"]["encoding"]["color"]["legend"]["labelLimit"] == 0  # names not cut
+    throughput = specs["results_profile_dataloader_throughput_csv"]  # A1/A3: log axes
     assert throughput["encoding"]["y"]["scale"]["type"] == "log"
-    world = specs["results_train_ddp_runs_csv"]                               # B4: 1, 2, 4, ...
+    world = specs["results_train_ddp_runs_csv"]  # B4: 1, 2, 4, ...
     assert world["encoding"]["x"]["axis"] == {"tickMinStep": 1, "format": "d"}
 
 
@@ -195,15 +210,20 @@ def test_every_plot_renders_in_chromium_offline(plots_html, browser):
                 """ids => ids.every(id => { const d = document.getElementById(id);
                         const g = d && d.querySelector('canvas, svg');
                         return g && g.getBoundingClientRect().width > 0; })""",
-                arg=expected, timeout=60_000)
+                arg=expected,
+                timeout=60_000,
+            )
         except Exception as e:  # playwright's TimeoutError: say what the page tried instead
-            pytest.fail(f"not every vega plot rendered ({type(e).__name__}); "
-                        f"network requests refused: {requested}; page errors: {errors}")
+            pytest.fail(
+                f"not every vega plot rendered ({type(e).__name__}); "
+                f"network requests refused: {requested}; page errors: {errors}"
+            )
         drawn = page.evaluate(
             """ids => Object.fromEntries(ids.map(id => {
                     const g = document.getElementById(id).querySelector('canvas, svg');
                     const r = g.getBoundingClientRect(); return [id, [r.width, r.height]]; }))""",
-            expected)
+            expected,
+        )
         images = page.evaluate("""() => Array.from(document.images).map(i =>
                 [i.getAttribute('src'), i.naturalWidth, i.getBoundingClientRect().right])""")
     finally:

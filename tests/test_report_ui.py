@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import png_size
+from mlflow_browser import Server, browser, expect, explained, page, serve  # noqa: F401
+
 from dpstudy.report.figures import FIGURES, INPUTS
 from dpstudy.report.html import figure_anchor
 from dpstudy.report.render import MLFLOW_NOTE
-from mlflow_browser import Server, browser, expect, explained, page, serve  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def quick(request) -> Path:
 
 @dataclass
 class Plotted:
-    root: Path            # results/, data/prepared/, params.yaml, mlflow.db, mlartifacts/
+    root: Path  # results/, data/prepared/, params.yaml, mlflow.db, mlartifacts/
     experiment_id: str
     run_id: str
 
@@ -65,9 +65,27 @@ def plotted(quick, tmp_path_factory) -> Plotted:
     shutil.copytree(quick / "data" / "prepared", root / "data" / "prepared")
     shutil.copy2(quick / "params.yaml", root / "params.yaml")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
-    done = subprocess.run([sys.executable, "-m", "dpstudy", "plot", "--params", "params.yaml", "--results", "results",
-                           "--data", "data/prepared", "--out", "results"], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dpstudy",
+            "plot",
+            "--params",
+            "params.yaml",
+            "--results",
+            "results",
+            "--data",
+            "data/prepared",
+            "--out",
+            "results",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     from mlflow.tracking import MlflowClient
 
@@ -122,7 +140,8 @@ def test_report_html_shows_every_figure_and_no_dead_link(page, server, plotted, 
             image.scroll_into_view_if_needed()
             expect(image).to_be_visible()
             loaded = image.evaluate("img => [img.complete, img.naturalWidth, img.src.slice(0, 22)]")
-            assert loaded == [True, png_size((plotted.figures / name).read_bytes(), name)[0], "data:image/png;base64,"], (name, loaded)
+            width = png_size((plotted.figures / name).read_bytes(), name)[0]
+            assert loaded == [True, width, "data:image/png;base64,"], (name, loaded)
         assert frame.locator("link, script[src], iframe, object, embed").count() == 0
 
         # Every link: an anchor inside the page that exists, or an address the server answers.
@@ -137,8 +156,10 @@ def test_report_html_shows_every_figure_and_no_dead_link(page, server, plotted, 
         # The verdict table's links take the reader to the figure and to the claim's section, inside the
         # viewer (the sandbox blocks following a #-link as a navigation: the page scrolls instead).
         before = page.url
-        for href, place in ((f"#{figure_anchor('A4_lr_scaling.png')}", f"#{figure_anchor('A4_lr_scaling.png')} img"),
-                            ("#claim-C4", "#claim-C4")):
+        for href, place in (
+            (f"#{figure_anchor('A4_lr_scaling.png')}", f"#{figure_anchor('A4_lr_scaling.png')} img"),
+            ("#claim-C4", "#claim-C4"),
+        ):
             frame.locator(f"table a[href='{href}']").first.click()
             expect(frame.locator(place)).to_be_in_viewport()
         assert page.url == before  # MLflow itself stayed put

@@ -6,7 +6,6 @@ import platform
 import re
 from importlib import metadata
 
-
 _ASSUMPTION = re.compile(r"ASSUMPTION\s*(\([^)]*\))?\s*[:,]\s*")
 
 
@@ -16,7 +15,7 @@ def assumptions(params_text: str) -> list[tuple[str, str]]:
     sentence ends); an end-of-line comment names its own line's key."""
     out: list[tuple[str, str]] = []
     stack: list[tuple[int, str]] = []  # (indent, key) of the enclosing keys
-    pending: list[list] = []           # [comment column, text] of blocks waiting for their key
+    pending: list[list] = []  # [comment column, text] of blocks waiting for their key
     for line in params_text.splitlines():
         stripped = line.strip()
         if stripped.startswith("#"):
@@ -24,9 +23,14 @@ def assumptions(params_text: str) -> list[tuple[str, str]]:
             column, text = len(body) - len(body.lstrip()), body.strip()
             found = _ASSUMPTION.search(text)
             if found:
-                pending.append([column, (found.group(1) or "") + " " + text[found.end():]])
-            elif pending and text and (column > pending[-1][0]
-                                       or column == pending[-1][0] and not pending[-1][1].rstrip().endswith(".")):
+                pending.append([column, (found.group(1) or "") + " " + text[found.end() :]])
+            elif (
+                pending
+                and text
+                and (
+                    column > pending[-1][0] or (column == pending[-1][0] and not pending[-1][1].rstrip().endswith("."))
+                )
+            ):
                 pending[-1][1] += " " + text
             elif pending and pending[-1][0] >= 0:
                 pending[-1][0] = -1  # the block has ended; it still waits for its key
@@ -42,7 +46,7 @@ def assumptions(params_text: str) -> list[tuple[str, str]]:
         found = _ASSUMPTION.search(line.split("#", 1)[1]) if "#" in line else None
         if found:
             comment = line.split("#", 1)[1]
-            out.append((path, (found.group(1) or "") + " " + comment[found.end():]))
+            out.append((path, (found.group(1) or "") + " " + comment[found.end() :]))
     return [(path, " ".join(text.split())) for path, text in out]
 
 

@@ -1,5 +1,12 @@
 """REPORT.html: REPORT.md's content as one self-contained page, each figure embedded as a data URI,
-which MLflow's (sandboxed) HTML viewer shows as it is."""
+which MLflow's (sandboxed) HTML viewer shows as it is.
+
+The Markdown is parsed by markdown-it-py (CommonMark and its table extension) and the tokens are
+adjusted before they are rendered: a claim's heading gets its anchor and its verdict a badge, a
+verdict in bold gets the verdict's colours, the verdict table's claims link to their sections, links
+to figures go to the figures inside the page, and a paragraph that is only a figure becomes the
+embedded figure. The page around it is ``templates/REPORT.html.j2`` (its CSS and the script that
+makes in-page links work in MLflow's viewer)."""
 
 from __future__ import annotations
 
@@ -7,51 +14,18 @@ import base64
 import html
 import re
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+
+import jinja2
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+from markupsafe import Markup
 
 from .render import MLFLOW_NOTE
-from .report import VERDICTS
+from .stats import VERDICTS
 
-
-_CSS = """
-body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
-       color: #1f2328; background: #fff; margin: 0 auto; padding: 24px 32px 64px; max-width: 1280px; }
-h1 { font-size: 28px; margin: 0 0 12px; }
-h2 { font-size: 22px; margin: 36px 0 8px; padding-bottom: 4px; border-bottom: 1px solid #d0d7de; }
-h3 { font-size: 18px; margin: 28px 0 6px; }
-p, ul { margin: 8px 0; }
-li { margin: 4px 0; }
-code { font: 13px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: #f3f4f6;
-       padding: 1px 4px; border-radius: 4px; overflow-wrap: anywhere; }
-table { border-collapse: collapse; width: 100%; margin: 12px 0; font-size: 14px; }
-th, td { border: 1px solid #d0d7de; padding: 6px 9px; text-align: left; vertical-align: top; }
-td a, td code { overflow-wrap: anywhere; }  /* long figure names and checksums wrap in a narrow viewer */
-th { background: #f6f8fa; }
-tr:nth-child(even) td { background: #fafbfc; }
-a { color: #0969da; text-decoration: none; }
-a:hover { text-decoration: underline; }
-figure { margin: 16px 0 24px; }
-figure img { display: block; max-width: 100%; height: auto; border: 1px solid #d0d7de; border-radius: 4px; }
-figcaption { font-size: 13px; color: #57606a; margin-top: 4px; }
-.verdict { padding: 1px 7px; border-radius: 10px; white-space: nowrap; font-weight: 600; }
-.v-supported { background: #dafbe1; color: #116329; }
-.v-not-supported { background: #ffebe9; color: #a40e26; }
-.v-inconclusive { background: #fff8c5; color: #7d4e00; }
-.v-not-testable-here { background: #eaeef2; color: #424a53; }
-"""
-# MLflow shows an HTML artifact in a sandboxed iframe loaded from a blob: address, where following
-# a link to a place in the page (#...) is blocked as a navigation; scrolling to it works everywhere.
-_IN_PAGE_LINKS = """
-document.addEventListener("click", function (event) {
-  var link = event.target.closest ? event.target.closest('a[href^="#"]') : null;
-  var place = link && document.getElementById(decodeURIComponent(link.getAttribute("href").slice(1)));
-  if (place) { event.preventDefault(); place.scrollIntoView(); }
-});
-"""
-_IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+)\)$")
-_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
-_CLAIM_HEADING = re.compile(r"^([A-Z])(\d): (.+)$")
+_CLAIM_HEADING = re.compile(r"^([A-Z]\d): (.+)$")
 
 
 def render_html(markdown: str, figures: str | Path, *, exclude: Sequence[str] = (MLFLOW_NOTE,)) -> str:
@@ -61,48 +35,19 @@ def render_html(markdown: str, figures: str | Path, *, exclude: Sequence[str] = 
     link to a figure pointing at the figure inside the page and each claim of the verdict table at
     its section (a few lines of inline script scroll there where the sandbox blocks a #-link). The
     paragraphs in ``exclude`` (the note on reading the Markdown in MLflow) are left out."""
-    figures = Path(figures)
-    lines = markdown.splitlines()
-    title = next((line.lstrip("#").strip() for line in lines if line.startswith("# ")), "report")
-    ids = {f"claim-{m.group(1)}{m.group(2)}" for line in lines if line.startswith("### ")
-           if (m := _CLAIM_HEADING.match(line[4:]))}
-    body: list[str] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if not line.strip():
-            i += 1
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(_heading(level, line[level:].strip()))
-            i += 1
-        elif line.startswith("|"):
-            rows = []
-            while i < len(lines) and lines[i].startswith("|"):
-                rows.append(lines[i])
-                i += 1
-            body.append(_table(rows, ids))
-        elif line.startswith("- "):
-            items = []
-            while i < len(lines) and lines[i].startswith("- "):
-                items.append(f"<li>{_inline(lines[i][2:])}</li>")
-                i += 1
-            body.append("<ul>\n" + "\n".join(items) + "\n</ul>")
-        elif m := _IMAGE.match(line.strip()):
-            body.append(_figure(m.group(1), figures / Path(m.group(2)).name))
-            i += 1
-        else:
-            para = []
-            while i < len(lines) and lines[i].strip() and not lines[i].startswith(("#", "|", "- ", "![")):
-                para.append(lines[i].strip())
-                i += 1
-            text = " ".join(para)
-            if text not in exclude:
-                body.append(f"<p>{_inline(text)}</p>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(body) + f"\n<script>{_IN_PAGE_LINKS}</script>\n</body>\n</html>\n")
+    env = {"figures": Path(figures)}
+    tokens = _drop_paragraphs(_MD.parse(markdown, env), markdown.splitlines(), set(exclude))
+    claims = _claim_headings(tokens)
+    _claim_links(tokens, claims)
+    for token in tokens:
+        if token.type == "inline":
+            _inline(token.children or [])
+    tokens = _figures(tokens)
+    title = next(
+        (tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open" and t.tag == "h1"), "report"
+    )
+    body = _MD.renderer.render(tokens, _MD.options, env).rstrip("\n")
+    return _PAGE.render(title=title, body=Markup(body))
 
 
 def figure_anchor(name: str) -> str:
@@ -110,76 +55,139 @@ def figure_anchor(name: str) -> str:
     return "fig-" + re.sub(r"[^A-Za-z0-9_-]", "-", Path(name).stem)
 
 
-def _heading(level: int, text: str) -> str:
-    level = min(max(level, 1), 6)
-    m = _CLAIM_HEADING.match(text) if level == 3 else None
-    if m:
-        claim, verdict = f"{m.group(1)}{m.group(2)}", m.group(3)
-        return (f'<h3 id="claim-{claim}">{claim}: '
-                f'<span class="verdict {_verdict_class(verdict)}">{html.escape(verdict)}</span></h3>')
-    return f"<h{level}>{_inline(text)}</h{level}>"
-
-
 def _verdict_class(verdict: str) -> str:
-    return "v-" + verdict.replace(" ", "-")
+    return "verdict v-" + verdict.replace(" ", "-")
 
 
-def _cells(row: str) -> list[str]:
-    return [c.strip() for c in re.split(r"(?<!\\)\|", row.strip().strip("|"))]
+def _drop_paragraphs(tokens: list[Token], lines: list[str], exclude: set[str]) -> list[Token]:
+    """The tokens less each paragraph whose Markdown source (its lines joined) is one of ``exclude``."""
+    out: list[Token] = []
+    i = 0
+    while i < len(tokens):
+        t = tokens[i]
+        if (
+            t.type == "paragraph_open"
+            and t.map
+            and " ".join(line.strip() for line in lines[t.map[0] : t.map[1]]) in exclude
+        ):
+            i += 3  # paragraph_open, inline, paragraph_close
+            continue
+        out.append(t)
+        i += 1
+    return out
 
 
-def _table(rows: list[str], claim_ids: set[str]) -> str:
-    head, body = _cells(rows[0]), [_cells(r) for r in rows[1:] if not re.fullmatch(r"[\s|:-]+", r)]
-    out = ["<table>", "<thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead>", "<tbody>"]
-    for cells in body:
-        tds = []
-        for j, c in enumerate(cells):
-            if j == 0 and f"claim-{c}" in claim_ids:  # the verdict table: a claim links to its section
-                tds.append(f'<td><a href="#claim-{c}">{html.escape(c)}</a></td>')
-            else:
-                tds.append(f"<td>{_inline(c)}</td>")
-        out.append("<tr>" + "".join(tds) + "</tr>")
-    return "\n".join(out + ["</tbody>", "</table>"])
+def _claim_headings(tokens: list[Token]) -> set[str]:
+    """``### A1: supported`` becomes ``<h3 id="claim-A1">A1: <span class="verdict ...">supported</span>``;
+    returns the claims that have a section."""
+    claims = set()
+    for i, t in enumerate(tokens[:-1]):
+        if t.type != "heading_open" or t.tag != "h3":
+            continue
+        m = _CLAIM_HEADING.match(tokens[i + 1].content)
+        if m:
+            claim, verdict = m.groups()
+            claims.add(claim)
+            t.attrSet("id", f"claim-{claim}")
+            badge = Token("verdict_open", "span", 1, attrs={"class": _verdict_class(verdict)})
+            tokens[i + 1].children = [
+                Token("text", "", 0, content=f"{claim}: "),
+                badge,
+                Token("text", "", 0, content=verdict),
+                Token("verdict_close", "span", -1),
+            ]
+    return claims
 
 
-def _figure(alt: str, path: Path) -> str:
-    anchor = figure_anchor(path.name)
+def _claim_links(tokens: list[Token], claims: set[str]) -> None:
+    """A table row whose first cell is a claim with a section (the verdict table): the claim links there."""
+    for i, t in enumerate(tokens[:-2]):
+        if t.type == "tr_open" and tokens[i + 1].type == "td_open" and tokens[i + 2].content in claims:
+            claim = tokens[i + 2].content
+            tokens[i + 2].children = [
+                Token("link_open", "a", 1, attrs={"href": f"#claim-{claim}"}),
+                Token("text", "", 0, content=claim),
+                Token("link_close", "a", -1),
+            ]
+
+
+def _inline(children: list[Token]) -> None:
+    """Within a line: a verdict in bold takes the verdict's colours; a link to a figure goes to the
+    figure inside the page (any other link keeps its address)."""
+    for k, t in enumerate(children):
+        if (
+            t.type == "strong_open"
+            and k + 2 < len(children)
+            and children[k + 2].type == "strong_close"
+            and children[k + 1].type == "text"
+            and children[k + 1].content in VERDICTS
+        ):
+            t.attrSet("class", _verdict_class(children[k + 1].content))
+        elif t.type == "link_open":
+            href = str(t.attrGet("href") or "")
+            if href.lower().endswith(".png") and "://" not in href:
+                t.attrSet("href", f"#{figure_anchor(href)}")
+
+
+def _figures(tokens: list[Token]) -> list[Token]:
+    """A paragraph that holds one image and nothing else becomes a ``figure`` token (`_render_figure`)."""
+    out: list[Token] = []
+    i = 0
+    while i < len(tokens):
+        t = tokens[i]
+        children = tokens[i + 1].children if t.type == "paragraph_open" and i + 1 < len(tokens) else None
+        if children and len(children) == 1 and children[0].type == "image":
+            image = children[0]
+            out.append(
+                Token(
+                    "figure",
+                    "figure",
+                    0,
+                    block=True,
+                    meta={"alt": image.content, "name": Path(str(image.attrGet("src"))).name},
+                )
+            )
+            i += 3
+            continue
+        out.append(t)
+        i += 1
+    return out
+
+
+def _render_figure(self, tokens: list[Token], idx: int, options, env: dict) -> str:
+    """The figure as a PNG data URI at its own size, or a line saying it was not drawn."""
+    alt, name = tokens[idx].meta["alt"], tokens[idx].meta["name"]
+    path = env["figures"] / name
+    anchor = figure_anchor(name)
     if not path.is_file():
-        return f'<p id="{anchor}"><em>Figure {html.escape(path.name)} was not drawn.</em></p>'
+        return f'<p id="{anchor}"><em>Figure {html.escape(name)} was not drawn.</em></p>\n'
     data = path.read_bytes()
     size = ""
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         width, height = struct.unpack(">II", data[16:24])
         size = f' width="{width}" height="{height}"'
     src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    return (f'<figure id="{anchor}">\n<img alt="{html.escape(alt)}"{size} src="{src}">\n'
-            f"<figcaption>{html.escape(path.name)}</figcaption>\n</figure>")
+    return (
+        f'<figure id="{anchor}">\n<img alt="{html.escape(alt)}"{size} src="{src}">\n'
+        f"<figcaption>{html.escape(name)}</figcaption>\n</figure>\n"
+    )
 
 
-def _inline(text: str) -> str:
-    """The Markdown `render` writes inside a line: `code`, **bold**, *italic*, [links](to) and <br>."""
-    out = []
-    for k, part in enumerate(re.split(r"`([^`]*)`", text)):
-        if k % 2:
-            out.append(f"<code>{html.escape(part)}</code>")
-            continue
-        part = html.escape(part).replace("&lt;br&gt;", "<br>")
-        part = re.sub(r"\*\*(.+?)\*\*", lambda m: _strong(m.group(1)), part)
-        part = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", part)
-        part = _LINK.sub(lambda m: _link(m.group(1), m.group(2)), part)
-        out.append(part)
-    return "".join(out)
+def _render_raw_html(self, tokens: list[Token], idx: int, options, env: dict) -> str:
+    """HTML written in the Markdown: the report's own line breaks in a table cell (``<br>``) are kept;
+    anything else is text (an assumption in params.yaml may mention ``<angle>`` brackets)."""
+    content = tokens[idx].content
+    return "<br>" if content.strip().lower() in ("<br>", "<br/>", "<br />") else html.escape(content)
 
 
-def _strong(text: str) -> str:
-    if html.unescape(text) in VERDICTS:
-        return f'<strong class="verdict {_verdict_class(html.unescape(text))}">{text}</strong>'
-    return f"<strong>{text}</strong>"
-
-
-def _link(text: str, href: str) -> str:
-    """A link to a figure goes to the figure embedded in the page; any other keeps its address."""
-    target = html.unescape(href)
-    if target.lower().endswith(".png") and "://" not in target:
-        return f'<a href="#{figure_anchor(target)}">{text}</a>'
-    return f'<a href="{href}">{text}</a>'
+_MD = MarkdownIt("commonmark").enable("table")
+_MD.add_render_rule("figure", _render_figure)
+_MD.add_render_rule("html_inline", _render_raw_html)
+_MD.add_render_rule("html_block", _render_raw_html)
+_PAGE = jinja2.Environment(
+    loader=jinja2.PackageLoader("dpstudy.report", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    keep_trailing_newline=True,
+).get_template("REPORT.html.j2")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,9 +34,12 @@ from ..console import format_table
 from ..devices import cpu_count, cpu_name
 from ..errors import UserError
 from ..fsutil import write_files_atomic
-from ..track.tracking import STUDIES, Tracker, git_commit
+from ..track.gitfacts import git_commit
+from ..track.tracking import STUDIES, Tracker
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from ..report.render import StageRun
 
 STAGE = "plot"
@@ -46,23 +49,30 @@ PIPELINE = ("download", "profile_dataloader", "train_dp", "train_ddp", "train_ad
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
-    p.add_argument("--results", default="results", help="the training and evaluate stages' results (default: %(default)s)")
-    p.add_argument("--data", default="data/prepared", help="prepared datasets, for their checksums (default: %(default)s)")
-    p.add_argument("--out", default="results",
-                   help="where figures/, REPORT.md and REPORT.html go (default: %(default)s)")
+    p.add_argument(
+        "--results", default="results", help="the training and evaluate stages' results (default: %(default)s)"
+    )
+    p.add_argument(
+        "--data", default="data/prepared", help="prepared datasets, for their checksums (default: %(default)s)"
+    )
+    p.add_argument(
+        "--out", default="results", help="where figures/, REPORT.md and REPORT.html go (default: %(default)s)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.time()
     preset, cfg = load_section(STAGE, args.params)
     # matplotlib and torch (prepared files): only once the params are known to be good
-    from ..report.figures import load_inputs, write_figures
+    from ..claims import judge
+    from ..report.figures import write_figures
     from ..report.html import render_html
     from ..report.render import StageRun, render, seed_count
-    from ..report.report import VERDICTS, judge
+    from ..report.stats import VERDICTS
+    from ..report.tables import load_tables
 
     results, out = Path(args.results), Path(args.out)
-    tables = load_inputs(results)  # every input checked before anything is drawn
+    tables = load_tables(results)  # every input checked before anything is drawn
     evaluations, check = _evaluations(results / "evaluate")
     datasets = _datasets(Path(args.data))
     verdicts = judge(tables, evaluations, cfg.rules)
@@ -74,9 +84,19 @@ def run(args: argparse.Namespace) -> int:
         stage_runs = _stage_runs(tracker.uri)
         if stage_runs is not None and tracker.parent.run_id:
             stage_runs.append(StageRun(STAGE, (("report", tracker.parent.run_id),), started, None))
-        text = render(verdicts, preset=preset, commit=commit, dirty=dirty, hardware=_hardware(), datasets=datasets,
-                      evaluation_check=check, params_text=Path(args.params).read_text(),
-                      written=datetime.now(timezone.utc), stage_runs=stage_runs, confidence=cfg.rules.confidence)
+        text = render(
+            verdicts,
+            preset=preset,
+            commit=commit,
+            dirty=dirty,
+            hardware=_hardware(),
+            datasets=datasets,
+            evaluation_check=check,
+            params_text=Path(args.params).read_text(),
+            written=datetime.now(UTC),
+            stage_runs=stage_runs,
+            confidence=cfg.rules.confidence,
+        )
         write_files_atomic({report: text, page: render_html(text, out / "figures")})  # the two agree
         tracker.parent.set_tags({f"verdict.{v.claim}": v.verdict for v in verdicts})
         tracker.parent.log_metrics({k: sum(v.verdict == k for v in verdicts) for k in VERDICTS}, step=0)
@@ -87,10 +107,16 @@ def run(args: argparse.Namespace) -> int:
         _log_images(tracker, figures)
 
     print(f"\n{STAGE} ({preset} preset): claims report")
-    print(format_table(["claim", "verdict", "seeds", "figure"],
-                       [(v.claim, v.verdict, seed_count(v.seeds), v.figure) for v in verdicts]))
-    print(f"\nfiles: {report}, {page}, {out / 'figures'}/ ({len(figures)} PNGs); "
-          f"MLflow: dpstudy-claims-report / {STAGE} (open REPORT.html)")
+    print(
+        format_table(
+            ["claim", "verdict", "seeds", "figure"],
+            [(v.claim, v.verdict, seed_count(v.seeds), v.figure) for v in verdicts],
+        )
+    )
+    print(
+        f"\nfiles: {report}, {page}, {out / 'figures'}/ ({len(figures)} PNGs); "
+        f"MLflow: dpstudy-claims-report / {STAGE} (open REPORT.html)"
+    )
     return 0
 
 
@@ -118,13 +144,19 @@ def _stage_runs(uri: str) -> list[StageRun] | None:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=uri)
-        experiments = {e.experiment_id: study for study, name in STUDIES.items()
-                       if (e := client.get_experiment_by_name(name)) is not None}
+        experiments = {
+            e.experiment_id: study
+            for study, name in STUDIES.items()
+            if (e := client.get_experiment_by_name(name)) is not None
+        }
         out = []
         for stage in PIPELINE:
             query = f"attributes.run_name = '{stage}' and tags.dvc_stage = '{stage}'"
-            runs = client.search_runs(list(experiments), query, order_by=["attributes.start_time DESC"],
-                                      max_results=50) if experiments else []
+            runs = (
+                client.search_runs(list(experiments), query, order_by=["attributes.start_time DESC"], max_results=50)
+                if experiments
+                else []
+            )
             parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
             if not parents:
                 out.append(StageRun(stage))
@@ -136,25 +168,31 @@ def _stage_runs(uri: str) -> list[StageRun] | None:
                     mine[r.info.experiment_id] = r
             chosen = sorted(mine.values(), key=lambda r: r.info.start_time)
             ends = [r.info.end_time for r in chosen]
-            out.append(StageRun(stage, tuple((experiments[r.info.experiment_id], r.info.run_id) for r in chosen),
-                                min(r.info.start_time for r in chosen) / 1000,
-                                max(ends) / 1000 if all(ends) else None))
+            out.append(
+                StageRun(
+                    stage,
+                    tuple((experiments[r.info.experiment_id], r.info.run_id) for r in chosen),
+                    min(r.info.start_time for r in chosen) / 1000,
+                    max(ends) / 1000 if all(ends) else None,
+                )
+            )
         return out if any(s.start is not None for s in out) else None
-    except Exception:  # noqa: BLE001 - the header says "unknown"; the report must not fail for it
+    except Exception:
         return None
 
 
-def _evaluations(folder: Path) -> tuple[list[dict], dict]:
+def _evaluations(folder: Path) -> tuple[pd.DataFrame, dict]:
     rows_file, metrics_file = folder / "evaluations.csv", folder / "metrics.json"
     for f in (rows_file, metrics_file):
         if not f.is_file():
             raise UserError(f"{f} not found (written by the evaluate stage): run `dvc repro evaluate` first")
     from ..evaluation import Evaluation, checks
+    from ..report.tables import frame
 
     with open(rows_file, newline="") as fh:
         rows = list(csv.DictReader(fh))
     # the agreement check, from each checkpoint's row (metrics.json holds only the mismatch count)
-    return rows, checks([Evaluation.from_row(r) for r in rows])
+    return frame(rows, rows_file.name), checks([Evaluation.from_row(r) for r in rows])
 
 
 def _datasets(folder: Path) -> list[dict]:
@@ -166,8 +204,16 @@ def _datasets(folder: Path) -> list[dict]:
     out = []
     for f in files:
         d = load_prepared(f)
-        out.append({"name": d.name, "split": d.split, "train": len(d.train_labels), "test": len(d.test_labels),
-                    "sha256": file_sha256(f), "source_md5": d.source_md5})
+        out.append(
+            {
+                "name": d.name,
+                "split": d.split,
+                "train": len(d.train_labels),
+                "test": len(d.test_labels),
+                "sha256": file_sha256(f),
+                "source_md5": d.source_md5,
+            }
+        )
     return out
 
 
@@ -175,6 +221,8 @@ def _hardware() -> list[str]:
     import torch
 
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return [f"Machine that wrote this report: {cpu_name()}, {cpu_count()} CPU cores; GPUs: "
-            + (", ".join(gpus) if gpus else "none visible")
-            + (f" (CUDA {torch.version.cuda})" if gpus else "")]
+    return [
+        f"Machine that wrote this report: {cpu_name()}, {cpu_count()} CPU cores; GPUs: "
+        + (", ".join(gpus) if gpus else "none visible")
+        + (f" (CUDA {torch.version.cuda})" if gpus else "")
+    ]
