@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: deps env plots-assets repro test bench lock clean-env
+.PHONY: deps env plots-assets repro test lint bench lock clean-env
 
 # The one install recipe, used by `make test`, CI and the Dockerfile alike:
 #   deps: a virtual environment with exactly the pins of requirements.lock;
@@ -72,8 +72,13 @@ repro: env
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	@echo "Report: results/REPORT.md. For dvc commands (README): source $(BIN)/activate"
 
-test: env plots-assets
+test: env plots-assets lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+
+# ruff's lint and format check (rules in pyproject.toml); `ruff format` fixes the layout.
+lint: env
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 bench: env
 	$(BIN)/python benchmarks/loader.py

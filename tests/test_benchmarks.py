@@ -9,34 +9,55 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("script, args, figure", [
-    ("loader.py", ["--images", "2000", "--batches", "3", "--warmup", "1", "--workers", "0", "--repeats", "1"],
-     r"loader_speedup: \d+\.\dx"),
-    ("overhead.py", ["--epochs", "1", "--repeats", "1"], r"telemetry_overhead: -?\d+\.\d%"),
-    ("ddp_cpu.py", ["--steps", "2", "--warmup", "1", "--repeats", "1", "--images", "512"],
-     r"ddp_cpu_scaling: \d+\.\d\d"),
-    ("adaptive.py", ["--epochs", "4"], r"adaptive_speedup: (\d+\.\d\d|nan)x \((step_growth|noise_scale).*\)"),
-    ("cli_startup.py", ["--repeats", "1"], r"cli_startup: \d+\.\d\ds \(\d+\.\dx python's \d+\.\d\ds floor\)"),
-])
+@pytest.mark.parametrize(
+    "script, args, figure",
+    [
+        (
+            "loader.py",
+            ["--images", "2000", "--batches", "3", "--warmup", "1", "--workers", "0", "--repeats", "1"],
+            r"loader_speedup: \d+\.\dx",
+        ),
+        ("overhead.py", ["--epochs", "1", "--repeats", "1"], r"telemetry_overhead: -?\d+\.\d%"),
+        (
+            "ddp_cpu.py",
+            ["--steps", "2", "--warmup", "1", "--repeats", "1", "--images", "512"],
+            r"ddp_cpu_scaling: \d+\.\d\d",
+        ),
+        ("adaptive.py", ["--epochs", "4"], r"adaptive_speedup: (\d+\.\d\d|nan)x \((step_growth|noise_scale).*\)"),
+        ("cli_startup.py", ["--repeats", "1"], r"cli_startup: \d+\.\d\ds \(\d+\.\dx python's \d+\.\d\ds floor\)"),
+    ],
+)
 def test_benchmark_runs_and_prints_its_figure(tmp_path, script, args, figure):
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert re.search(rf"^{figure}$", res.stdout, re.MULTILINE), res.stdout[-2000:]
 
 
 def test_gpu_benchmarks_say_there_is_no_gpu_and_exit_0(tmp_path):
     """CI has no GPU: the GPU benchmarks must say so, not fail (their figures come from a lent GPU)."""
-    for script, line in (("gpu_util.py", "gpu_util: no CUDA GPU visible to PyTorch: nothing to measure"),
-                         ("graph_equality.py", "graph_equality: no CUDA GPU visible to PyTorch")):
-        res = subprocess.run([sys.executable, str(REPO / "benchmarks" / script)], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    for script, line in (
+        ("gpu_util.py", "gpu_util: no CUDA GPU visible to PyTorch: nothing to measure"),
+        ("graph_equality.py", "graph_equality: no CUDA GPU visible to PyTorch"),
+    ):
+        res = subprocess.run(
+            [sys.executable, str(REPO / "benchmarks" / script)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        )
         assert res.returncode == 0, res.stderr[-2000:]
         assert res.stdout.startswith(line), res.stdout
 
@@ -47,12 +68,20 @@ def test_gpu_check_params_are_the_gpu_preset_on_mirrored_mnist(tmp_path):
 
     mirror = tmp_path / "mnist"
     mirror.mkdir()
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check_params.py"), str(REPO / "params.yaml"),
-                          str(mirror)], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check_params.py"), str(REPO / "params.yaml"), str(mirror)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2 and "t10k-images-idx3-ubyte.gz" in res.stderr  # an empty mirror is refused
     (mirror / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check_params.py"), str(REPO / "params.yaml"),
-                          str(mirror)], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check_params.py"), str(REPO / "params.yaml"), str(mirror)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     path = tmp_path / "check.yaml"
     path.write_text(res.stdout)
@@ -61,8 +90,12 @@ def test_gpu_check_params_are_the_gpu_preset_on_mirrored_mnist(tmp_path):
     download = configs["download"][1]
     assert download.datasets == ["mnist"] and download.mirror == str(mirror) and download.upstream_split == "test_only"
     dp, adaptive = configs["train_dp"][1], configs["train_adaptive"][1]
-    assert {dp.vgg.dataset, configs["train_ddp"][1].vgg.dataset, adaptive.classification.dataset,
-            adaptive.restoration.dataset} == {"mnist"}
+    assert {
+        dp.vgg.dataset,
+        configs["train_ddp"][1].vgg.dataset,
+        adaptive.classification.dataset,
+        adaptive.restoration.dataset,
+    } == {"mnist"}
     assert dp.lenet_lr_scaling.recipe.step == "graph" and adaptive.classification.recipe.step == "graph"
     assert configs["train_adaptive"][1].nproc_per_node == 1  # graph steps: one process, on any host
     assert configs["profile_dataloader"][1].probe.step == ["eager", "graph"]
@@ -71,9 +104,13 @@ def test_gpu_check_params_are_the_gpu_preset_on_mirrored_mnist(tmp_path):
 
 
 def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path):
-    res = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(tmp_path), str(tmp_path / "out")],
-                         capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable})
+    res = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(tmp_path), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable},
+    )
     assert res.returncode == 0, res.stderr
     assert "gpu_check: no CUDA GPU visible to PyTorch" in res.stdout
     assert (tmp_path / "out" / "log.txt").read_text().startswith("gpu_check: no CUDA GPU")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from conftest import write_params
+
 from dpstudy.stages import STAGES
 
 HEAVY = ("torch", "torchvision", "mlflow", "matplotlib", "numpy", "pandas", "PIL", "sklearn", "tqdm")
@@ -30,9 +31,14 @@ for argv in json.loads(sys.argv[1]):
 
 
 def probe(commands: list[list[str]], cwd) -> list[tuple[list[str], int, list[str]]]:
-    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(commands), json.dumps(HEAVY)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(commands), json.dumps(HEAVY)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")]
     assert [r[0] for r in rows] == commands, done.stdout[-3000:]
@@ -40,18 +46,26 @@ def probe(commands: list[list[str]], cwd) -> list[tuple[list[str], int, list[str
 
 
 def test_importing_the_cli_and_building_its_parser_imports_nothing_heavy():
-    code = ("import sys; from dpstudy.cli import build_parser; build_parser(); "
-            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    code = (
+        "import sys; from dpstudy.cli import build_parser; build_parser(); "
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
 
 def test_help_and_argument_errors_import_nothing_heavy(tmp_path):
-    commands = [["--help"], ["--version"], ["no_such_stage"],
-                *([stage, "--help"] for stage in STAGES), *([stage, "--no-such-option"] for stage in STAGES),
-                ["launch", "--help"], ["launch", "train_ddp", "--no-such-option"],
-                ["launch", "--dry-run", "no_such_stage"]]
+    commands = [
+        ["--help"],
+        ["--version"],
+        ["no_such_stage"],
+        *([stage, "--help"] for stage in STAGES),
+        *([stage, "--no-such-option"] for stage in STAGES),
+        ["launch", "--help"],
+        ["launch", "train_ddp", "--no-such-option"],
+        ["launch", "--dry-run", "no_such_stage"],
+    ]
     for argv, rc, heavy in probe(commands, tmp_path):
         assert rc == (0 if "--help" in argv or "--version" in argv else 2), argv
         assert heavy == [], f"dpstudy {' '.join(argv)} imported {heavy}"

@@ -26,13 +26,17 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 BIN = Path(sys.executable).parent  # the venv: dpstudy, dvc, mlflow, hadolint
 DOCKER = REPO / "docker"
-LAUNCH_VARS = {"DPSTUDY_NPROC_PER_NODE", "DPSTUDY_NNODES", "DPSTUDY_RDZV_ENDPOINT", "DPSTUDY_RDZV_ID",
-               "DPSTUDY_MAX_RESTARTS"}
+LAUNCH_VARS = {
+    "DPSTUDY_NPROC_PER_NODE",
+    "DPSTUDY_NNODES",
+    "DPSTUDY_RDZV_ENDPOINT",
+    "DPSTUDY_RDZV_ID",
+    "DPSTUDY_MAX_RESTARTS",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,8 +77,11 @@ def dockerignore_rules() -> list[tuple[bool, re.Pattern]]:
         if line and not line.startswith("#"):
             include = line.startswith("!")
             pattern = os.path.normpath(line.lstrip("!")).lstrip("/")
-            regex = re.sub(r"\\\*\\\*/|\\\*\\\*|\\\*|\\\?", lambda m: {
-                r"\*\*/": "(?:.*/)?", r"\*\*": ".*", r"\*": "[^/]*", r"\?": "[^/]"}[m.group()], re.escape(pattern))
+            regex = re.sub(
+                r"\\\*\\\*/|\\\*\\\*|\\\*|\\\?",
+                lambda m: {r"\*\*/": "(?:.*/)?", r"\*\*": ".*", r"\*": "[^/]*", r"\?": "[^/]"}[m.group()],
+                re.escape(pattern),
+            )
             rules.append((include, re.compile(regex)))
     return rules
 
@@ -94,9 +101,12 @@ def build_context(dest: Path) -> Path:
     rules = dockerignore_rules()
     for root, dirs, files in os.walk(REPO):
         rel_root = Path(root).relative_to(REPO)
-        dirs[:] = [d for d in dirs if not excluded((rel_root / d).as_posix(), rules)
-                   or any(inc and r.pattern.startswith(re.escape((rel_root / d).as_posix() + "/"))
-                          for inc, r in rules)]
+        dirs[:] = [
+            d
+            for d in dirs
+            if not excluded((rel_root / d).as_posix(), rules)
+            or any(inc and r.pattern.startswith(re.escape((rel_root / d).as_posix() + "/")) for inc, r in rules)
+        ]
         for name in files:
             rel = (rel_root / name).as_posix()
             if not excluded(rel, rules):
@@ -120,7 +130,7 @@ def kubernetes() -> dict[tuple[str, str], dict]:
 
 
 def one(manifest: dict, kind: str) -> tuple[str, dict]:
-    (name, doc), = [(n, d) for (k, n), d in manifest.items() if k == kind]
+    ((name, doc),) = [(n, d) for (k, n), d in manifest.items() if k == kind]
     return name, doc
 
 
@@ -160,12 +170,14 @@ def check_command(argv: list[str]) -> None:
     with quiet:
         if argv[0] == "dpstudy":
             from dpstudy.cli import build_parser
+
             try:
                 build_parser().parse_args(argv[1:])
             except SystemExit as exc:  # --help exits 0; a bad command exits 2
                 assert exc.code == 0, f"{shlex.join(argv)}: {err.getvalue()}"
         elif argv[0] == "dvc":
             from dvc.cli import DvcParserError, parse_args
+
             try:
                 parse_args(argv[1:])
             except DvcParserError:
@@ -173,6 +185,7 @@ def check_command(argv: list[str]) -> None:
         elif argv[0] == "mlflow":
             import click
             from mlflow.cli import cli
+
             command = cli.get_command(click.Context(cli), argv[1])  # knows aliases (ui = server)
             assert command is not None, f"{shlex.join(argv)}: no such mlflow command"
             known = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
@@ -182,6 +195,7 @@ def check_command(argv: list[str]) -> None:
     if argv[0] == "dvc" and "-S" in argv:  # dvc exp run -S key=value: a key of params.yaml, a value it takes
         key, _, value = option(argv, "-S").partition("=")
         from dpstudy.config import PRESETS
+
         assert key == "preset" and key in yaml.safe_load((REPO / "params.yaml").read_text()) and value in PRESETS
 
 
@@ -191,8 +205,9 @@ def check_command(argv: list[str]) -> None:
 
 def test_hadolint_finds_nothing_in_the_dockerfile_and_does_find_a_bad_one(tmp_path):
     hadolint = BIN / "hadolint"
-    result = subprocess.run([str(hadolint), "--no-color", str(REPO / "Dockerfile")], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [str(hadolint), "--no-color", str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM ubuntu\nRUN apt-get update && apt-get install -y curl\n")
@@ -233,8 +248,9 @@ def test_dockerfile_installs_through_the_makefile_targets_that_read_the_lock():
     # ... and those targets are the ones `make test` and CI use: pip install -r requirements.lock.
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^deps: \$\(VENV\)/\.deps$", makefile, re.M)
-    assert re.search(r"^\$\(VENV\)/\.deps: requirements\.lock\n(?:\t.*\n)*\t\$\(PIP\) install -r requirements\.lock$",
-                     makefile, re.M)
+    assert re.search(
+        r"^\$\(VENV\)/\.deps: requirements\.lock\n(?:\t.*\n)*\t\$\(PIP\) install -r requirements\.lock$", makefile, re.M
+    )
     assert re.search(r"^env: \$\(VENV\)/\.installed$", makefile, re.M)
     assert re.search(r"^test: env plots-assets$", makefile, re.M)  # + vega for dvc plots show offline
 
@@ -246,7 +262,9 @@ def test_dockerfile_user_workdir_labels_and_default_command():
     uid, gid = (args[v.strip("${}")] for v in user.split(":"))
     assert uid.isdigit() and int(uid) != 0 and int(gid) != 0, f"USER {user}"
     assert workdir() == "/workspace/dpstudy"
-    labels = dict(re.findall(r'(org\.opencontainers\.image\.[\w.]+)="([^"]*)"', " ".join(a for i, a in steps if i == "LABEL")))
+    labels = dict(
+        re.findall(r'(org\.opencontainers\.image\.[\w.]+)="([^"]*)"', " ".join(a for i, a in steps if i == "LABEL"))
+    )
     version = re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.M).group(1)
     assert labels["org.opencontainers.image.version"] == version
     assert labels["org.opencontainers.image.revision"] == "${VCS_REF}"
@@ -260,7 +278,9 @@ def test_dockerfile_user_workdir_labels_and_default_command():
     assert snapshot > steps.index(("ARG", "VCS_REF=unknown")) and snapshot > steps.index(("USER", user))
     entry = yaml.safe_load([a for i, a in steps if i == "ENTRYPOINT"][-1])
     assert entry == ["/usr/bin/tini", "--", "/usr/local/bin/dpstudy-entrypoint"]
-    assert any("install -m 755 docker/entrypoint.sh /usr/local/bin/dpstudy-entrypoint" in a for i, a in steps if i == "RUN")
+    assert any(
+        "install -m 755 docker/entrypoint.sh /usr/local/bin/dpstudy-entrypoint" in a for i, a in steps if i == "RUN"
+    )
     cmd = yaml.safe_load([a for i, a in steps if i == "CMD"][-1])
     assert cmd == ["dvc", "exp", "run", "-S", "preset=gpu"]
     check_command(cmd)
@@ -288,10 +308,23 @@ def test_dockerignore_keeps_data_stores_and_caches_out_and_every_tracked_file_in
     assert [f for f in tracked_files() if excluded(f, rules) and not is_pipeline_output(f, outputs)] == []
     assert is_pipeline_output("results/train_dp/metrics.json", outputs) and is_pipeline_output("dvc.lock", outputs)
     assert not is_pipeline_output("src/dpstudy/cli.py", outputs) and not is_pipeline_output("params.yaml", outputs)
-    for path in (".git/HEAD", ".venv/bin/python", "data/prepared/digits.pt", "data/raw/train.gz",
-                 "results/train_dp/metrics.json", "mlflow.db", "mlartifacts/1/a/model.pt", "mlruns/0/meta.yaml",
-                 ".dvc/cache/files/md5/ab/cdef", ".dvc/tmp/lock", ".dvc/config.local", "dvc_plots/index.html",
-                 "src/dpstudy/__pycache__/cli.cpython-312.pyc", "src/dpstudy.egg-info/PKG-INFO", ".pytest_cache/v"):
+    for path in (
+        ".git/HEAD",
+        ".venv/bin/python",
+        "data/prepared/digits.pt",
+        "data/raw/train.gz",
+        "results/train_dp/metrics.json",
+        "mlflow.db",
+        "mlartifacts/1/a/model.pt",
+        "mlruns/0/meta.yaml",
+        ".dvc/cache/files/md5/ab/cdef",
+        ".dvc/tmp/lock",
+        ".dvc/config.local",
+        "dvc_plots/index.html",
+        "src/dpstudy/__pycache__/cli.cpython-312.pyc",
+        "src/dpstudy.egg-info/PKG-INFO",
+        ".pytest_cache/v",
+    ):
         assert excluded(path, rules), f"{path} would be sent to the build"
 
 
@@ -301,13 +334,25 @@ def test_dockerignore_keeps_data_stores_and_caches_out_and_every_tracked_file_in
 
 def entrypoint(cwd: Path, *cmd: str, path: str | None = None, **env: str) -> subprocess.CompletedProcess:
     extra = {"PATH": path} if path else {}
-    return subprocess.run([str(DOCKER / "entrypoint.sh"), *cmd], cwd=cwd, env={**clean_env(**env), **extra},
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(DOCKER / "entrypoint.sh"), *cmd],
+        cwd=cwd,
+        env={**clean_env(**env), **extra},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def git_in(cwd: Path, *args: str, home: Path) -> str:
-    return subprocess.run(["git", "-c", f"safe.directory={cwd}", *args], cwd=cwd, env=clean_env(HOME=str(home)),
-                          capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-c", f"safe.directory={cwd}", *args],
+        cwd=cwd,
+        env=clean_env(HOME=str(home)),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def small_clone(repo: Path, home: Path) -> Path:
@@ -329,17 +374,32 @@ def test_snapshot_commits_the_build_context_and_the_entrypoint_runs_experiment_a
     home.mkdir()
     dvc_run = ("dvc", "exp", "run", "-S", "preset=quick", "download")  # the image's CMD, one stage
     # Without a repository DVC cannot run experiments ...
-    bare = subprocess.run([str(BIN / "dvc"), *dvc_run[1:]], cwd=ctx, env=clean_env(HOME=str(home)),
-                          capture_output=True, text=True, timeout=300)
+    bare = subprocess.run(
+        [str(BIN / "dvc"), *dvc_run[1:]],
+        cwd=ctx,
+        env=clean_env(HOME=str(home)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bare.returncode != 0
     # ... and the entry point gives it none: a tree without .git (a mounted export) is refused in one
     # line naming the fix, and left as it was (no `git init` in the user's folder).
     refused = entrypoint(ctx, *dvc_run, HOME=str(home))
     assert refused.returncode == 2 and refused.stdout == "" and len(refused.stderr.splitlines()) == 1, refused
     assert "git clone" in refused.stderr and not (ctx / ".git").exists()
+
     # The build-time snapshot (Dockerfile: `RUN docker/snapshot.sh "${VCS_REF}"`): one commit ...
-    snap = lambda: subprocess.run([str(DOCKER / "snapshot.sh"), "abc123"], cwd=ctx, env=clean_env(HOME=str(home)),
-                                  capture_output=True, text=True, timeout=120)
+    def snap():
+        return subprocess.run(
+            [str(DOCKER / "snapshot.sh"), "abc123"],
+            cwd=ctx,
+            env=clean_env(HOME=str(home)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     made = snap()
     assert made.returncode == 0, made.stderr
     assert git_in(ctx, "rev-list", "--count", "HEAD", home=home) == "1"
@@ -384,24 +444,47 @@ def test_entrypoint_names_a_uid_without_passwd_entry_and_a_missing_git_identity(
     stub = tmp_path / "bin"
     stub.mkdir()
     real_id = shutil.which("id")
-    (stub / "id").write_text(f'#!/bin/sh\ncase "$*" in\n  -u|-g) echo 4242 ;;\n'
-                             f'  -un) echo "id: cannot find name for user ID 4242" >&2; exit 1 ;;\n'
-                             f'  *) exec {real_id} "$@" ;;\nesac\n')
+    (stub / "id").write_text(
+        f'#!/bin/sh\ncase "$*" in\n  -u|-g) echo 4242 ;;\n'
+        f'  -un) echo "id: cannot find name for user ID 4242" >&2; exit 1 ;;\n'
+        f'  *) exec {real_id} "$@" ;;\nesac\n'
+    )
     (stub / "id").chmod(0o755)
     path = f"{stub}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}"
-    show = ("python", "-c", "import getpass, os; print(getpass.getuser(), *(os.environ.get(k) for k in "
-            "('LOGNAME', 'GIT_AUTHOR_NAME', 'GIT_AUTHOR_EMAIL', 'GIT_COMMITTER_NAME', 'GIT_COMMITTER_EMAIL')), sep='|')")
+    show = (
+        "python",
+        "-c",
+        "import getpass, os; print(getpass.getuser(), *(os.environ.get(k) for k in "
+        "('LOGNAME', 'GIT_AUTHOR_NAME', 'GIT_AUTHOR_EMAIL', 'GIT_COMMITTER_NAME', 'GIT_COMMITTER_EMAIL')), sep='|')",
+    )
     unset = {k: "" for k in ("USER", "LOGNAME")}
     env = {k: v for k, v in clean_env(HOME=str(home)).items() if k not in unset}
-    ran = subprocess.run([str(DOCKER / "entrypoint.sh"), *show], cwd=repo, env={**env, "PATH": path},
-                         capture_output=True, text=True, timeout=60)
+    ran = subprocess.run(
+        [str(DOCKER / "entrypoint.sh"), *show],
+        cwd=repo,
+        env={**env, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.strip().split("|") == ["uid4242", "uid4242", "dpstudy container (uid4242)",
-                                             "uid4242@dpstudy.invalid", "dpstudy container (uid4242)",
-                                             "uid4242@dpstudy.invalid"]
+    assert ran.stdout.strip().split("|") == [
+        "uid4242",
+        "uid4242",
+        "dpstudy container (uid4242)",
+        "uid4242@dpstudy.invalid",
+        "dpstudy container (uid4242)",
+        "uid4242@dpstudy.invalid",
+    ]
     # A name and identity of the user's own win: -e USER=..., -e GIT_AUTHOR_NAME=..., or git config.
-    ran = subprocess.run([str(DOCKER / "entrypoint.sh"), *show], cwd=repo, capture_output=True, text=True, timeout=60,
-                         env={**env, "PATH": path, "USER": "ada", "GIT_AUTHOR_NAME": "Ada", "GIT_AUTHOR_EMAIL": "ada@x"})
+    ran = subprocess.run(
+        [str(DOCKER / "entrypoint.sh"), *show],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "PATH": path, "USER": "ada", "GIT_AUTHOR_NAME": "Ada", "GIT_AUTHOR_EMAIL": "ada@x"},
+    )
     assert ran.stdout.strip().split("|") == ["ada", "ada", "Ada", "ada@x", "Ada", "ada@x"], ran.stderr
     git_in(repo, "config", "user.name", "Repo Owner", home=home)
     git_in(repo, "config", "user.email", "owner@x", home=home)
@@ -417,8 +500,9 @@ def test_entrypoint_lets_git_use_a_checkout_owned_by_another_user(tmp_path):
     repo = small_clone(tmp_path / "checkout", home)
     head = git_in(repo, "rev-parse", "HEAD", home=home)
     subprocess.run(["chown", "-R", "4321:4321", str(repo)], check=True)
-    refused = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, env=clean_env(HOME=str(home)),
-                             capture_output=True, text=True)
+    refused = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, env=clean_env(HOME=str(home)), capture_output=True, text=True
+    )
     assert refused.returncode != 0 and "dubious ownership" in refused.stderr
     trusted = entrypoint(repo, "git", "rev-parse", "HEAD", HOME=str(home))
     assert trusted.returncode == 0 and trusted.stdout.strip() == head and trusted.stderr == "", trusted.stderr
@@ -445,34 +529,50 @@ def make_image(tmp_path: Path, stubs: dict[str, str], *args: str) -> tuple[subpr
             (bin_dir / tool).symlink_to(shutil.which(tool))
     log = tmp_path / "engine.log"
     for name, info_rc in stubs.items():
-        (bin_dir / name).write_text(f'#!/bin/sh\n[ "$1" = info ] && exit {info_rc}\n'
-                                    f'echo "{name} $* @ $(pwd)" >> {log}\n')
+        (bin_dir / name).write_text(
+            f'#!/bin/sh\n[ "$1" = info ] && exit {info_rc}\necho "{name} $* @ $(pwd)" >> {log}\n'
+        )
         (bin_dir / name).chmod(0o755)
-    ran = subprocess.run([str(bin_dir / "make"), "--no-print-directory", "-C", str(REPO), "image", *args],
-                         env={"PATH": str(bin_dir), "HOME": str(tmp_path)}, capture_output=True, text=True, timeout=60)
+    ran = subprocess.run(
+        [str(bin_dir / "make"), "--no-print-directory", "-C", str(REPO), "image", *args],
+        env={"PATH": str(bin_dir), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return ran, log
 
 
-@pytest.mark.parametrize("stubs, engine", [({"docker": 0, "podman": 0, "buildah": 0}, "docker"),
-                                           ({"docker": 1, "podman": 0, "buildah": 0}, "podman"),  # no daemon
-                                           ({"docker": 1, "buildah": 0}, "buildah"),
-                                           ({"docker": 1}, None)])
+@pytest.mark.parametrize(
+    "stubs, engine",
+    [
+        ({"docker": 0, "podman": 0, "buildah": 0}, "docker"),
+        ({"docker": 1, "podman": 0, "buildah": 0}, "podman"),  # no daemon
+        ({"docker": 1, "buildah": 0}, "buildah"),
+        ({"docker": 1}, None),
+    ],
+)
 def test_make_image_builds_with_the_engine_that_is_here_and_passes_vcs_ref(tmp_path, stubs, engine):
     ran, log = make_image(tmp_path, stubs)
     if engine is None:
         assert ran.returncode != 0 and "no container engine" in ran.stderr and not log.exists()
         return
     assert ran.returncode == 0, ran.stderr
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert log.read_text().splitlines() == [f"{engine} build --build-arg VCS_REF={head} -t dpstudy . @ {REPO}"]
     # ... docs/docker.md's own `docker build`, and a base of your choice
     _, commands = readme_docker_commands()
-    readme_build, = [c for c in commands if c[:2] == ["docker", "build"]]
+    (readme_build,) = [c for c in commands if c[:2] == ["docker", "build"]]
     assert readme_build == ["docker", "build", "--build-arg", "VCS_REF=$(git rev-parse HEAD)", "-t", "dpstudy", "."]
     log.unlink()
     ran, log = make_image(tmp_path, stubs, "IMAGE=x", "IMAGE_BUILD_FLAGS=--build-arg BASE_IMAGE=ubuntu:24.04")
     assert ran.returncode == 0, ran.stderr
-    assert log.read_text().split(" @ ")[0] == f"{engine} build --build-arg BASE_IMAGE=ubuntu:24.04 --build-arg VCS_REF={head} -t x ."
+    assert (
+        log.read_text().split(" @ ")[0]
+        == f"{engine} build --build-arg BASE_IMAGE=ubuntu:24.04 --build-arg VCS_REF={head} -t x ."
+    )
 
 
 def test_image_test_runs_the_readme_command_as_a_stranger_and_ci_runs_it_after_make_test():
@@ -523,10 +623,13 @@ def test_compose_wires_the_trainer_to_the_mlflow_server_and_the_gpus():
     uri = urlsplit(trainer["environment"]["MLFLOW_TRACKING_URI"])
     assert (uri.scheme, uri.hostname, str(uri.port)) == ("http", "mlflow", port)
     from mlflow.server.security_utils import is_allowed_host_header  # the server's own Host check
+
     allowed = option(mlflow["command"], "--allowed-hosts").split(",")
-    assert is_allowed_host_header(allowed, uri.netloc) and is_allowed_host_header(allowed, f"localhost:{published[port]}")
+    assert is_allowed_host_header(allowed, uri.netloc) and is_allowed_host_header(
+        allowed, f"localhost:{published[port]}"
+    )
     assert trainer["depends_on"]["mlflow"]["condition"] == "service_healthy"
-    device, = trainer["deploy"]["resources"]["reservations"]["devices"]
+    (device,) = trainer["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["count"] == "all" and device["capabilities"] == ["gpu"]
     source, target = trainer["volumes"][0].rsplit(":", 1)
     assert (DOCKER / source).resolve() == REPO and target == workdir()
@@ -540,7 +643,9 @@ def test_compose_wires_the_trainer_to_the_mlflow_server_and_the_gpus():
 
 def compose_variables() -> set[str]:
     """Every variable compose.yaml interpolates (Compose does so for the whole file, every command)."""
-    text = "\n".join(line for line in (DOCKER / "compose.yaml").read_text().splitlines() if not line.lstrip().startswith("#"))
+    text = "\n".join(
+        line for line in (DOCKER / "compose.yaml").read_text().splitlines() if not line.lstrip().startswith("#")
+    )
     return set(re.findall(r"\$\{(\w+)", text))
 
 
@@ -550,14 +655,19 @@ def test_compose_mlflow_server_runs_and_answers_the_trainer_and_the_browser(tmp_
     svc = compose()["services"]["mlflow"]
     target = svc["volumes"][0].split(":")[1]
     port = free_port()
-    cmd = [str(tmp_path) + a[len(target):] if a.startswith(target + "/") else a.replace(f"///{target}/", f"///{tmp_path}/")
-           for a in svc["command"]]
+    cmd = [
+        str(tmp_path) + a[len(target) :]
+        if a.startswith(target + "/")
+        else a.replace(f"///{target}/", f"///{tmp_path}/")
+        for a in svc["command"]
+    ]
     cmd[0] = str(BIN / "mlflow")
     cmd[cmd.index("--port") + 1], cmd[cmd.index("--host") + 1] = str(port), "127.0.0.1"
     assert any(str(tmp_path) in a for a in cmd)
     with open(tmp_path / "server.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, env=clean_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 180
@@ -566,11 +676,15 @@ def test_compose_mlflow_server_runs_and_answers_the_trainer_and_the_browser(tmp_
                 urllib.request.urlopen(f"{base}/health", timeout=5)
                 break
             except (urllib.error.URLError, ConnectionError):
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()[
+                    -3000:
+                ]
                 time.sleep(1)
 
         def status(host: str) -> int:
-            req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": host})
+            req = urllib.request.Request(
+                f"{base}/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": host}
+            )
             try:
                 return urllib.request.urlopen(req, timeout=30).status
             except urllib.error.HTTPError as exc:
@@ -580,11 +694,14 @@ def test_compose_mlflow_server_runs_and_answers_the_trainer_and_the_browser(tmp_
         assert status(trainer_host) == 200 and status("localhost:5000") == 200
         assert status("attacker.example:5000") == 403  # the allow-list is in force, not off
         # The healthcheck command, as Docker runs it (our port).
-        check = [str(BIN / "python") if a == "python" else a.replace("localhost:5000", f"localhost:{port}")
-                 for a in svc["healthcheck"]["test"][1:]]
+        check = [
+            str(BIN / "python") if a == "python" else a.replace("localhost:5000", f"localhost:{port}")
+            for a in svc["healthcheck"]["test"][1:]
+        ]
         assert subprocess.run(check, timeout=60).returncode == 0
         # A run with an artifact goes through the server into the artifacts volume.
         from mlflow.tracking import MlflowClient
+
         client = MlflowClient(tracking_uri=base)
         run = client.create_run(client.create_experiment("compose-check"))
         client.log_metric(run.info.run_id, "loss", 0.5, step=1)
@@ -616,34 +733,51 @@ def test_slurm_script_prepares_data_once_then_launches_every_node_with_a_rendezv
     # (the launch with --dry-run, so it prints the torchrun command it would start).
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text('#!/bin/bash\n[[ "$*" == "show hostnames node-[a-c]" ]] || exit 9\n'
-                                      "printf 'node-a\\nnode-b\\nnode-c\\n'\n")
+    (bin_dir / "scontrol").write_text(
+        '#!/bin/bash\n[[ "$*" == "show hostnames node-[a-c]" ]] || exit 9\nprintf \'node-a\\nnode-b\\nnode-c\\n\'\n'
+    )
     (bin_dir / "srun").write_text(
         '#!/bin/bash\n{ echo "STEP $*"; env | grep -E "^(DPSTUDY_|SRUN_CPUS)" | sort; } >> "$SRUN_LOG"\n'
-        'while [[ $1 == --* ]]; do shift; done\n'
-        '[[ $1 == dpstudy && $2 == launch ]] && set -- dpstudy launch --dry-run "${@:3}"\nexec "$@"\n')
+        "while [[ $1 == --* ]]; do shift; done\n"
+        '[[ $1 == dpstudy && $2 == launch ]] && set -- dpstudy launch --dry-run "${@:3}"\nexec "$@"\n'
+    )
     for stub in bin_dir.iterdir():
         stub.chmod(0o755)
     work = tmp_path / "checkout"
     work.mkdir()
     shutil.copy2(REPO / "params.yaml", work / "params.yaml")
     log = tmp_path / "srun.log"
-    env = clean_env(PATH=f"{bin_dir}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}", SRUN_LOG=str(log),
-                    SLURM_SUBMIT_DIR=str(work), SLURM_JOB_NODELIST="node-[a-c]", SLURM_JOB_NUM_NODES="3",
-                    SLURM_JOB_ID="777", SLURM_CPUS_PER_TASK="8", HOME=str(tmp_path))
-    ran = subprocess.run(["bash", str(DOCKER / "slurm.sbatch")], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=300)
+    env = clean_env(
+        PATH=f"{bin_dir}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
+        SRUN_LOG=str(log),
+        SLURM_SUBMIT_DIR=str(work),
+        SLURM_JOB_NODELIST="node-[a-c]",
+        SLURM_JOB_NUM_NODES="3",
+        SLURM_JOB_ID="777",
+        SLURM_CPUS_PER_TASK="8",
+        HOME=str(tmp_path),
+    )
+    ran = subprocess.run(
+        ["bash", str(DOCKER / "slurm.sbatch")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert ran.returncode == 0, ran.stdout + ran.stderr
     steps = [line[5:].split() for line in log.read_text().splitlines() if line.startswith("STEP ")]
     assert len(steps) == 2
     assert steps[0][:2] == ["--nodes=1", "--ntasks=1"] and steps[0][2:] == dvc_cmd("download")
     assert "--nodes=3" in steps[1] and "--ntasks-per-node=1" in steps[1]
-    assert steps[1][steps[1].index("dpstudy"):] == dvc_cmd("train_ddp")
-    assert {"DPSTUDY_NNODES=3", "DPSTUDY_RDZV_ENDPOINT=node-a:29500", "DPSTUDY_RDZV_ID=slurm-777",
-            "DPSTUDY_NPROC_PER_NODE=gpu", "SRUN_CPUS_PER_TASK=8"} <= set(log.read_text().splitlines())
+    assert steps[1][steps[1].index("dpstudy") :] == dvc_cmd("train_ddp")
+    assert {
+        "DPSTUDY_NNODES=3",
+        "DPSTUDY_RDZV_ENDPOINT=node-a:29500",
+        "DPSTUDY_RDZV_ID=slurm-777",
+        "DPSTUDY_NPROC_PER_NODE=gpu",
+        "SRUN_CPUS_PER_TASK=8",
+    } <= set(log.read_text().splitlines())
     assert (work / "data" / "prepared" / "digits.pt").is_file()  # the download step really ran
-    assert ("--nproc-per-node gpu --nnodes 3 --rdzv-backend c10d --rdzv-endpoint node-a:29500 --rdzv-id slurm-777"
-            in ran.stdout), ran.stdout
+    assert (
+        "--nproc-per-node gpu --nnodes 3 --rdzv-backend c10d --rdzv-endpoint node-a:29500 --rdzv-id slurm-777"
+        in ran.stdout
+    ), ran.stdout
     assert ran.stdout.rstrip().endswith("-m dpstudy " + shlex.join(dvc_cmd("train_ddp")[2:]))
 
 
@@ -652,7 +786,7 @@ def test_kubernetes_indexed_job_headless_service_and_mlflow_fit_together(tmp_pat
     job_name, job = one(manifest, "Job")
     spec, pod = job["spec"], job["spec"]["template"]["spec"]
     assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"]
-    trainer, = pod["containers"]
+    (trainer,) = pod["containers"]
     env = env_of(trainer)
     assert int(env["DPSTUDY_NNODES"]) == spec["completions"]
     assert {n for n in env if n.startswith("DPSTUDY_")} <= LAUNCH_VARS
@@ -664,8 +798,12 @@ def test_kubernetes_indexed_job_headless_service_and_mlflow_fit_together(tmp_pat
     endpoint = env["DPSTUDY_RDZV_ENDPOINT"].replace("$(POD_NAMESPACE)", "ns")
     host, port = endpoint.rsplit(":", 1)
     assert host == f"{job_name}-0.{pod['subdomain']}.ns.svc.cluster.local"
-    assert int(port) in [p["port"] for p in service["ports"]] and int(port) in [p["containerPort"] for p in trainer["ports"]]
-    assert [e["valueFrom"]["fieldRef"]["fieldPath"] for e in trainer["env"] if e["name"] == "POD_NAMESPACE"] == ["metadata.namespace"]
+    assert int(port) in [p["port"] for p in service["ports"]] and int(port) in [
+        p["containerPort"] for p in trainer["ports"]
+    ]
+    assert [e["valueFrom"]["fieldRef"]["fieldPath"] for e in trainer["env"] if e["name"] == "POD_NAMESPACE"] == [
+        "metadata.namespace"
+    ]
     # Every container runs the image through its entry point, with a command its tool accepts.
     _, deployment = one(manifest, "Deployment")
     containers = [*pod["initContainers"], trainer, *deployment["spec"]["template"]["spec"]["containers"]]
@@ -682,34 +820,55 @@ def test_kubernetes_indexed_job_headless_service_and_mlflow_fit_together(tmp_pat
             assert {m["name"] for m in c["volumeMounts"]} <= set(volumes)
         for v in volumes.values():
             assert "persistentVolumeClaim" not in v or v["persistentVolumeClaim"]["claimName"] in pvcs
-    mounts = lambda c: {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+
+    def mounts(c):
+        return {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+
     data = f"{workdir()}/{option(trainer['args'], '--data')}"
     assert mounts(trainer)[data] == mounts(pod["initContainers"][0])[data]
-    results = next(name for path, name in mounts(trainer).items() if f"{workdir()}/{option(trainer['args'], '--out')}".startswith(path + "/"))
+    results = next(
+        name
+        for path, name in mounts(trainer).items()
+        if f"{workdir()}/{option(trainer['args'], '--out')}".startswith(path + "/")
+    )
     claim = {v["name"]: v for v in pod["volumes"]}[results]["persistentVolumeClaim"]["claimName"]
     assert manifest[("PersistentVolumeClaim", claim)]["spec"]["accessModes"] == ["ReadWriteMany"]
     # MLflow: the pods' tracking URI is the Service, which selects the server, whose Host check admits it.
-    server, = deployment["spec"]["template"]["spec"]["containers"]
+    (server,) = deployment["spec"]["template"]["spec"]["containers"]
     uri = urlsplit(env["MLFLOW_TRACKING_URI"])
     mlflow_service = manifest[("Service", uri.hostname)]["spec"]
-    svc_port, = mlflow_service["ports"]
-    assert svc_port["port"] == uri.port and mlflow_service["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    (svc_port,) = mlflow_service["ports"]
+    assert (
+        svc_port["port"] == uri.port
+        and mlflow_service["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
     named = {p["name"]: p["containerPort"] for p in server["ports"]}
     assert named[svc_port["targetPort"]] == int(option(server["args"], "--port"))
     from mlflow.server.security_utils import is_allowed_host_header
+
     allowed = option(server["args"], "--allowed-hosts").split(",")
     assert is_allowed_host_header(allowed, uri.netloc) and is_allowed_host_header(allowed, "localhost:5000")
+
     # The same server as compose's, but for the Host names.
-    strip = lambda argv: [a for a in argv if a != option(argv, "--allowed-hosts")]
+    def strip(argv):
+        return [a for a in argv if a != option(argv, "--allowed-hosts")]
+
     assert strip(server["args"]) == strip(compose()["services"]["mlflow"]["command"])
     # The real launcher, given the pod's environment, starts a multi-node torchrun.
     shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
-    dry = subprocess.run([str(BIN / "dpstudy"), "launch", "--dry-run", *trainer["args"][2:]], cwd=tmp_path,
-                         env=clean_env(**{**env, "DPSTUDY_RDZV_ENDPOINT": endpoint}), capture_output=True,
-                         text=True, timeout=120)
+    dry = subprocess.run(
+        [str(BIN / "dpstudy"), "launch", "--dry-run", *trainer["args"][2:]],
+        cwd=tmp_path,
+        env=clean_env(**{**env, "DPSTUDY_RDZV_ENDPOINT": endpoint}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dry.returncode == 0, dry.stderr
-    assert (f"--nproc-per-node gpu --nnodes {spec['completions']} --rdzv-backend c10d --rdzv-endpoint {endpoint} "
-            f"--rdzv-id {env['DPSTUDY_RDZV_ID']}") in dry.stdout
+    assert (
+        f"--nproc-per-node gpu --nnodes {spec['completions']} --rdzv-backend c10d --rdzv-endpoint {endpoint} "
+        f"--rdzv-id {env['DPSTUDY_RDZV_ID']}"
+    ) in dry.stdout
 
 
 # --------------------------------------------------------------------------------------------
@@ -794,12 +953,21 @@ def test_readme_docker_commands_refer_to_what_the_files_contain():
             assert rest[1:] == ["-f", "docker/kubernetes.yaml"] and (REPO / rest[2]).is_file()
         elif tool == "kubectl" and rest[0] == "port-forward":
             kind, name = rest[1].split("/")
-            local, remote = rest[2].split(":")
-            assert kind == "service" and int(remote) in [p["port"] for p in manifest[("Service", name)]["spec"]["ports"]]
+            _local, remote = rest[2].split(":")
+            assert kind == "service" and int(remote) in [
+                p["port"] for p in manifest[("Service", name)]["spec"]["ports"]
+            ]
         else:
             pytest.fail(f"docs/docker.md or docs/machines.md: {shlex.join(argv)} is not checked here")
-    assert {("docker", "build"), ("docker", "run"), ("docker", "compose"), ("sbatch", ""), ("kubectl", "apply"),
-            ("make", "image"), ("make", "image-test")} <= seen
+    assert {
+        ("docker", "build"),
+        ("docker", "run"),
+        ("docker", "compose"),
+        ("sbatch", ""),
+        ("kubectl", "apply"),
+        ("make", "image"),
+        ("make", "image-test"),
+    } <= seen
     # The prose: the base image and the smaller option, the multi-node command and the variables the
     # recipes set.
     assert set(re.findall(r"nvidia/cuda:[\w.-]+", section)) == {dockerfile_args()["BASE_IMAGE"]}
@@ -807,4 +975,5 @@ def test_readme_docker_commands_refer_to_what_the_files_contain():
     assert f"`{shlex.join(dvc_cmd('train_ddp'))}`" in section
     assert set(re.findall(r"DPSTUDY_[A-Z_]+", section)) <= LAUNCH_VARS
     from dpstudy import launch
-    assert LAUNCH_VARS == set(launch.ENV.values())
+
+    assert set(launch.ENV.values()) == LAUNCH_VARS

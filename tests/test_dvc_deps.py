@@ -116,11 +116,18 @@ def test_editing_a_module_makes_dvc_status_name_exactly_the_stages_that_run_it(t
     def covered(path: str, stage: str) -> bool:
         return any(path == d or path.startswith(d + "/") for d in _deps(STAGES[stage]))
 
-    modules = ("grid/adaptive.py", "evaluation.py", "train/graphstep.py", "report/report.py", "stages/plot.py")
+    modules = (
+        "grid/adaptive.py",
+        "evaluation.py",
+        "train/graphstep.py",
+        "report/render.py",
+        "claims/study_a.py",
+        "stages/plot.py",
+    )
     runs = {m: {s for s in STAGES if covered(f"src/dpstudy/{m}", s)} for m in modules}
     # written out once, so the closure code itself is checked against what the code says
     assert runs["grid/adaptive.py"] == {"train_dp", "train_ddp", "train_adaptive"}
-    assert runs["report/report.py"] == {"plot"}
+    assert runs["report/render.py"] == runs["claims/study_a.py"] == {"plot"}
     assert runs["stages/plot.py"] == {"plot"}
     assert runs["evaluation.py"] == {"evaluate", "plot"}
     assert runs["train/graphstep.py"] == every - {"download"}
@@ -164,5 +171,5 @@ def test_checkpoints_are_stamped_with_the_engines_whole_closure(tmp_path):
         path.write_bytes(original + b"\n# an edit\n")
         assert fingerprint("dpstudy.train.engine", src) != engine.code_fingerprint(), module
         path.write_bytes(original)
-    (src / "dpstudy" / "report" / "report.py").write_text("# not imported by the engine\n")
+    (src / "dpstudy" / "report" / "render.py").write_text("# not imported by the engine\n")
     assert fingerprint("dpstudy.train.engine", src) == engine.code_fingerprint()

@@ -11,21 +11,33 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli, write_params
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli, write_params
 from dpstudy.config import AugmentConfig, RecipeConfig
 from dpstudy.data.datasets import file_sha256, load_prepared, prepare
-from dpstudy.train.engine import RunSpec, TrainData
+from dpstudy.data.loaders import ResidentLoader
 from dpstudy.errors import UserError
 from dpstudy.evaluation import Evaluator, checks, find_checkpoints, headline
-from dpstudy.data.loaders import ResidentLoader
-from dpstudy.train.models import build_model, input_spec
 from dpstudy.grid.sweep import run_grid
 from dpstudy.track.tracking import STUDIES, Tracker
+from dpstudy.train.engine import RunSpec, TrainData
+from dpstudy.train.models import build_model, input_spec
 
-RECIPE = RecipeConfig(epochs=2, optimizer="sgd", lr=0.05, ref_batch=64, momentum=0.9, weight_decay=0.0,
-                      warmup_epochs=0, decay="none", milestones=[], gamma=0.1, augment=AugmentConfig(0, False), step="eager")
+RECIPE = RecipeConfig(
+    epochs=2,
+    optimizer="sgd",
+    lr=0.05,
+    ref_batch=64,
+    momentum=0.9,
+    weight_decay=0.0,
+    warmup_epochs=0,
+    decay="none",
+    milestones=[],
+    gamma=0.1,
+    augment=AugmentConfig(0, False),
+    step="eager",
+)
 ADAM = dataclasses.replace(RECIPE, epochs=1, optimizer="adam", lr=1e-3, ref_batch=32)
 CPU = torch.device("cpu")
 
@@ -36,10 +48,28 @@ def trained(digits_dir, tmp_path_factory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("trained")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     data = {"digits": TrainData(load_prepared(digits_dir / "digits.pt"), file_sha256(digits_dir / "digits.pt"))}
-    lenet = [RunSpec("lenet_lr_scaling", "lenet", 1.0, None, "digits", "single", 1, "resident", 0, 64, "linear",
-                     seed, RECIPE) for seed in (0, 1)]
-    srnet = RunSpec("restoration", "srnet", 0.25, 8, "digits", "single", 1, "resident", 0, 32, "none", 0, ADAM,
-                    schedule="fixed_small")
+    lenet = [
+        RunSpec(
+            "lenet_lr_scaling", "lenet", 1.0, None, "digits", "single", 1, "resident", 0, 64, "linear", seed, RECIPE
+        )
+        for seed in (0, 1)
+    ]
+    srnet = RunSpec(
+        "restoration",
+        "srnet",
+        0.25,
+        8,
+        "digits",
+        "single",
+        1,
+        "resident",
+        0,
+        32,
+        "none",
+        0,
+        ADAM,
+        schedule="fixed_small",
+    )
     for stage, study, specs in (("train_dp", "A", lenet), ("train_adaptive", "C", [srnet])):
         with Tracker(study, stage, preset="quick", params={}, uri=uri) as tracker:
             run_grid(specs, data, tracker, root / "results" / stage, device=CPU, sample_interval_s=0.05)
@@ -52,7 +82,8 @@ def test_scores_each_checkpoint_on_the_test_split(trained, digits_dir):
     assert [(stage, p.name) for stage, p in found] == [
         ("train_dp", "lenet_lr_scaling-single-resident-b64-linear-s0.pt"),
         ("train_dp", "lenet_lr_scaling-single-resident-b64-linear-s1.pt"),
-        ("train_adaptive", "restoration-fixed_small-single-resident-b32-none-s0.pt")]
+        ("train_adaptive", "restoration-fixed_small-single-resident-b32-none-s0.pt"),
+    ]
     score = Evaluator(digits_dir, CPU)
     lenet0, lenet1, sr = (score(stage, path) for stage, path in found)
     assert (lenet0.study, lenet0.configuration, lenet0.seed, lenet1.seed) == ("A", "single-resident-b64-linear", 0, 1)
@@ -64,8 +95,15 @@ def test_scores_each_checkpoint_on_the_test_split(trained, digits_dir):
     net = build_model(meta["model"], meta["channels"], meta["num_classes"], width=meta["width"]).eval()
     net.load_state_dict(ckpt["model"])
     test = load_prepared(digits_dir / "digits.pt")
-    loader = ResidentLoader(test.test_images, test.test_labels, spec=input_spec("lenet", 1), batch_size=1000,
-                            mean=meta["mean"], std=meta["std"], shuffle=False)
+    loader = ResidentLoader(
+        test.test_images,
+        test.test_labels,
+        spec=input_spec("lenet", 1),
+        batch_size=1000,
+        mean=meta["mean"],
+        std=meta["std"],
+        shuffle=False,
+    )
     with torch.no_grad():
         correct = sum(int((net(x).argmax(1) == y).sum()) for x, y in loader)
     assert lenet0.test_metric == pytest.approx(correct / 359, abs=1e-9)
@@ -104,11 +142,24 @@ def test_evaluate_stage_writes_metrics_and_logs_to_each_training_run(trained, di
     work = tmp_path / "work"
     shutil.copytree(root / "results", work / "results")
     (work / "results" / "train_ddp" / "checkpoints").mkdir(parents=True)
-    shutil.copy(next((work / "results" / "train_dp" / "checkpoints").glob("*s0.pt")),
-                work / "results" / "train_ddp" / "checkpoints" / "lenet_lr_scaling-single-resident-b64-linear-s0.pt")
+    shutil.copy(
+        next((work / "results" / "train_dp" / "checkpoints").glob("*s0.pt")),
+        work / "results" / "train_ddp" / "checkpoints" / "lenet_lr_scaling-single-resident-b64-linear-s0.pt",
+    )
     params = write_params(tmp_path / "params.yaml")
-    res = run_cli("evaluate", "--params", str(params), "--data", str(digits_dir), "--results", "results",
-                  "--out", "results/evaluate", cwd=work, env={"MLFLOW_TRACKING_URI": uri})
+    res = run_cli(
+        "evaluate",
+        "--params",
+        str(params),
+        "--data",
+        str(digits_dir),
+        "--results",
+        "results",
+        "--out",
+        "results/evaluate",
+        cwd=work,
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
     assert res.returncode == 0, res.stderr
     assert "4 checkpoints on their test splits" in res.stdout
     assert json.loads((work / "results" / "evaluate" / "metrics.json").read_text()) == {"mismatched": 0}
@@ -116,7 +167,9 @@ def test_evaluate_stage_writes_metrics_and_logs_to_each_training_run(trained, di
         rows = {(r["stage"], r["name"]): r for r in csv.DictReader(fh)}
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(STUDIES["A"])
-    child = client.search_runs([exp.experiment_id], "tags.configuration = 'lenet_lr_scaling-single-resident-b64-linear-s1'")
+    child = client.search_runs(
+        [exp.experiment_id], "tags.configuration = 'lenet_lr_scaling-single-resident-b64-linear-s1'"
+    )
     [child] = [c for c in child if c.data.tags.get("dvc_stage") == "train_dp"]
     row = rows[("train_dp", "lenet_lr_scaling-single-resident-b64-linear-s1")]
     assert child.data.metrics["eval_test_accuracy"] == pytest.approx(float(row["test_metric"]))

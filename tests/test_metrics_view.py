@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, dvc
-from dpstudy.grid import adaptive
+
 from dpstudy.fsutil import json_text
+from dpstudy.grid import adaptive
 from dpstudy.stages import profile_dataloader, train_ddp, train_dp
 
 WIDTH = 200  # characters per line of `dvc metrics show --md`
@@ -37,43 +37,98 @@ HEADLINES = {
 
 
 def dp_rows() -> list[dict]:
-    rows = [dict(sweep="lenet_utilization", mode=mode, loader=loader, global_batch=b, lr_rule="linear", seed=s,
-                 data_wait_fraction=(0.5 + b / 1000 + s / 100) if loader == "standard" else 0.03, test_accuracy=0.9)
-            for mode in ("single", "dp") for loader in ("standard", "resident") for b in (16, 64, 256) for s in (0, 1)]
+    rows = [
+        dict(
+            sweep="lenet_utilization",
+            mode=mode,
+            loader=loader,
+            global_batch=b,
+            lr_rule="linear",
+            seed=s,
+            data_wait_fraction=(0.5 + b / 1000 + s / 100) if loader == "standard" else 0.03,
+            test_accuracy=0.9,
+        )
+        for mode in ("single", "dp")
+        for loader in ("standard", "resident")
+        for b in (16, 64, 256)
+        for s in (0, 1)
+    ]
     accuracy = {"none": 0.3, "linear": 0.6, "sqrt": 0.8}
-    rows += [dict(sweep="lenet_lr_scaling", mode="single", loader="resident", global_batch=b, lr_rule=rule, seed=s,
-                  data_wait_fraction=0.1, test_accuracy=0.99 if b == 16 else accuracy[rule] + s / 100)
-             for b in (16, 64, 256) for rule in accuracy for s in (0, 1)]
-    rows += [dict(sweep="vgg", mode=mode, loader="standard", global_batch=b, lr_rule="linear", seed=0,
-                  data_wait_fraction=0.2, test_accuracy=0.7) for mode in ("single", "dp") for b in (32, 128)]
+    rows += [
+        dict(
+            sweep="lenet_lr_scaling",
+            mode="single",
+            loader="resident",
+            global_batch=b,
+            lr_rule=rule,
+            seed=s,
+            data_wait_fraction=0.1,
+            test_accuracy=0.99 if b == 16 else accuracy[rule] + s / 100,
+        )
+        for b in (16, 64, 256)
+        for rule in accuracy
+        for s in (0, 1)
+    ]
+    rows += [
+        dict(
+            sweep="vgg",
+            mode=mode,
+            loader="standard",
+            global_batch=b,
+            lr_rule="linear",
+            seed=0,
+            data_wait_fraction=0.2,
+            test_accuracy=0.7,
+        )
+        for mode in ("single", "dp")
+        for b in (32, 128)
+    ]
     return rows
 
 
 def ddp_rows() -> list[dict]:
-    return [dict(world=w, lr_rule=rule, seed=s, test_accuracy=0.99 - (0.02 if w == 2 and rule == "none" else 0))
-            for w in (1, 2) for rule in ("none", "linear") for s in (0, 1, 2)]
+    return [
+        dict(world=w, lr_rule=rule, seed=s, test_accuracy=0.99 - (0.02 if w == 2 and rule == "none" else 0))
+        for w in (1, 2)
+        for rule in ("none", "linear")
+        for s in (0, 1, 2)
+    ]
 
 
 def throughput() -> list[dict]:
-    rows = [{"loader": "standard", "batch_size": b, "num_workers": w, "images_per_s": 1000.0 * (1 + w) + b}
-            for b in (16, 256) for w in (0, 1, 2) for _ in range(2)]
-    return rows + [{"loader": "resident", "batch_size": b, "num_workers": 0, "images_per_s": 40000.0 + b}
-                   for b in (16, 256)]
+    rows = [
+        {"loader": "standard", "batch_size": b, "num_workers": w, "images_per_s": 1000.0 * (1 + w) + b}
+        for b in (16, 256)
+        for w in (0, 1, 2)
+        for _ in range(2)
+    ]
+    return rows + [
+        {"loader": "resident", "batch_size": b, "num_workers": 0, "images_per_s": 40000.0 + b} for b in (16, 256)
+    ]
 
 
 def summaries() -> dict:
-    cls = {"fixed_small": (0.99, 600.0), "fixed_large": (0.95, 1100.0), "step_growth": (0.985, 900.0),
-           "noise_scale": (0.99, 800.0)}
-    return {"classification": {k: {"test_accuracy": a, "run_images_per_s": ips, "test_accuracy_std": 0.01}
-                               for k, (a, ips) in cls.items()},
-            "restoration": {k: {"test_psnr": 18.5, "run_images_per_s": 700.0} for k in cls}}
+    cls = {
+        "fixed_small": (0.99, 600.0),
+        "fixed_large": (0.95, 1100.0),
+        "step_growth": (0.985, 900.0),
+        "noise_scale": (0.99, 800.0),
+    }
+    return {
+        "classification": {
+            k: {"test_accuracy": a, "run_images_per_s": ips, "test_accuracy_std": 0.01} for k, (a, ips) in cls.items()
+        },
+        "restoration": {k: {"test_psnr": 18.5, "run_images_per_s": 700.0} for k in cls},
+    }
 
 
 def test_each_stage_headline_is_a_few_named_figures():
     assert train_dp.headline(dp_rows()) == {"A2_wait_share": 0.761, "A4_acc_gap": -0.385}
     assert train_ddp.headline(ddp_rows()) == {"B5_acc_gap": -0.02}
-    assert profile_dataloader.headline(throughput()) == {"resident_speedup": pytest.approx(40256 / 3256, abs=1e-3),
-                                                         "A3_workers_gain": pytest.approx(3256 / 1256, abs=1e-3)}
+    assert profile_dataloader.headline(throughput()) == {
+        "resident_speedup": pytest.approx(40256 / 3256, abs=1e-3),
+        "A3_workers_gain": pytest.approx(3256 / 1256, abs=1e-3),
+    }
     assert adaptive.headline(summaries()) == {"C1_acc_gap": -0.04, "C2_acc_gap": -0.005, "C3_ips_gain": 1.5}
 
 
@@ -84,8 +139,11 @@ def test_a_figure_the_grid_cannot_give_is_nan_not_an_error():
     assert math.isnan(train_dp.headline(no_scaling)["A4_acc_gap"])
     no_workers = [r for r in throughput() if r["num_workers"] == 0]
     assert math.isnan(profile_dataloader.headline(no_workers)["A3_workers_gain"])
-    assert math.isnan(adaptive.headline({"classification": {"fixed_small": {"test_accuracy": 0.9,
-                                                                             "run_images_per_s": 5.0}}})["C1_acc_gap"])
+    assert math.isnan(
+        adaptive.headline({"classification": {"fixed_small": {"test_accuracy": 0.9, "run_images_per_s": 5.0}}})[
+            "C1_acc_gap"
+        ]
+    )
     # json_text writes NaN, which `dvc metrics show` reads
     assert "NaN" in json_text(train_ddp.headline(one_world))
 
@@ -94,10 +152,26 @@ def test_evaluate_headline_counts_mismatches():
     from dpstudy.evaluation import Evaluation, checks, headline
 
     def evaluation(score: float, trained: float) -> Evaluation:
-        return Evaluation(stage="train_dp", study="A", sweep="vgg", name="vgg-x-s0", configuration="x", seed=0,
-                          task="classification", model="vgg16", dataset="digits", outcome="finished", epochs=1,
-                          metric="accuracy", test_metric=score, test_loss=0.1, test_baseline=math.nan,
-                          test_images=359, trained_metric=trained, checkpoint="c.pt")
+        return Evaluation(
+            stage="train_dp",
+            study="A",
+            sweep="vgg",
+            name="vgg-x-s0",
+            configuration="x",
+            seed=0,
+            task="classification",
+            model="vgg16",
+            dataset="digits",
+            outcome="finished",
+            epochs=1,
+            metric="accuracy",
+            test_metric=score,
+            test_loss=0.1,
+            test_baseline=math.nan,
+            test_images=359,
+            trained_metric=trained,
+            checkpoint="c.pt",
+        )
 
     found = [evaluation(0.9, 0.9), evaluation(0.8, 0.5), evaluation(math.nan, math.nan)]
     assert headline(found) == {"mismatched": 1}
@@ -132,13 +206,17 @@ def mini_repo(root: Path, files: dict[str, dict]) -> Path:
         "stage, path, figures = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])\n"
         "seeds = (yaml.safe_load(open('params.yaml')).get(stage) or {}).get('seeds', {'quick': [0]})\n"
         "n = len(seeds['quick'] if isinstance(seeds, dict) else seeds)\n"
-        "open(path, 'w').write(json.dumps({k: v * n for k, v in figures.items()}))\n")
+        "open(path, 'w').write(json.dumps({k: v * n for k, v in figures.items()}))\n"
+    )
     stages = {}
     for stage, path in paths.items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
-        stages[stage] = {"cmd": f"python src/write.py {stage} {path} {shlex.quote(json.dumps(files[stage]))}",
-                         "deps": ["src/write.py"], "params": real[stage].get("params", []),
-                         "metrics": [{path: {"cache": False, "persist": True}}]}
+        stages[stage] = {
+            "cmd": f"python src/write.py {stage} {path} {shlex.quote(json.dumps(files[stage]))}",
+            "deps": ["src/write.py"],
+            "params": real[stage].get("params", []),
+            "metrics": [{path: {"cache": False, "persist": True}}],
+        }
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     git("init", "-q", cwd=root)
     assert dvc("init", "-q", cwd=root).returncode == 0
@@ -151,11 +229,13 @@ def widest(text: str) -> int:
 
 def worst_case_files() -> dict[str, dict]:
     """Made-up headlines as wide as real ones get: negative, 4 decimals, large ratios."""
-    return {"profile_dataloader": profile_dataloader.headline(throughput()) | {"resident_speedup": 71234.567},
-            "train_dp": train_dp.headline(dp_rows()) | {"A4_acc_gap": -0.8888},
-            "train_ddp": {"B5_acc_gap": -0.1234},
-            "train_adaptive": adaptive.headline(summaries()) | {"C2_acc_gap": -0.0056},
-            "evaluate": {"mismatched": 12}}
+    return {
+        "profile_dataloader": profile_dataloader.headline(throughput()) | {"resident_speedup": 71234.567},
+        "train_dp": train_dp.headline(dp_rows()) | {"A4_acc_gap": -0.8888},
+        "train_ddp": {"B5_acc_gap": -0.1234},
+        "train_adaptive": adaptive.headline(summaries()) | {"C2_acc_gap": -0.0056},
+        "evaluate": {"mismatched": 12},
+    }
 
 
 def test_metrics_show_fits_a_terminal(tmp_path):

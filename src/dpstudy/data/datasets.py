@@ -41,7 +41,7 @@ from ..errors import UserError
 from ..fsutil import atomic_path
 from ..names import DATASET_NAMES
 
-DATASETS = DATASET_NAMES  # `prepare` below handles each; names.py lets config.py check them torch-free
+DATASETS = DATASET_NAMES  # `prepare` below handles each; names.py lets dpstudy.config check them torch-free
 UPSTREAM_SPLITS = ("full", "test_only")
 
 # Version of the prepared-file layout; bump when the dict written by `prepare` changes.

@@ -367,7 +367,7 @@ class ResidentLoader:
         return torch.addcmul(self._shift, x.float(), self._scale), self.labels[idx]
 
 
-LOADERS = LOADER_NAMES  # make_loader below builds each; names.py lets config.py check them torch-free
+LOADERS = LOADER_NAMES  # make_loader below builds each; names.py lets dpstudy.config check them torch-free
 
 
 def make_loader(

@@ -26,15 +26,25 @@ def run(args: argparse.Namespace) -> int:
     datasets.check_mirror(cfg.mirror)  # before any dataset is fetched
     rows = []
     for name in progress(cfg.datasets, desc="download"):
-        path = datasets.prepare(name, raw_dir=Path(args.raw), out_dir=Path(args.out), mirror=cfg.mirror,
-                                upstream_split=cfg.upstream_split, split_seed=cfg.split_seed,
-                                test_fraction=cfg.test_fraction, timeout_s=cfg.timeout_s)
+        path = datasets.prepare(
+            name,
+            raw_dir=Path(args.raw),
+            out_dir=Path(args.out),
+            mirror=cfg.mirror,
+            upstream_split=cfg.upstream_split,
+            split_seed=cfg.split_seed,
+            test_fraction=cfg.test_fraction,
+            timeout_s=cfg.timeout_s,
+        )
         p = datasets.load_prepared(path)
         shape = "×".join(map(str, p.train_images.shape[1:]))
-        say(f"[download] {name}: {len(p.train_labels)} train + {len(p.test_labels)} test images "
-            f"{shape}, split {p.split} -> {path}")
-        rows.append((name, len(p.train_labels), len(p.test_labels), shape, p.split,
-                     datasets.file_sha256(path)[:12], str(path)))
+        say(
+            f"[download] {name}: {len(p.train_labels)} train + {len(p.test_labels)} test images "
+            f"{shape}, split {p.split} -> {path}"
+        )
+        rows.append(
+            (name, len(p.train_labels), len(p.test_labels), shape, p.split, datasets.file_sha256(path)[:12], str(path))
+        )
     print(f"\ndownload ({preset} preset): prepared {len(rows)} dataset(s)")
     print(format_table(["dataset", "train", "test", "C×H×W", "split", "sha256", "file"], rows))
     return 0

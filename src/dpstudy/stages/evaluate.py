@@ -46,8 +46,12 @@ def run(args: argparse.Namespace) -> int:
     score = Evaluator(Path(args.data), device)
     evaluations = [score(stage, path) for stage, path in progress(checkpoints, desc=STAGE)]
     out = Path(args.out)
-    write_files_atomic({out / "evaluations.csv": csv_text([e.row() for e in evaluations]),
-                        out / "metrics.json": json_text(headline(evaluations))})
+    write_files_atomic(
+        {
+            out / "evaluations.csv": csv_text([e.row() for e in evaluations]),
+            out / "metrics.json": json_text(headline(evaluations)),
+        }
+    )
 
     params = {"preset": preset, STAGE: as_dict(cfg)}
     orphans: list = []  # evaluations whose training run the store does not hold
@@ -60,25 +64,45 @@ def run(args: argparse.Namespace) -> int:
                     run.log_metrics(figures, step=e.epochs)
                     continue
                 orphans.append(e)
-                with tracker.child(e.name, {"training_stage": e.stage, "checkpoint": e.checkpoint},
-                                   tags={"training_stage": e.stage, "training_run": "not in store"}) as own:
+                with tracker.child(
+                    e.name,
+                    {"training_stage": e.stage, "checkpoint": e.checkpoint},
+                    tags={"training_stage": e.stage, "training_run": "not in store"},
+                ) as own:
                     own.log_metrics(figures, step=e.epochs)
             tracker.parent.log_metrics({"checkpoints": sum(e.study == study for e in evaluations)}, step=0)
             tracker.parent.log_artifact(out / "evaluations.csv")
     if orphans:
         n, stages = len(orphans), ", ".join(dict.fromkeys(e.stage for e in orphans))
-        say(f"[mlflow] the training runs of {n} configuration{'s' if n != 1 else ''} of {stages} are not in "
+        say(
+            f"[mlflow] the training runs of {n} configuration{'s' if n != 1 else ''} of {stages} are not in "
             f"{tracker.uri} (deleted or replaced since training?): their eval_test figures are logged on "
-            f"evaluate's own runs instead; {out / 'evaluations.csv'} has every figure")
+            f"evaluate's own runs instead; {out / 'evaluations.csv'} has every figure"
+        )
 
     check = checks(evaluations)
     print(f"\n{STAGE} ({preset} preset, {device}): {check['checkpoints']} checkpoints on their test splits")
-    print(format_table(["stage", "configuration", "seed", "test", "at training", "agrees"],
-                       [(e.stage, f"{e.sweep}-{e.configuration}", e.seed, _figure(e.metric, e.test_metric),
-                         _figure(e.metric, e.trained_metric), "yes" if e.agrees else "NO") for e in evaluations]))
+    print(
+        format_table(
+            ["stage", "configuration", "seed", "test", "at training", "agrees"],
+            [
+                (
+                    e.stage,
+                    f"{e.sweep}-{e.configuration}",
+                    e.seed,
+                    _figure(e.metric, e.test_metric),
+                    _figure(e.metric, e.trained_metric),
+                    "yes" if e.agrees else "NO",
+                )
+                for e in evaluations
+            ],
+        )
+    )
     if check["agree_with_training"] != check["checkpoints"]:
-        say(f"warning: {check['checkpoints'] - check['agree_with_training']} checkpoint(s) score differently "
-            f"from what training reported (max difference {check['max_abs_difference']})")
+        say(
+            f"warning: {check['checkpoints'] - check['agree_with_training']} checkpoint(s) score differently "
+            f"from what training reported (max difference {check['max_abs_difference']})"
+        )
     print(f"\nfiles: {out}/metrics.json, evaluations.csv; figures in each configuration's MLflow run")
     return 0
 
