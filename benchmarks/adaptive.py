@@ -37,7 +37,7 @@ def worker(args) -> None:
     import torch
 
     from dpstudy.config import load_section
-    from dpstudy.data.datasets import prepare
+    from dpstudy.data.prepared import prepare
     from dpstudy.devices import cpu_name
     from dpstudy.grid.adaptive import adaptive_grid, run_figures, schedule_summary, target
     from dpstudy.grid.build import load_data

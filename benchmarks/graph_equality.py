@@ -34,7 +34,7 @@ def main() -> int:
         return 0
 
     from dpstudy.config import AugmentConfig, RecipeConfig, StepGrowthConfig
-    from dpstudy.data.datasets import file_sha256, load_prepared
+    from dpstudy.data.prepared import file_sha256, load_prepared
     from dpstudy.train.engine import Context, RunSpec, TrainData, train
 
     data = TrainData(load_prepared(Path(args.data)), file_sha256(Path(args.data)))

@@ -47,8 +47,8 @@ import torch
 from torch import nn
 
 from dpstudy.config import AugmentConfig, RecipeConfig
-from dpstudy.data.datasets import file_sha256, load_prepared, prepare
 from dpstudy.data.loaders import Augment, ResidentLoader
+from dpstudy.data.prepared import file_sha256, load_prepared, prepare
 from dpstudy.devices import cpu_name, device_names
 from dpstudy.grid.sweep import run_grid
 from dpstudy.track.tracking import Tracker

@@ -66,7 +66,7 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> Path:
     """A data/prepared folder holding digits.pt, prepared for real once per session."""
-    from dpstudy.data.datasets import prepare
+    from dpstudy.data.prepared import prepare
 
     out = tmp_path_factory.mktemp("prepared")
     prepare("digits", raw_dir=out / "raw", out_dir=out, split_seed=0, test_fraction=0.2)
@@ -128,3 +128,37 @@ def make_png(width: int, height: int) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (width, height), "white").save(out, format="PNG")
     return out.getvalue()
+
+
+def recipe(**changes):
+    """A small training recipe for tests (plain SGD, no warm-up, decay or augmentation, eager
+    steps), with ``changes`` over those defaults."""
+    from dpstudy.config import AugmentConfig, RecipeConfig
+
+    base = dict(
+        epochs=1,
+        optimizer="sgd",
+        lr=0.05,
+        ref_batch=64,
+        momentum=0.9,
+        weight_decay=0.0,
+        warmup_epochs=0,
+        decay="none",
+        milestones=[],
+        gamma=0.1,
+        augment=AugmentConfig(0, False),
+        step="eager",
+    )
+    return RecipeConfig(**{**base, **changes})
+
+
+# A prepared dataset's facts and a clean evaluation check, as the plot stage hands them to `render`.
+DIGITS_FACTS = {
+    "name": "digits",
+    "split": "seeded",
+    "train": 1438,
+    "test": 359,
+    "sha256": "f" * 64,
+    "source_md5": {"sklearn": "0" * 32, "other": "1" * 32},
+}
+AGREED = {"checkpoints": 3, "agree_with_training": 3, "max_abs_difference": 0.0}

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from dpstudy import config
-from dpstudy.data import datasets
+from dpstudy.data import prepared
 from dpstudy.data.loaders import InputSpec, make_loader
 from dpstudy.train import engine, parallel
 
@@ -161,7 +161,7 @@ def engine_main(data_path: str, out: str) -> None:
             growth=growth,
             noise_ema=0.9,
         )
-        data = engine.TrainData(datasets.load_prepared(data_path), datasets.file_sha256(data_path))
+        data = engine.TrainData(prepared.load_prepared(data_path), prepared.file_sha256(data_path))
         ctx = engine.Context(d.device, None, d.rank)
         result = engine.train(spec, data, ctx, Path(out).with_suffix(".ckpt.pt"))
         if d.is_main:

@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dpstudy.data.datasets import load_prepared
 from dpstudy.data.loaders import ResidentLoader, channel_stats
+from dpstudy.data.prepared import load_prepared
 from dpstudy.train import engine, parallel
 from dpstudy.train.models import build_model, input_spec
 

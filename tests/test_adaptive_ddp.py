@@ -17,8 +17,8 @@ import torch
 from conftest import REPO
 from test_ddp import ONE_THREAD, torchrun_cmd
 
-from dpstudy.data.datasets import load_prepared
 from dpstudy.data.loaders import epoch_permutation, rank_batches, step_bounds
+from dpstudy.data.prepared import load_prepared
 
 SCRIPT = REPO / "tests" / "ddp_batch_change.py"
 WORLD = 2

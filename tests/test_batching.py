@@ -8,28 +8,18 @@ import math
 
 import pytest
 import torch
+from conftest import recipe
 from torch import nn
 
-from dpstudy.config import AugmentConfig, RecipeConfig, StepGrowthConfig, load_section
+from dpstudy.config import AugmentConfig, StepGrowthConfig, load_section
 from dpstudy.errors import UserError
 from dpstudy.grid.adaptive import adaptive_grid, time_to_target
 from dpstudy.train import engine
 from dpstudy.train.batching import BatchSchedule, NoiseScaleEstimator
 from dpstudy.train.engine import Result, RunSpec
 
-RECIPE = RecipeConfig(
-    epochs=6,
-    optimizer="sgd",
-    lr=0.1,
-    ref_batch=32,
-    momentum=0.9,
-    weight_decay=0.0,
-    warmup_epochs=0,
-    decay="step",
-    milestones=[4],
-    gamma=0.1,
-    augment=AugmentConfig(crop_padding=0, hflip=False),
-    step="eager",
+RECIPE = recipe(
+    epochs=6, lr=0.1, ref_batch=32, decay="step", milestones=[4], augment=AugmentConfig(crop_padding=0, hflip=False)
 )
 
 

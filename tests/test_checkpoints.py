@@ -11,7 +11,7 @@ import torch
 from conftest import run_cli, write_params
 from test_engine import RECIPE, learned, spec
 
-from dpstudy.data.datasets import file_sha256, load_prepared
+from dpstudy.data.prepared import file_sha256, load_prepared
 from dpstudy.train.engine import Context, TrainData, train
 
 CPU = Context(torch.device("cpu"), sample_interval_s=0.05)

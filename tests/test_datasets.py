@@ -1,6 +1,7 @@
-"""datasets.py on real data: sklearn digits, the real MNIST test files from the shared folder
-(through a mirror folder, a loopback HTTP mirror and a corrupted copy), and CIFAR-10's tar reader
-on a tar built here in the real layout. No network beyond 127.0.0.1."""
+"""dpstudy.data's fetch, rawformats, datasets and prepared modules on real data: sklearn digits,
+the real MNIST test files from the shared folder (through a mirror folder, a loopback HTTP mirror
+and a corrupted copy), and CIFAR-10's tar reader on a tar built here in the real layout. No
+network beyond 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ import pytest
 import torch
 from torchvision.datasets import CIFAR10, MNIST
 
-from dpstudy.data import datasets
-from dpstudy.data.datasets import load_prepared, prepare
+from dpstudy.data import datasets, fetch, rawformats
+from dpstudy.data.prepared import file_sha256, load_prepared, prepare
 from dpstudy.errors import UserError
 
 MNIST_RAW = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist" / "raw"
@@ -164,7 +165,7 @@ def test_mnist_from_mirror_folder_then_from_cache(tmp_path, mnist_raw):
     assert path == tmp_path / "out" / "mnist.pt"
     check_mnist_test_only(path)
     for f, md5 in MNIST.resources[2:]:
-        assert datasets.file_md5(tmp_path / "raw" / "mnist" / f) == md5
+        assert fetch.file_md5(tmp_path / "raw" / "mnist" / f) == md5
     first = path.read_bytes()
 
     empty = tmp_path / "empty"
@@ -258,11 +259,11 @@ def test_read_idx_rejects_wrong_magic(tmp_path):
     bad = tmp_path / "bad.gz"
     bad.write_bytes(gzip.compress((1234).to_bytes(4, "big") + bytes(12)))
     with pytest.raises(UserError, match="magic 1234"):
-        datasets.read_idx(bad)
+        rawformats.read_idx(bad)
     short = tmp_path / "short.gz"
     short.write_bytes(gzip.compress((2049).to_bytes(4, "big") + (5).to_bytes(4, "big") + bytes(3)))
     with pytest.raises(UserError, match="header promises 13"):
-        datasets.read_idx(short)
+        rawformats.read_idx(short)
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,7 +316,7 @@ def test_read_cifar_tar_shapes_and_chw_order(tmp_path):
     build_tar(tar, {"batches.meta": meta, "data_batch_1": b1, "test_batch": b2})
     md5 = lambda b: hashlib.md5(b).hexdigest()  # noqa: E731
 
-    batches, classes = datasets.read_cifar_tar(
+    batches, classes = rawformats.read_cifar_tar(
         tar, [("data_batch_1", md5(b1)), ("test_batch", md5(b2))], meta_md5=md5(meta)
     )
     assert classes == [f"c{k}" for k in range(10)]
@@ -328,13 +329,13 @@ def test_read_cifar_tar_shapes_and_chw_order(tmp_path):
     # Without batches.meta the standard class names apply.
     plain = tmp_path / "plain.tar.gz"
     build_tar(plain, {"test_batch": b2})
-    _, classes = datasets.read_cifar_tar(plain, [("test_batch", md5(b2))])
-    assert classes == datasets.CIFAR10_CLASSES
+    _, classes = rawformats.read_cifar_tar(plain, [("test_batch", md5(b2))])
+    assert classes == rawformats.CIFAR10_CLASSES
 
     with pytest.raises(UserError, match=r"test_batch.*has md5"):
-        datasets.read_cifar_tar(tar, [("test_batch", md5(b1))])
+        rawformats.read_cifar_tar(tar, [("test_batch", md5(b1))])
     with pytest.raises(UserError, match="no member cifar-10-batches-py/data_batch_2"):
-        datasets.read_cifar_tar(tar, [("data_batch_2", md5(b1))])
+        rawformats.read_cifar_tar(tar, [("data_batch_2", md5(b1))])
 
 
 def test_read_cifar_tar_refuses_pickled_code(tmp_path):
@@ -346,7 +347,7 @@ def test_read_cifar_tar_refuses_pickled_code(tmp_path):
     tar = tmp_path / "evil.tar.gz"
     build_tar(tar, {"test_batch": evil})
     with pytest.raises(UserError, match=r"refusing to load (__builtin__|builtins)\.print"):
-        datasets.read_cifar_tar(tar, [("test_batch", hashlib.md5(evil).hexdigest())])
+        rawformats.read_cifar_tar(tar, [("test_batch", hashlib.md5(evil).hexdigest())])
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,7 +370,7 @@ def test_load_prepared_errors(tmp_path):
 def test_file_sha256(tmp_path):
     f = tmp_path / "f.bin"
     f.write_bytes(b"x" * 3_000_000)
-    assert datasets.file_sha256(f) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
+    assert file_sha256(f) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ import torch
 from conftest import REPO, run_cli, write_params
 from mlflow.tracking import MlflowClient
 
-from dpstudy.data.datasets import load_prepared
 from dpstudy.data.loaders import epoch_permutation, rank_batches
+from dpstudy.data.prepared import load_prepared
 from dpstudy.track.tracking import STUDIES
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")

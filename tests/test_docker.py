@@ -252,7 +252,7 @@ def test_dockerfile_installs_through_the_makefile_targets_that_read_the_lock():
         r"^\$\(VENV\)/\.deps: requirements\.lock\n(?:\t.*\n)*\t\$\(PIP\) install -r requirements\.lock$", makefile, re.M
     )
     assert re.search(r"^env: \$\(VENV\)/\.installed$", makefile, re.M)
-    assert re.search(r"^test: env plots-assets$", makefile, re.M)  # + vega for dvc plots show offline
+    assert re.search(r"^test: env plots-assets lint$", makefile, re.M)  # + vega for dvc plots show offline, + ruff
 
 
 def test_dockerfile_user_workdir_labels_and_default_command():

@@ -13,29 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_params
+from conftest import recipe, write_params
 
-from dpstudy.config import AugmentConfig, NoiseScaleConfig, RecipeConfig
-from dpstudy.data.datasets import file_sha256, load_prepared
+from dpstudy.config import AugmentConfig, NoiseScaleConfig
+from dpstudy.data.prepared import file_sha256, load_prepared
 from dpstudy.grid.sweep import run_grid
 from dpstudy.track.tracking import Tracker
 from dpstudy.train import engine
 from dpstudy.train.engine import Context, RunSpec, TrainData, train
 from dpstudy.train.models import build_model
 
-RECIPE = RecipeConfig(
-    epochs=3,
-    optimizer="sgd",
-    lr=0.05,
-    ref_batch=64,
-    momentum=0.9,
-    weight_decay=5e-4,
-    warmup_epochs=1,
-    decay="cosine",
-    milestones=[],
-    gamma=0.1,
-    augment=AugmentConfig(crop_padding=2, hflip=True),
-    step="eager",
+RECIPE = recipe(
+    epochs=3, weight_decay=5e-4, warmup_epochs=1, decay="cosine", augment=AugmentConfig(crop_padding=2, hflip=True)
 )
 CPU = Context(torch.device("cpu"), sample_interval_s=0.05)
 

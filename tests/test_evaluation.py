@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, write_params
+from conftest import recipe, run_cli, write_params
 from mlflow.tracking import MlflowClient
 
-from dpstudy.config import AugmentConfig, RecipeConfig
-from dpstudy.data.datasets import file_sha256, load_prepared, prepare
 from dpstudy.data.loaders import ResidentLoader
+from dpstudy.data.prepared import file_sha256, load_prepared, prepare
 from dpstudy.errors import UserError
 from dpstudy.evaluation import Evaluator, checks, find_checkpoints, headline
 from dpstudy.grid.sweep import run_grid
@@ -24,20 +23,7 @@ from dpstudy.track.tracking import STUDIES, Tracker
 from dpstudy.train.engine import RunSpec, TrainData
 from dpstudy.train.models import build_model, input_spec
 
-RECIPE = RecipeConfig(
-    epochs=2,
-    optimizer="sgd",
-    lr=0.05,
-    ref_batch=64,
-    momentum=0.9,
-    weight_decay=0.0,
-    warmup_epochs=0,
-    decay="none",
-    milestones=[],
-    gamma=0.1,
-    augment=AugmentConfig(0, False),
-    step="eager",
-)
+RECIPE = recipe(epochs=2)
 ADAM = dataclasses.replace(RECIPE, epochs=1, optimizer="adam", lr=1e-3, ref_batch=32)
 CPU = torch.device("cpu")
 

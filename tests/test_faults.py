@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_params
+from conftest import recipe, run_cli, write_params
 
 from dpstudy.cli import main
 
@@ -179,32 +179,18 @@ def trained(digits_dir, tmp_path_factory) -> Path:
     of each training stage's kind, logged by a Tracker of that stage into ./mlflow.db."""
     import torch
 
-    from dpstudy.config import AugmentConfig, RecipeConfig
-    from dpstudy.data.datasets import file_sha256, load_prepared
+    from dpstudy.data.prepared import file_sha256, load_prepared
     from dpstudy.grid.sweep import run_grid
     from dpstudy.track.tracking import Tracker
     from dpstudy.train.engine import RunSpec, TrainData
 
     root = tmp_path_factory.mktemp("checkout")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    recipe = RecipeConfig(
-        epochs=1,
-        optimizer="sgd",
-        lr=0.05,
-        ref_batch=64,
-        momentum=0.9,
-        weight_decay=0.0,
-        warmup_epochs=0,
-        decay="none",
-        milestones=[],
-        gamma=0.1,
-        augment=AugmentConfig(0, False),
-        step="eager",
-    )
+    plain = recipe()
     data = {"digits": TrainData(load_prepared(digits_dir / "digits.pt"), file_sha256(digits_dir / "digits.pt"))}
 
     def spec(sweep: str, **kw) -> RunSpec:
-        return RunSpec(sweep, "lenet", 1.0, None, "digits", "single", 1, "resident", 0, 128, "none", 0, recipe, **kw)
+        return RunSpec(sweep, "lenet", 1.0, None, "digits", "single", 1, "resident", 0, 128, "none", 0, plain, **kw)
 
     for stage, study, specs in (
         ("train_dp", "A", [spec("lenet_lr_scaling")]),

@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import png_size
+from conftest import png_size, recipe
 
-from dpstudy.config import AugmentConfig, RecipeConfig
 from dpstudy.errors import UserError
 from dpstudy.fsutil import write_csv_atomic, write_files_atomic
 from dpstudy.grid.adaptive import run_figures, schedule_summary, summary_files, target
@@ -28,20 +27,7 @@ from dpstudy.stages import profile_dataloader, train_ddp, train_dp
 from dpstudy.train.engine import Result, RunSpec
 from dpstudy.train.tasks import TASKS
 
-RECIPE = RecipeConfig(
-    epochs=4,
-    optimizer="sgd",
-    lr=0.01,
-    ref_batch=16,
-    momentum=0.9,
-    weight_decay=0.0,
-    warmup_epochs=0,
-    decay="none",
-    milestones=[],
-    gamma=0.1,
-    augment=AugmentConfig(0, False),
-    step="eager",
-)
+RECIPE = recipe(epochs=4, lr=0.01, ref_batch=16)
 SEEDS = (0, 1)
 
 

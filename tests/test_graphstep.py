@@ -17,27 +17,17 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
+from conftest import recipe
 
-from dpstudy.config import AugmentConfig, RecipeConfig, StepGrowthConfig
-from dpstudy.data.datasets import file_sha256, load_prepared
+from dpstudy.config import AugmentConfig, StepGrowthConfig
+from dpstudy.data.prepared import file_sha256, load_prepared
 from dpstudy.measure.devicebusy import BusyWindow, busy_share
 from dpstudy.train import engine, graphstep
 from dpstudy.train.engine import Context, RunSpec, TrainData, busy_steps, train
 
 CPU = torch.device("cpu")
-RECIPE = RecipeConfig(
-    epochs=3,
-    optimizer="sgd",
-    lr=0.05,
-    ref_batch=64,
-    momentum=0.9,
-    weight_decay=5e-4,
-    warmup_epochs=1,
-    decay="cosine",
-    milestones=[],
-    gamma=0.1,
-    augment=AugmentConfig(crop_padding=2, hflip=True),
-    step="eager",
+RECIPE = recipe(
+    epochs=3, weight_decay=5e-4, warmup_epochs=1, decay="cosine", augment=AugmentConfig(crop_padding=2, hflip=True)
 )
 
 

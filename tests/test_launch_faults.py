@@ -229,7 +229,7 @@ def test_the_reachability_probe_reads_a_live_store_dead_port_and_leaves_the_stor
     clients after the probe's connection came and went); a port nothing listens on refuses."""
     from torch.distributed import TCPStore
 
-    from dpstudy.launch import rendezvous_problem
+    from dpstudy.rendezvous import rendezvous_problem
 
     server = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     assert rendezvous_problem("127.0.0.1", server.port) is None

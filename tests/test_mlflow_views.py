@@ -197,7 +197,7 @@ def test_restoration_runs_filter_by_task_and_the_parent_gets_time_to_target(digi
     import torch
     from test_evaluation import ADAM
 
-    from dpstudy.data.datasets import file_sha256, load_prepared
+    from dpstudy.data.prepared import file_sha256, load_prepared
     from dpstudy.grid.adaptive import finish_task
     from dpstudy.grid.sweep import run_grid
     from dpstudy.track.tracking import Tracker

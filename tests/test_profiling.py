@@ -64,9 +64,9 @@ def test_throughput_counts_images_after_warmup():
 @pytest.mark.parametrize(
     "data_delay, compute_delay, low, high",
     [
-        (0.03, 0.0, 0.8, 1.0),  # data-bound: the step waits for the loader
-        (0.0, 0.03, 0.0, 0.2),  # compute-bound
-        (0.02, 0.02, 0.35, 0.65),
+        (0.08, 0.0, 0.8, 1.0),  # data-bound: the step waits for the loader
+        (0.0, 0.08, 0.0, 0.2),  # compute-bound
+        (0.05, 0.05, 0.35, 0.65),  # delays well above a loaded CPU's own step time (~10 ms)
     ],
 )
 def test_probe_splits_each_step_into_data_wait_and_compute(data_delay, compute_delay, low, high):

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 import yaml
-from conftest import REPO, make_png
+from conftest import AGREED, DIGITS_FACTS, REPO, make_png
 
 from dpstudy.claims import CLAIMS, Part, combine, judge
 from dpstudy.config import ReportRules, load_section
@@ -742,17 +742,8 @@ def rendered() -> str:
         commit="a" * 40,
         dirty=False,
         hardware=["Machine: x"],
-        datasets=[
-            {
-                "name": "digits",
-                "split": "seeded",
-                "train": 1438,
-                "test": 359,
-                "sha256": "f" * 64,
-                "source_md5": {"sklearn": "0" * 32, "other": "1" * 32},
-            }
-        ],
-        evaluation_check={"checkpoints": 3, "agree_with_training": 3, "max_abs_difference": 0.0},
+        datasets=[DIGITS_FACTS],
+        evaluation_check=AGREED,
         params_text="x: 1  # ASSUMPTION: made up, with <angle> & ampersand\n",
     )
 

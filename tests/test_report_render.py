@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
-from conftest import REPO, make_png
+from conftest import AGREED, DIGITS_FACTS, REPO, make_png
 from markdown_it import MarkdownIt
 
 from dpstudy.claims import CLAIMS, Verdict
@@ -52,17 +52,8 @@ def report(
         commit="c" * 40,
         dirty=False,
         hardware=["Machine: x"],
-        datasets=[
-            {
-                "name": "digits",
-                "split": "seeded",
-                "train": 1438,
-                "test": 359,
-                "sha256": "f" * 64,
-                "source_md5": {"sklearn": "0" * 32, "other": "1" * 32},
-            }
-        ],
-        evaluation_check={"checkpoints": 3, "agree_with_training": 3, "max_abs_difference": 0.0},
+        datasets=[DIGITS_FACTS],
+        evaluation_check=AGREED,
         params_text=params_text,
         written=WRITTEN,
         stage_runs=runs if stage_runs is None else stage_runs,

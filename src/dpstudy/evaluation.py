@@ -111,7 +111,7 @@ class Evaluator:
         self._data: dict[str, tuple] = {}
 
     def _dataset(self, name: str):
-        from .data.datasets import file_sha256, load_prepared
+        from .data.prepared import file_sha256, load_prepared
 
         if name not in self._data:
             path = self.data_dir / f"{name}.pt"

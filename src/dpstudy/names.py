@@ -8,7 +8,7 @@ it there.
 
 from __future__ import annotations
 
-# datasets.py: `prepare` writes <name>.pt for each (DATASETS).
+# data/datasets.py: `build` makes each (DATASETS); data/prepared.py writes <name>.pt.
 DATASET_NAMES = ("digits", "mnist", "cifar10")
 
 # loaders.py: `make_loader` builds each (LOADERS).

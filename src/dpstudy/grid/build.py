@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..config import DDPSweepConfig, DPSweepConfig, GridConfig
-from ..data.datasets import file_sha256, load_prepared
+from ..data.prepared import file_sha256, load_prepared
 from ..errors import UserError
 from ..train import checkpoints
 from ..train.engine import CHECKPOINT_FORMAT, RunSpec, TrainData, code_fingerprint

@@ -106,6 +106,20 @@ def _timed_steps(run, batches, device: torch.device, result: ProbeResult, steps:
         result.images += inputs[-1].shape[-1]  # labels (b,) or a batch plan (4, b)
 
 
+def _sgd_step(model: nn.Module, opt: torch.optim.Optimizer):
+    """One classification training step of ``model`` with ``opt``: its detached loss, as a 1-tuple."""
+    loss_fn = nn.CrossEntropyLoss()
+
+    def train_step(x, y):
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return (loss.detach(),)
+
+    return train_step
+
+
 def run_probe(
     model: nn.Module,
     loader,
@@ -138,16 +152,7 @@ def run_probe(
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     if graph:
         graph_optimizer(opt, device)
-    loss_fn = nn.CrossEntropyLoss()
-
-    def train_step(x, y):
-        loss = loss_fn(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return (loss.detach(),)
-
-    batches_of_epoch, run = stepper(train_step, loader, lambda x, y: (x, y), device, graph)
+    batches_of_epoch, run = stepper(_sgd_step(model, opt), loader, lambda x, y: (x, y), device, graph)
     result = ProbeResult(batch_size=batch_size, step=step)
     batches = endless(loader, batches_of_epoch)
     sampler = ResourceSampler(interval_s=sample_interval_s)

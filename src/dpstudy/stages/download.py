@@ -21,12 +21,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     preset, cfg = load_section("download", args.params)
-    from ..data import datasets  # torch: only once the params are known to be good
+    from ..data import fetch, prepared  # torch: only once the params are known to be good
 
-    datasets.check_mirror(cfg.mirror)  # before any dataset is fetched
+    fetch.check_mirror(cfg.mirror)  # before any dataset is fetched
     rows = []
     for name in progress(cfg.datasets, desc="download"):
-        path = datasets.prepare(
+        path = prepared.prepare(
             name,
             raw_dir=Path(args.raw),
             out_dir=Path(args.out),
@@ -36,14 +36,14 @@ def run(args: argparse.Namespace) -> int:
             test_fraction=cfg.test_fraction,
             timeout_s=cfg.timeout_s,
         )
-        p = datasets.load_prepared(path)
+        p = prepared.load_prepared(path)
         shape = "×".join(map(str, p.train_images.shape[1:]))
         say(
             f"[download] {name}: {len(p.train_labels)} train + {len(p.test_labels)} test images "
             f"{shape}, split {p.split} -> {path}"
         )
         rows.append(
-            (name, len(p.train_labels), len(p.test_labels), shape, p.split, datasets.file_sha256(path)[:12], str(path))
+            (name, len(p.train_labels), len(p.test_labels), shape, p.split, prepared.file_sha256(path)[:12], str(path))
         )
     print(f"\ndownload ({preset} preset): prepared {len(rows)} dataset(s)")
     print(format_table(["dataset", "train", "test", "C×H×W", "split", "sha256", "file"], rows))

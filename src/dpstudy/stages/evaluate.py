@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     preset, cfg = load_section(STAGE, args.params)
-    from ..evaluation import Evaluator, checks, find_checkpoints, headline  # torch: once the params are good
+    from ..evaluation import Evaluator, find_checkpoints, headline  # torch: once the params are good
 
     device = resolve_device(cfg.device)
     checkpoints = find_checkpoints(Path(args.results))  # all found before any work
@@ -52,8 +52,14 @@ def run(args: argparse.Namespace) -> int:
             out / "metrics.json": json_text(headline(evaluations)),
         }
     )
+    _log_runs(evaluations, preset, {"preset": preset, STAGE: as_dict(cfg)}, device, out)
+    _print_summary(evaluations, preset, device, out)
+    return 0
 
-    params = {"preset": preset, STAGE: as_dict(cfg)}
+
+def _log_runs(evaluations: list, preset: str, params: dict, device, out: Path) -> None:
+    """Each figure on its configuration's training run, or on a child run of evaluate's own when the
+    store does not hold that run (one line says how many); evaluations.csv on each study's parent."""
     orphans: list = []  # evaluations whose training run the store does not hold
     for study in dict.fromkeys(e.study for e in evaluations):
         with Tracker(study, STAGE, preset=preset, params=params, devices=device_names(device)) as tracker:
@@ -80,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
             f"evaluate's own runs instead; {out / 'evaluations.csv'} has every figure"
         )
 
+
+def _print_summary(evaluations: list, preset: str, device, out: Path) -> None:
+    from ..evaluation import checks
+
     check = checks(evaluations)
     print(f"\n{STAGE} ({preset} preset, {device}): {check['checkpoints']} checkpoints on their test splits")
     print(
@@ -104,7 +114,6 @@ def run(args: argparse.Namespace) -> int:
             f"from what training reported (max difference {check['max_abs_difference']})"
         )
     print(f"\nfiles: {out}/metrics.json, evaluations.csv; figures in each configuration's MLflow run")
-    return 0
 
 
 def _figure(metric: str, value: float) -> str:

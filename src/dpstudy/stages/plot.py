@@ -196,7 +196,7 @@ def _evaluations(folder: Path) -> tuple[pd.DataFrame, dict]:
 
 
 def _datasets(folder: Path) -> list[dict]:
-    from ..data.datasets import file_sha256, load_prepared
+    from ..data.prepared import file_sha256, load_prepared
 
     files = sorted(folder.glob("*.pt"))
     if not files:

@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     preset, cfg = load_section(STAGE, args.params)
     _, telemetry = load_section("telemetry", args.params)
     # torch and the loaders: only once the params are known to be good
-    from ..data.datasets import load_prepared
     from ..data.loaders import Augment, channel_stats
+    from ..data.prepared import load_prepared
     from ..train.graphstep import refusal
     from ..train.models import input_spec
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     with Tracker("A", STAGE, preset=preset, params=params, devices=device_names(device)) as tracker:
         tracker.parent.set_tags({"dataset": cfg.dataset, "device": str(device)})
         throughput = _throughput_grid(cfg, images, labels, common, device, tracker)
-        probes = _probes(cfg, telemetry, data, images, labels, common, device, tracker)
+        probes = _probes(cfg, telemetry, data, common, device, tracker)
         metrics = summarize(throughput, probes)
         write_files_atomic(
             {
@@ -118,13 +118,7 @@ def _throughput_grid(cfg, images, labels, common, device, tracker) -> list[dict]
     return rows
 
 
-def _probes(cfg, telemetry, data, images, labels, common, device, tracker) -> list[dict]:
-    import torch
-
-    from ..data.loaders import make_loader
-    from ..measure.profiling import run_probe
-    from ..train.models import build_model
-
+def _probes(cfg, telemetry, data, common, device, tracker) -> list[dict]:
     configs = [
         (kind, step, bs, repeat)
         for kind in ("standard", "resident")
@@ -149,67 +143,81 @@ def _probes(cfg, telemetry, data, images, labels, common, device, tracker) -> li
         }
         name = f"probe {_series(kind, step)} bs={bs}" + (f" #{repeat}" if cfg.probe.repeats > 1 else "")
         with tracker.child(name, cfg_params, tags={"measurement": "probe"}) as run:
-            torch.manual_seed(cfg.seed)  # same initial weights for every probe
-            model = build_model(cfg.model, data.channels, data.num_classes).to(device)
-            loader = make_loader(
-                kind, images, labels, batch_size=bs, num_workers=nw, pin_memory=cfg.pin_memory, **common
-            )
-            result = run_probe(
-                model,
-                loader,
-                device,
-                batch_size=bs,
-                steps=cfg.probe.steps,
-                warmup_steps=cfg.probe.warmup_steps,
-                lr=cfg.probe.lr,
-                momentum=cfg.probe.momentum,
-                sample_interval_s=telemetry.interval_s,
-                step=step,
-                min_seconds=cfg.probe.min_seconds,
-            )
-            del loader
-            run.log_series("data_wait_s", result.data_wait_s)
-            run.log_series("compute_s", result.compute_s)
-            run.log_series("loss", result.loss)
-            run.log_samples(result.samples)
-            util_key, util = utilization(result.utilization)
-            run.log_metrics(
-                {
-                    k: v
-                    for k, v in {
-                        "data_wait_fraction": result.data_wait_fraction,
-                        "images_per_s": result.images_per_s,
-                        util_key: util,
-                        "device_busy_pct": result.device_busy_pct,
-                    }.items()
-                    if not math.isnan(v)
-                },
-                step=0,
-            )
-        rows.append(
-            {
-                "series": _series(kind, step),
-                "loader": kind,
-                "step": step,
-                "batch_size": bs,
-                "num_workers": nw,
-                "repeat": repeat,
-                "steps": len(result.compute_s),
-                "window_s": round(result.total_s, 4),
-                "data_wait_s": round(sum(result.data_wait_s), 6),
-                "compute_s": round(sum(result.compute_s), 6),
-                "data_wait_fraction": round(result.data_wait_fraction, 4),
-                "images_per_s": round(result.images_per_s, 1),
-                "utilization_pct": round(util, 1),
-                "utilization_source": util_key,
-                "device_busy_pct": round(result.device_busy_pct, 1),
-            }
-        )
+            result = _probe(cfg, telemetry.interval_s, data, common, device, kind, step, bs, nw)
+            util_key, util = _log_probe(run, result)
+        rows.append(_probe_row(kind, step, nw, repeat, result, util_key, util))
         say(
             f"[probe]      {_series(kind, step):14s} batch {bs:5d}: data wait {result.data_wait_fraction:6.1%} of "
             f"the step, {util_key} {_percent(util)}, device busy {_percent(result.device_busy_pct)}"
         )
     return rows
+
+
+def _probe(cfg, interval_s, data, common, device, kind, step, bs, nw):
+    """One training probe (`run_probe`): a fresh model, seeded alike for every probe, on a fresh loader."""
+    import torch
+
+    from ..data.loaders import make_loader
+    from ..measure.profiling import run_probe
+    from ..train.models import build_model
+
+    torch.manual_seed(cfg.seed)  # same initial weights for every probe
+    model = build_model(cfg.model, data.channels, data.num_classes).to(device)
+    loader = make_loader(
+        kind, data.train_images, data.train_labels, batch_size=bs, num_workers=nw, pin_memory=cfg.pin_memory, **common
+    )
+    return run_probe(
+        model,
+        loader,
+        device,
+        batch_size=bs,
+        steps=cfg.probe.steps,
+        warmup_steps=cfg.probe.warmup_steps,
+        lr=cfg.probe.lr,
+        momentum=cfg.probe.momentum,
+        sample_interval_s=interval_s,
+        step=step,
+        min_seconds=cfg.probe.min_seconds,
+    )
+
+
+def _log_probe(run, result) -> tuple[str, float]:
+    """A probe's per-step series, samples and figures (a nan is left out) on its MLflow run; its
+    utilization as (source, percent)."""
+    run.log_series("data_wait_s", result.data_wait_s)
+    run.log_series("compute_s", result.compute_s)
+    run.log_series("loss", result.loss)
+    run.log_samples(result.samples)
+    util_key, util = utilization(result.utilization)
+    figures = {
+        "data_wait_fraction": result.data_wait_fraction,
+        "images_per_s": result.images_per_s,
+        util_key: util,
+        "device_busy_pct": result.device_busy_pct,
+    }
+    run.log_metrics({k: v for k, v in figures.items() if not math.isnan(v)}, step=0)
+    return util_key, util
+
+
+def _probe_row(kind, step, nw, repeat, result, util_key, util) -> dict:
+    """A probe's row of probes.csv."""
+    return {
+        "series": _series(kind, step),
+        "loader": kind,
+        "step": step,
+        "batch_size": result.batch_size,
+        "num_workers": nw,
+        "repeat": repeat,
+        "steps": len(result.compute_s),
+        "window_s": round(result.total_s, 4),
+        "data_wait_s": round(sum(result.data_wait_s), 6),
+        "compute_s": round(sum(result.compute_s), 6),
+        "data_wait_fraction": round(result.data_wait_fraction, 4),
+        "images_per_s": round(result.images_per_s, 1),
+        "utilization_pct": round(util, 1),
+        "utilization_source": util_key,
+        "device_busy_pct": round(result.device_busy_pct, 1),
+    }
 
 
 def _percent(value: float) -> str:

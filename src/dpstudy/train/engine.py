@@ -48,8 +48,8 @@ from torch import nn
 
 from .. import codebase
 from ..config import RecipeConfig, as_dict
-from ..data.datasets import Prepared
 from ..data.loaders import Augment, ResidentLoader, channel_stats, make_loader
+from ..data.prepared import Prepared
 from . import checkpoints
 from .batching import BatchSchedule, NoiseScaleEstimator
 from .eagerstep import step_function, train_step, train_step_micro_norms  # noqa: F401 (the engine's step)
@@ -263,35 +263,14 @@ def _setup(spec: RunSpec, data: TrainData, ctx: Context) -> Run:
     shape, mean, std = data.stats(spec.model, spec.size)
     mean, std = task.normalisation(mean, std)
     d = data.data
+    # both loaders: this rank's shard of its split, normalised for the model's input, on this device
+    shared = dict(spec=shape, mean=mean, std=std, rank=ctx.rank, world=spec.world, device=device)
     augment = Augment(recipe.augment.crop_padding, recipe.augment.hflip)
-    train_loader = make_loader(
-        spec.loader,
-        d.train_images,
-        d.train_labels,
-        spec=shape,
-        batch_size=spec.batch,
-        mean=mean,
-        std=std,
-        augment=augment,
-        seed=spec.seed,
-        rank=ctx.rank,
-        world=spec.world,
-        num_workers=spec.num_workers,
-        pin_memory=True,
-        device=device,
+    batches = dict(
+        batch_size=spec.batch, augment=augment, seed=spec.seed, num_workers=spec.num_workers, pin_memory=True
     )
-    test_loader = ResidentLoader(
-        d.test_images,
-        d.test_labels,
-        spec=shape,
-        batch_size=EVAL_BATCH,
-        mean=mean,
-        std=std,
-        shuffle=False,
-        rank=ctx.rank,
-        world=spec.world,
-        device=device,
-    )
+    train_loader = make_loader(spec.loader, d.train_images, d.train_labels, **batches, **shared)
+    test_loader = ResidentLoader(d.test_images, d.test_labels, batch_size=EVAL_BATCH, shuffle=False, **shared)
     torch.manual_seed(spec.seed)  # identical initial weights on every rank and in every mode
     net = build_model(spec.model, d.channels, d.num_classes, width=spec.width, size=spec.size)
     # A captured step runs on the module itself: one process on one GPU (`refusal`), where DDP's
