@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..report import tables as tb
-from ..report.stats import Stat, finite_mean, mean_std, seed_order
+from ..report.stats import Stat, mean_of_finite, mean_std, seed_order
 from .claim import Unit
 
 EVALUATIONS = "evaluate/evaluations.csv"
@@ -59,7 +59,7 @@ def device_mean(df: pd.DataFrame, name: str) -> pd.Series:
     if df.empty:
         return pd.Series(dtype=float)
     long = tb.per_device(df.assign(_row=range(len(df))), name)
-    means = long.groupby("_row")[name].agg(finite_mean)
+    means = long.groupby("_row")[name].agg(mean_of_finite)
     return pd.Series([means.get(i, math.nan) for i in range(len(df))], index=df.index, dtype=float)
 
 

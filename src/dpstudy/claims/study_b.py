@@ -7,7 +7,7 @@ import math
 import pandas as pd
 
 from ..report import tables as tb
-from ..report.stats import finite_mean, mean_std, paired, per_seed, ratio, ratios
+from ..report.stats import mean_of_finite, mean_std, paired, per_seed, ratio, ratios
 from .claim import ACC, SIGNED, Claim, Effect, Evidence, Rule, Unit, X
 from .query import Capacity, by, column, evals, ms, runs, seeds_text, test_images
 from .study_a import rules_text
@@ -84,7 +84,7 @@ def _imbalance(dp: pd.DataFrame) -> pd.DataFrame:
     out = []
     for i in range(len(dp)):
         mem = long[long["_row"] == i]["device_mem_mib"].tolist()
-        out.append(mem[0] / finite_mean(mem[1:]) if len(mem) > 1 else math.nan)
+        out.append(mem[0] / mean_of_finite(mem[1:]) if len(mem) > 1 else math.nan)
     return dp.assign(imbalance=out)
 
 
@@ -94,7 +94,7 @@ def b2(t, rules) -> Evidence:
     long = tb.per_device(dp, "device_mem_mib") if len(dp) else dp
     cells = "; ".join(
         f"batch {b}: "
-        + " / ".join(f"{m:,.0f}" for m in g.groupby("device")["device_mem_mib"].agg(finite_mean))
+        + " / ".join(f"{m:,.0f}" for m in g.groupby("device")["device_mem_mib"].agg(mean_of_finite))
         + " MiB"
         for b, g in sorted(by(long, "global_batch").items())
     )

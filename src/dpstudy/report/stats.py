@@ -39,7 +39,7 @@ def mean_std(values: Iterable[float]) -> Stat:
     )
 
 
-def finite_mean(values: Iterable[float]) -> float:
+def mean_of_finite(values: Iterable[float]) -> float:
     """The mean of the finite values (nan without any): a pandas aggregation as `mean_std` computes it."""
     return mean_std(values).mean
 
@@ -57,7 +57,7 @@ def per_seed(df: pd.DataFrame, column: str, by: str = "seed") -> pd.Series:
     modes), so that a later mean ± std is a spread over seeds only."""
     if df.empty:
         return pd.Series(dtype=float)
-    means = df.groupby(by, sort=False)[column].agg(finite_mean)
+    means = df.groupby(by, sort=False)[column].agg(mean_of_finite)
     return means.loc[sorted(means.index, key=seed_order)]
 
 
