@@ -13,8 +13,11 @@ import pytest
 import yaml
 from conftest import REPO
 
-from dpstudy.claims import CLAIMS, DECLARATIONS, NOT_SUPPORTED, STUDY_TITLES, SUPPORTED, judge
+from dpstudy.claims import CLAIMS, DECLARATIONS, NOT_SUPPORTED, PLOT_SECTION, STUDY_TITLES, SUPPORTED, judge
 from dpstudy.claims.query import Capacity, as_tables
+from dpstudy.claims.registry import thresholds
+from dpstudy.config import load_section
+from dpstudy.errors import UserError
 from dpstudy.report.figures import FIGURES
 from dpstudy.report.stats import decide, mean_std, paired, per_seed, ratio, ratios, seed_order
 
@@ -36,6 +39,61 @@ def test_every_claim_in_params_rules_has_exactly_one_declaration_and_the_reverse
         assert key in declared_keys(CLAIMS[owner]), key
     used = set().union(*(declared_keys(c) for c in DECLARATIONS))
     assert used == RULE_KEYS
+
+
+@pytest.mark.parametrize(
+    "key, value, named",
+    [  # each threshold's range comes from its Rule's bounds; confidence is the config's own
+        ("plot.rules.a1_min_relative_drop", 1.0, "params.yaml: plot.rules.a1_min_relative_drop: must be >= 0 and < 1"),
+        ("plot.rules.b2_min_imbalance", 0.5, "params.yaml: plot.rules.b2_min_imbalance: must be >= 1, got 0.5"),
+        ("plot.rules.confidence", 1.5, "params.yaml: plot.rules.confidence: must be > 0 and < 1"),
+        ("plot.rules.z9_new_rule", 1.0, "params.yaml: plot.rules.z9_new_rule: unknown key (allowed: confidence, a1_"),
+        (
+            "plot.rules.c3_min_throughput_gain",
+            "fast",
+            "params.yaml: plot.rules.c3_min_throughput_gain: expected a number",
+        ),
+    ],
+)
+def test_plot_rules_are_checked_against_the_declared_thresholds(tmp_path, key, value, named):
+    from conftest import write_params
+
+    path = write_params(tmp_path / "params.yaml", {key: value})
+    with pytest.raises(UserError) as err:
+        load_section("plot", path, model=PLOT_SECTION)
+    assert str(err.value).startswith(named) and "\n" not in str(err.value)
+
+
+def test_the_plot_stage_refuses_an_undeclared_threshold_in_one_line_before_any_work(tmp_path):
+    from conftest import run_cli, write_params
+
+    path = write_params(tmp_path / "params.yaml", {"plot.rules.z9_new_rule": 1.0})
+    done = run_cli("plot", "--params", str(path), "--results", str(tmp_path / "none"), cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: {path.name}: plot.rules.z9_new_rule: unknown key (allowed: confidence, "
+        + ", ".join(thresholds())
+        + ")"
+    ]
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_missing_threshold_is_refused_by_name(tmp_path):
+    from conftest import repo_params
+
+    params = repo_params()
+    del params["plot"]["rules"]["x1_max_relative_drop"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(UserError, match=r"plot\.rules\.x1_max_relative_drop: missing"):
+        load_section("plot", path, model=PLOT_SECTION)
+
+
+def test_a_threshold_read_by_two_rules_must_be_declared_with_one_range():
+    one = dataclasses.replace(CLAIMS["B1"], rules=(dataclasses.replace(CLAIMS["B1"].rules[0], bounds={"ge": 2}),))
+    with pytest.raises(ValueError, match=r"plot\.rules\.b1_max_speedup: declared with two ranges"):
+        thresholds((*DECLARATIONS, one))
+    assert list(thresholds()) == [k for k in yaml.safe_load((REPO / "params.yaml").read_text())["plot"]["rules"]][1:]
 
 
 def test_every_declaration_is_complete():

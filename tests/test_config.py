@@ -7,33 +7,39 @@ from pathlib import Path
 import pytest
 from conftest import REPO, write_params
 
+from dpstudy.claims import PLOT_SECTION
 from dpstudy.config import SECTIONS, load_section, read_params
 from dpstudy.errors import UserError
+
+
+def load(section: str, path: Path):
+    """`load_section` as its stage calls it: plot's model is built from the claims' thresholds."""
+    return load_section(section, path, model=PLOT_SECTION if section == "plot" else None)
 
 
 def test_repository_params_load_for_every_preset_and_section(tmp_path):
     for preset in ("quick", "gpu", "paper"):
         path = write_params(tmp_path / f"{preset}.yaml", {"preset": preset})
         for section in SECTIONS:
-            got_preset, cfg = load_section(section, path)
+            got_preset, cfg = load(section, path)
             assert got_preset == preset
             assert cfg is not None
 
 
 def test_per_preset_values_take_the_chosen_column(tmp_path):
-    _, quick = load_section("profile_dataloader", write_params(tmp_path / "q.yaml", {"preset": "quick"}))
-    _, paper = load_section("profile_dataloader", write_params(tmp_path / "p.yaml", {"preset": "paper"}))
+    _, quick = load("profile_dataloader", write_params(tmp_path / "q.yaml", {"preset": "quick"}))
+    _, paper = load("profile_dataloader", write_params(tmp_path / "p.yaml", {"preset": "paper"}))
     assert quick.dataset == "digits" and paper.dataset == "mnist"
     assert quick.batch_sizes == [16, 64, 256]
     assert paper.batch_sizes[-1] == 2048
     assert quick.probe.lr == paper.probe.lr == 0.01  # a plain value applies to both presets
-    _, dl = load_section("download", write_params(tmp_path / "d.yaml", {"preset": "paper"}))
+    _, dl = load("download", write_params(tmp_path / "d.yaml", {"preset": "paper"}))
     assert dl.datasets == ["mnist", "cifar10"]
 
 
 def test_the_gpu_preset_is_real_data_every_grid_and_graph_steps_where_one_process_trains(tmp_path):
     path = write_params(tmp_path / "g.yaml", {"preset": "gpu"})
-    cfg = {name: load_section(name, path)[1] for name in SECTIONS}
+    cfg = {name: load(name, path)[1] for name in SECTIONS}
     assert cfg["download"].datasets == ["mnist", "cifar10"] and cfg["download"].upstream_split == "full"
     dp, ddp, adaptive = cfg["train_dp"], cfg["train_ddp"], cfg["train_adaptive"]
     assert [
@@ -92,7 +98,7 @@ def test_bad_values_name_the_key_and_what_is_allowed(tmp_path, key, value, expec
     section = key.split(".")[0]
     path = write_params(tmp_path / "params.yaml", {key: value})
     with pytest.raises(UserError) as err:
-        load_section(section, path)
+        load(section, path)
     assert expected in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -100,7 +106,7 @@ def test_bad_values_name_the_key_and_what_is_allowed(tmp_path, key, value, expec
 def test_unknown_key_and_section_are_refused(tmp_path):
     path = write_params(tmp_path / "a.yaml", {"profile_dataloader.batch_size": 64})
     with pytest.raises(UserError, match=r"profile_dataloader\.batch_size: unknown key \(allowed: dataset, "):
-        load_section("profile_dataloader", path)
+        load("profile_dataloader", path)
     path = write_params(tmp_path / "b.yaml", {"profile_dataloder": {}})
     with pytest.raises(UserError, match="unknown section 'profile_dataloder'"):
         read_params(path)
@@ -117,7 +123,7 @@ def test_missing_key_is_an_error_not_a_silent_default(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     with pytest.raises(UserError, match=r"profile_dataloader\.probe\.lr: missing"):
-        load_section("profile_dataloader", path)
+        load("profile_dataloader", path)
 
 
 def test_invalid_yaml_and_missing_file(tmp_path):
@@ -160,23 +166,23 @@ RECIPE_LR = "train_dp.lenet_lr_scaling.recipe.lr"
 def test_float_settings_must_be_finite(tmp_path, value, shown):
     path = write_params(tmp_path / "params.yaml", {RECIPE_LR: value})
     with pytest.raises(UserError) as err:
-        load_section("train_dp", path)
+        load("train_dp", path)
     assert str(err.value) == f"params.yaml: {RECIPE_LR}: must be a finite number, got {shown}"
     # A per-preset column and a list item are checked the same way.
     path = write_params(
         tmp_path / "p.yaml", {"train_dp.vgg.recipe.lr": {"quick": 0.02, "gpu": 0.05, "paper": value}, "preset": "paper"}
     )
     with pytest.raises(UserError, match=f"p.yaml: train_dp.vgg.recipe.lr: must be a finite number, got {shown}"):
-        load_section("train_dp", path)
+        load("train_dp", path)
     path = write_params(tmp_path / "m.yaml", {"train_dp.vgg.recipe.milestones": [1.0, value]})
     with pytest.raises(UserError, match=r"train_dp\.vgg\.recipe\.milestones\[1\]: must be a finite number"):
-        load_section("train_dp", path)
+        load("train_dp", path)
 
 
 def test_exponent_without_dot_overflowing_to_infinity_is_refused(tmp_path):
     path, _ = repo_text_with(tmp_path, "      lr: 0.01", "      lr: 1e999", after="  lenet_lr_scaling:")
     with pytest.raises(UserError, match=f"params.yaml: {RECIPE_LR}: must be a finite number, got inf"):
-        load_section("train_dp", path)
+        load("train_dp", path)
 
 
 def test_duplicate_key_names_file_line_and_key(tmp_path):
@@ -185,7 +191,7 @@ def test_duplicate_key_names_file_line_and_key(tmp_path):
     )
     for section in ("train_dp", "telemetry"):  # any section: the whole file is refused
         with pytest.raises(UserError) as err:
-            load_section(section, path)
+            load(section, path)
         assert str(err.value) == f"{path} line {line + 1}: duplicate key 'lr' (each key may appear once in a mapping)"
 
     # A repeated section at the top level, too.
@@ -205,7 +211,7 @@ def test_merge_keys_may_be_overridden_without_being_duplicates():
 
 def test_exponent_without_dot_is_a_number(tmp_path):
     path, _ = repo_text_with(tmp_path, "      lr: 0.01", "      lr: 1e-2", after="  lenet_lr_scaling:")
-    _, cfg = load_section("train_dp", path)
+    _, cfg = load("train_dp", path)
     assert cfg.lenet_lr_scaling.recipe.lr == 0.01
 
 
@@ -315,7 +321,7 @@ def typing_args(hint) -> tuple:
 def test_the_first_error_in_file_order_is_the_one_named(tmp_path, overrides, section, named):
     path = write_params(tmp_path / "params.yaml", overrides)
     with pytest.raises(UserError) as err:
-        load_section(section, path)
+        load(section, path)
     assert named in str(err.value)
 
 
@@ -348,7 +354,7 @@ def test_the_first_error_in_file_order_is_the_one_named(tmp_path, overrides, sec
 def test_a_number_or_a_name_field_refuses_naming_the_key_and_the_choices(tmp_path, key, value, named, allowed):
     path = write_params(tmp_path / "params.yaml", {key: value})
     with pytest.raises(UserError) as err:
-        load_section(key.split(".")[0], path)
+        load(key.split(".")[0], path)
     assert str(err.value).startswith(f"params.yaml: {named}") and allowed in str(err.value)
 
 
@@ -360,8 +366,8 @@ def test_the_name_alternatives_are_accepted(tmp_path):
             "train_adaptive.classification.schedules.step_growth.at_epochs": "milestones",
         },
     )
-    assert load_section("train_ddp", path)[1].nproc_per_node == "gpu"
-    assert load_section("train_adaptive", path)[1].classification.schedules.step_growth.at_epochs == "milestones"
+    assert load("train_ddp", path)[1].nproc_per_node == "gpu"
+    assert load("train_adaptive", path)[1].classification.schedules.step_growth.at_epochs == "milestones"
 
 
 def test_models_are_dataclasses_that_replace_pickle_and_check_what_they_are_built_from():
@@ -372,7 +378,7 @@ def test_models_are_dataclasses_that_replace_pickle_and_check_what_they_are_buil
 
     from dpstudy.config import as_dict
 
-    _, cfg = load_section("train_adaptive", REPO / "params.yaml")
+    _, cfg = load("train_adaptive", REPO / "params.yaml")
     recipe = cfg.classification.recipe
     assert pickle.loads(pickle.dumps(cfg)) == cfg  # configurations travel to worker processes
     assert dataclasses.replace(recipe, epochs=3).epochs == 3

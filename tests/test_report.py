@@ -15,8 +15,8 @@ import pytest
 import yaml
 from conftest import AGREED, DIGITS_FACTS, REPO, make_png
 
-from dpstudy.claims import CLAIMS, Part, combine, judge
-from dpstudy.config import ReportRules, load_section
+from dpstudy.claims import CLAIMS, PLOT_SECTION, Part, ReportRules, combine, judge
+from dpstudy.config import load_section
 from dpstudy.report.facts import assumptions
 from dpstudy.report.figures import FIGURES
 from dpstudy.report.html import figure_anchor, render_html
@@ -613,7 +613,7 @@ def test_every_assumption_in_params_yaml_is_reported():
 
 
 def test_rules_in_params_yaml_load():
-    _, cfg = load_section("plot", REPO / "params.yaml")
+    _, cfg = load_section("plot", REPO / "params.yaml", model=PLOT_SECTION)
     assert cfg.rules.b1_max_speedup > 1 and cfg.rules.confidence == 0.95
     assert 0 < cfg.rules.a1_min_relative_drop < 1  # relative, not percentage points
 

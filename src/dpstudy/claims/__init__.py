@@ -5,7 +5,7 @@ and generates each verdict and the sentences that explain it from the declared r
 from ..report.stats import INCONCLUSIVE, NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, VERDICTS
 from .claim import Claim, Effect, Evidence, Part, Rule, Verdict, combine
 from .judge import judge
-from .registry import CLAIMS, DECLARATIONS, STUDY_TITLES
+from .registry import CLAIMS, DECLARATIONS, PLOT_SECTION, STUDY_TITLES, ReportRules
 
 __all__ = [
     "CLAIMS",
@@ -13,6 +13,7 @@ __all__ = [
     "INCONCLUSIVE",
     "NOT_SUPPORTED",
     "NOT_TESTABLE",
+    "PLOT_SECTION",
     "STUDY_TITLES",
     "SUPPORTED",
     "VERDICTS",
@@ -20,6 +21,7 @@ __all__ = [
     "Effect",
     "Evidence",
     "Part",
+    "ReportRules",
     "Rule",
     "Verdict",
     "combine",

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..report.stats import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Decision, decide
 
 if TYPE_CHECKING:
-    from ..config import ReportRules
     from ..report.tables import Tables
+    from .registry import ReportRules
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,16 @@ X = Unit(".2f", "x")  # a ratio
 @dataclass(frozen=True)
 class Rule:
     """How one effect decides: what one value is (paired by seed), the claim's side of a threshold,
-    and where the threshold comes from: a `plot.rules` key (``key``, through ``scale``), a value the
-    claim fixes (``fixed``), or the data (an `Effect`'s own threshold, named by ``source``)."""
+    and where the threshold comes from: a `plot.rules` key (``key``, through ``scale``; ``bounds``:
+    the values params.yaml may give it, e.g. ``{"ge": 0, "lt": 1}``, which config checks before any
+    work), a value the claim fixes (``fixed``), or the data (an `Effect`'s own threshold, named by
+    ``source``)."""
 
     effect: str
     above: bool
     unit: Unit
     key: str | None = None
+    bounds: Mapping[str, float] = field(default_factory=dict, hash=False)
     scale: Callable[[float], float] = float
     fixed: float | None = None
     source: str = ""

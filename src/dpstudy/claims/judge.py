@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..config import ReportRules
 from ..report.stats import INCONCLUSIVE, NOT_TESTABLE
 from . import query
 from .claim import Claim, Evidence, Rule, Verdict, combine
-from .registry import CLAIMS
+from .registry import CLAIMS, ReportRules
 from .wording import part_text, reason
 
 

@@ -39,6 +39,7 @@ A1_FALL = Rule(
     above=True,
     unit=PCT1,
     key="a1_min_relative_drop",
+    bounds={"ge": 0, "lt": 1},
 )
 
 
@@ -72,6 +73,7 @@ A2_WAIT = Rule(
     above=True,
     unit=PCT,
     key="a2_min_wait_fraction",
+    bounds={"ge": 0, "le": 1},
 )
 A2_RESIDENT = Rule(
     "at the largest batch, the resident loader's wait over the standard loader's (resident/standard; "
@@ -79,6 +81,7 @@ A2_RESIDENT = Rule(
     above=False,
     unit=X,
     key="a2_resident_factor",
+    bounds={"ge": 1},
     scale=lambda f: 1 / f,
 )
 
@@ -120,6 +123,7 @@ A3_GAIN = Rule(
     above=True,
     unit=X,
     key="a3_min_gain",
+    bounds={"ge": 0},
     scale=lambda g: 1 + g,
     per="measurement",
 )
@@ -179,6 +183,7 @@ A4_CHANGE = Rule(
     above=True,
     unit=SIGNED,
     key="a4_accuracy_tolerance",
+    bounds={"ge": 0, "le": 1},
     scale=lambda x: -x,
 )
 

@@ -45,12 +45,14 @@ B1_SPEEDUP = Rule(
     above=False,
     unit=X,
     key="b1_max_speedup",
+    bounds={"gt": 0},
 )
 B3_SPEEDUP = Rule(
     "the same speed-up at each batch size separately (no batch size fixes it)",
     above=False,
     unit=X,
     key="b1_max_speedup",
+    bounds={"gt": 0},
 )
 
 
@@ -75,6 +77,7 @@ B2_IMBALANCE = Rule(
     above=True,
     unit=X,
     key="b2_min_imbalance",
+    bounds={"ge": 1},
 )
 
 
@@ -112,6 +115,7 @@ B4_SPEEDUP = Rule(
     above=True,
     unit=X,
     key="b4_min_speedup",
+    bounds={"gt": 0},
 )
 
 
@@ -188,6 +192,7 @@ B5_CHANGE = Rule(
     above=False,
     unit=SIGNED,
     key="b5_accuracy_drop",
+    bounds={"ge": 0, "le": 1},
     scale=lambda d: -d,
 )
 

@@ -46,7 +46,9 @@ STEPS = Rule("optimizer steps, step growth / fixed small", above=False, unit=X, 
 ALLREDUCES = Rule(
     "all-reduces, step growth / fixed small (counted with more than one process)", above=False, unit=X, fixed=1.0
 )
-THROUGHPUT = Rule("whole-run images/s, step growth / fixed small", above=True, unit=X, key="c3_min_throughput_gain")
+THROUGHPUT = Rule(
+    "whole-run images/s, step growth / fixed small", above=True, unit=X, key="c3_min_throughput_gain", bounds={"gt": 0}
+)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ X1_FALL = Rule(
     above=False,
     unit=PCT1,
     key="x1_max_relative_drop",
+    bounds={"ge": 0, "lt": 1},
     per="repeat",
 )
 

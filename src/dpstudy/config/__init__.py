@@ -38,11 +38,9 @@ from .models import (
     LRRule,
     Model,
     NoiseScaleConfig,
-    PlotConfig,
     ProbeConfig,
     ProfileConfig,
     RecipeConfig,
-    ReportRules,
     SchedulesConfig,
     Step,
     StepGrowthConfig,
@@ -51,6 +49,7 @@ from .models import (
     TrainAdaptiveConfig,
     TrainDDPConfig,
     TrainDPConfig,
+    plot_section,
 )
 from .params_file import DuplicateKeyError, ParamsLoader, load_yaml, read_params
 from .refusal import refusal
@@ -75,11 +74,9 @@ __all__ = [
     "Model",
     "NoiseScaleConfig",
     "ParamsLoader",
-    "PlotConfig",
     "ProbeConfig",
     "ProfileConfig",
     "RecipeConfig",
-    "ReportRules",
     "SchedulesConfig",
     "Step",
     "StepGrowthConfig",
@@ -92,16 +89,20 @@ __all__ = [
     "flatten",
     "load_section",
     "load_yaml",
+    "plot_section",
     "read_params",
 ]
 
 
-def load_section(name: str, path: str | Path = "params.yaml"):
-    """Return (preset, typed config) for one section of params.yaml."""
+def load_section(name: str, path: str | Path = "params.yaml", model: type | None = None):
+    """Return (preset, typed config) for one section of params.yaml; ``model``: the section's model
+    where `SECTIONS` has none (plot's, built from the claims: `dpstudy.claims.PLOT_SECTION`)."""
+    model = model or SECTIONS[name]
+    if model is None:
+        raise TypeError(f"section {name!r} is read with its model (plot: dpstudy.claims.PLOT_SECTION)")
     preset, raw = read_params(path)
     if name not in raw:
         raise UserError(f"{path}: missing section '{name}'")
-    model = SECTIONS[name]
     try:
         return preset, TypeAdapter(model).validate_python(raw[name], context={"preset": preset})
     except ValidationError as exc:

@@ -8,6 +8,7 @@ default. They are pydantic dataclasses, so the code that uses them keeps ``datac
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -314,32 +315,19 @@ class EvaluateConfig(Block):
     device: Device
 
 
-@block
-class ReportRules(Block):
-    """Thresholds the claims report decides each verdict by, and the confidence of the interval over
-    seeds each threshold is set against (see params.yaml's plot section)."""
-
-    confidence: _range(Float, gt=0, lt=1)
-    a1_min_relative_drop: _range(Float, ge=0, lt=1)
-    a2_min_wait_fraction: _range(Float, ge=0, le=1)
-    a2_resident_factor: _range(Float, ge=1)
-    a3_min_gain: _range(Float, ge=0)
-    a4_accuracy_tolerance: _range(Float, ge=0, le=1)
-    b1_max_speedup: _range(Float, gt=0)
-    b2_min_imbalance: _range(Float, ge=1)
-    b4_min_speedup: _range(Float, gt=0)
-    b5_accuracy_drop: _range(Float, ge=0, le=1)
-    c3_min_throughput_gain: _range(Float, gt=0)
-    x1_max_relative_drop: _range(Float, ge=0, lt=1)
-
-
-@block
-class PlotConfig(Block):
-    rules: ReportRules
+def plot_section(thresholds: Mapping[str, Mapping[str, float]]) -> type:
+    """The plot section's model, built from the claims' declarations (`dpstudy.claims.PLOT_SECTION`):
+    ``rules`` holds the ``confidence`` of the interval over seeds and one number per threshold key
+    a claim declares, within the range it declares (``{"ge": 0, "lt": 1}``), and nothing else."""
+    fields = {"confidence": _range(Float, gt=0, lt=1)}
+    fields.update({key: _range(Float, **bounds) for key, bounds in thresholds.items()})
+    doc = "Thresholds the claims report decides each verdict by (params.yaml's plot.rules)."
+    rules = block(type("ReportRules", (Block,), {"__annotations__": fields, "__module__": __name__, "__doc__": doc}))
+    return block(type("PlotConfig", (Block,), {"__annotations__": {"rules": rules}, "__module__": __name__}))
 
 
 # Every top-level key params.yaml may hold, and the model that reads it.
-SECTIONS: dict[str, type] = {
+SECTIONS: dict[str, type | None] = {
     "telemetry": TelemetryConfig,
     "download": DownloadConfig,
     "profile_dataloader": ProfileConfig,
@@ -347,5 +335,5 @@ SECTIONS: dict[str, type] = {
     "train_ddp": TrainDDPConfig,
     "train_adaptive": TrainAdaptiveConfig,
     "evaluate": EvaluateConfig,
-    "plot": PlotConfig,
+    "plot": None,  # its thresholds are the claims': load it with model=dpstudy.claims.PLOT_SECTION
 }

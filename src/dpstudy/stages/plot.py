@@ -62,7 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     started = time.time()
-    preset, cfg = load_section(STAGE, args.params)
+    from ..claims import PLOT_SECTION  # plot.rules: the thresholds the claims declare
+
+    preset, cfg = load_section(STAGE, args.params, model=PLOT_SECTION)
     # matplotlib and torch (prepared files): only once the params are known to be good
     from ..claims import judge
     from ..report.figures import write_figures

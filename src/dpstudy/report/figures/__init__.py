@@ -19,6 +19,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from ...claims.registry import DECLARATIONS
 from ...fsutil import atomic_path
 from ..tables import INPUTS, Tables, load_tables
 from . import study_a, study_b, study_c
@@ -38,24 +39,25 @@ __all__ = [
     "write_figures",
 ]
 
-_DRAW: dict[str, tuple[tuple[str, ...], Callable[[Tables, Sizes], Figure]]] = {
-    "A1_A2_data_wait_utilization.png": (("A1", "A2"), study_a.a1_a2),
-    "A3_workers.png": (("A3",), study_a.a3),
-    "A4_lr_scaling.png": (("A4",), study_a.a4),
-    "B1_B3_B4_epoch_time.png": (("B1", "B3", "B4"), study_b.b1_b4),
-    "B2_device_balance.png": (("B2",), study_b.b2),
-    "B5_ddp_accuracy.png": (("B5",), study_b.b5),
-    "C1_C3_adaptive_classification.png": (("C1", "C2", "C3"), study_c.c1_c3),
-    "C4_adaptive_restoration.png": (("C4",), study_c.c4),
-    "X1_graph_utilization.png": (("X1",), study_a.x1),
+_DRAW: dict[str, Callable[[Tables, Sizes], Figure]] = {
+    "A1_A2_data_wait_utilization.png": study_a.a1_a2,
+    "A3_workers.png": study_a.a3,
+    "A4_lr_scaling.png": study_a.a4,
+    "B1_B3_B4_epoch_time.png": study_b.b1_b4,
+    "B2_device_balance.png": study_b.b2,
+    "B5_ddp_accuracy.png": study_b.b5,
+    "C1_C3_adaptive_classification.png": study_c.c1_c3,
+    "C4_adaptive_restoration.png": study_c.c4,
+    "X1_graph_utilization.png": study_a.x1,
 }
-FIGURES: dict[str, tuple[str, ...]] = {name: claims for name, (claims, _) in _DRAW.items()}
+# Each figure and the claims it shows: those whose declaration names it (a claim names its figure).
+FIGURES: dict[str, tuple[str, ...]] = {name: tuple(c.id for c in DECLARATIONS if c.figure == name) for name in _DRAW}
 
 
 def draw(name: str, tables: Tables, test_images: Sizes | None = None) -> Figure:
     """The figure ``name`` (a `FIGURES` key) drawn from `load_tables`' DataFrames; ``test_images``:
     the test split's size per dataset, stated beside accuracies where known."""
-    return _DRAW[name][1](tables, test_images or {})
+    return _DRAW[name](tables, test_images or {})
 
 
 def make_figures(results: Path, out_dir: Path, test_images: Sizes | None = None) -> list[Path]:
