@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest import AGREED, DIGITS_FACTS, REPO, make_png
 
-from dpstudy.claims import CLAIMS, PLOT_SECTION, Part, ReportRules, combine, judge
+from dpstudy.claims import CLAIMS, PLOT_SECTION, Part, combine, judge
 from dpstudy.config import load_section
 from dpstudy.report.facts import assumptions
 from dpstudy.report.figures import FIGURES
@@ -23,20 +23,9 @@ from dpstudy.report.html import figure_anchor, render_html
 from dpstudy.report.render import MLFLOW_NOTE, StageRun, render
 from dpstudy.report.stats import INCONCLUSIVE, NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, decide
 
-RULES = ReportRules(
-    confidence=0.95,
-    a1_min_relative_drop=0.25,
-    a2_min_wait_fraction=0.2,
-    a2_resident_factor=2,
-    a3_min_gain=0.1,
-    a4_accuracy_tolerance=0.02,
-    b1_max_speedup=1.2,
-    b2_min_imbalance=1.1,
-    b4_min_speedup=1.1,
-    b5_accuracy_drop=0.01,
-    c3_min_throughput_gain=1.1,
-    x1_max_relative_drop=0.1,
-)
+# The repository's own thresholds (params.yaml's plot.rules), as the plot stage reads them; the
+# tests below set the numbers they judge against these values.
+RULES = load_section("plot", REPO / "params.yaml", model=PLOT_SECTION)[1].rules
 SEEDS = (0, 1, 2)
 
 
