@@ -31,6 +31,7 @@ LABEL org.opencontainers.image.title="dpstudy" \
 # nvidia/cuda images set; a plain ubuntu base needs them to see the GPUs).
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
+    UV_NO_CACHE=1 \
     VENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     NVIDIA_VISIBLE_DEVICES=all \

@@ -40,7 +40,7 @@ def original(tmp_path_factory) -> Path:
     )
     # the lock's packages without installing them again: this venv's site-packages, after its own
     (site / "zz_lock.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    (venv / ".deps").touch()  # stands for `pip install -r requirements.lock`, done above
+    (venv / ".deps").touch()  # stands for installing requirements.lock, done above
     # pip itself comes from this venv too, run by the new venv's python (so it installs there)
     pip = venv / "bin" / "pip"
     pip.write_text(f"#!{venv}/bin/python\nimport sys\nfrom pip._internal.cli.main import main\nsys.exit(main())\n")

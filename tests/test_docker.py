@@ -245,12 +245,16 @@ def test_dockerfile_installs_through_the_makefile_targets_that_read_the_lock():
     assert includes == ["docker/image.mk"]
     env = " ".join(a for i, a in steps if i == "ENV")
     assert "VENV=/opt/venv" in env and "PATH=/opt/venv/bin:$PATH" in env
-    # ... and those targets are the ones `make test` and CI use: pip install -r requirements.lock.
+    # ... and those targets are the ones `make test` and CI use: uv, pinned by the lock, installs it.
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^deps: \$\(VENV\)/\.deps$", makefile, re.M)
     assert re.search(
-        r"^\$\(VENV\)/\.deps: requirements\.lock\n(?:\t.*\n)*\t\$\(PIP\) install -r requirements\.lock$", makefile, re.M
+        r"^\$\(VENV\)/\.deps: requirements\.lock\n(?:\t.*\n)*\t\$\(BIN\)/uv pip install .*-r requirements\.lock$",
+        makefile,
+        re.M,
     )
+    lock = (REPO / "requirements.lock").read_text()
+    assert re.search(r"^uv==[\d.]+$", lock, re.M) and "UV_NO_CACHE=1" in env  # no 6 GB cache in the image
     assert re.search(r"^env: \$\(VENV\)/\.installed$", makefile, re.M)
     assert re.search(r"^test: env plots-assets lint$", makefile, re.M)  # + vega for dvc plots show offline, + ruff
 
