@@ -59,8 +59,8 @@ TABLES = {
     "results/profile_dataloader/throughput.csv": "series,batch_size,images_per_s\n"
     '"standard, 0 workers",16,2499.9\n"standard, 0 workers",256,2874.3\n'
     "resident,16,121716.1\nresident,256,430736.2\n",
-    "results/profile_dataloader/workers.csv": "series,num_workers,repeat,images_per_s\n"
-    "batch 16,0,0,2591.7\nbatch 16,1,0,2086.9\nbatch 16,2,0,2966.3\n",
+    "results/profile_dataloader/workers.csv": "series,batch_size,num_workers,repeat,images_per_s\n"
+    "batch 16,16,0,0,2591.7\nbatch 16,16,1,0,2086.9\nbatch 16,16,2,0,2966.3\n",
     "results/profile_dataloader/probes.csv": "series,loader,batch_size,data_wait_fraction\n"
     "standard,standard,16,0.548\nstandard,standard,64,0.706\n"
     "resident,resident,16,0.01\nresident,resident,64,0.02\n",

@@ -130,15 +130,13 @@ A3_GAIN = Rule(
 
 
 def _cells(rows: pd.DataFrame) -> dict[int, dict[int, dict]]:
-    """images/s per (batch, num_workers) cell, per repeated measurement (its `repeat`, else its order).
-    The batch is the one workers.csv states in its series label (``batch 256``)."""
-    rows = rows.assign(batch=[int(str(s).split()[-1]) for s in rows["series"]])
+    """images/s per (batch, num_workers) cell, per repeated measurement (its `repeat`, else its order)."""
     out: dict[int, dict[int, dict]] = {}
-    for b, batch_rows in sorted(by(rows, "batch").items()):
-        out[b] = {}
+    for b, batch_rows in sorted(by(rows, "batch_size").items()):
+        out[int(b)] = {}
         for w, g in sorted(by(batch_rows, "num_workers").items()):
             keys = g["repeat"] if "repeat" in g else range(len(g))
-            out[b][int(w)] = dict(zip(keys, column(g, "images_per_s")))
+            out[int(b)][int(w)] = dict(zip(keys, column(g, "images_per_s")))
     return out
 
 

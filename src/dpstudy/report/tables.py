@@ -63,7 +63,7 @@ INPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "profile_dataloader/throughput.csv": ("profile_dataloader", ("series", "batch_size", "images_per_s")),
-    "profile_dataloader/workers.csv": ("profile_dataloader", ("series", "num_workers", "images_per_s")),
+    "profile_dataloader/workers.csv": ("profile_dataloader", ("batch_size", "num_workers", "images_per_s")),
     "train_dp/runs.csv": ("train_dp", (*_RUN, "test_accuracy")),
     "train_dp/epochs.csv": ("train_dp", _EPOCH),
     "train_ddp/runs.csv": ("train_ddp", (*_RUN, "test_accuracy")),

@@ -311,7 +311,8 @@ def _throughput_by_workers(rows: list[dict]) -> list[dict]:
     repeat (the report's interval for A3 pairs them by ``repeat``)."""
     return [
         {
-            "series": f"batch {r['batch_size']}",
+            "series": f"batch {r['batch_size']}",  # the line `dvc plots` draws
+            "batch_size": r["batch_size"],
             "num_workers": r["num_workers"],
             "repeat": r.get("repeat", 0),
             "images_per_s": r["images_per_s"],

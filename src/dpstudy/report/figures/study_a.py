@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, PercentFormatter
 
 from ..stats import Stat
-from ..tables import Tables, num, with_runs
+from ..tables import Tables, with_runs
 from .common import (
     LOADER,
     LR_SCALING,
@@ -153,25 +153,25 @@ def a3(t: Tables, sizes: Sizes) -> Figure:
     workers = t["profile_dataloader/workers.csv"]
     throughput = t["profile_dataloader/throughput.csv"]
     fig, (ax, rel) = figure(1, 2, "A3 — data-loading throughput vs DataLoader worker processes", (12, 4.8))
-    batch_of = {name: num(name.removeprefix("batch ")) for name in dict.fromkeys(workers["series"])}
-    names = sorted(batch_of, key=batch_of.get)  # series: "batch <size>"
-    color = dict(zip(names, colors(len(names))))
-    for name in names:
-        stats = stats_by(workers[workers["series"] == name], "num_workers", "images_per_s")
-        errorbar(ax, stats, f"standard DataLoader, {name}", color=color[name])
+    batches = sorted({int(b) for b in workers["batch_size"]})
+    names = {b: f"batch {b}" for b in batches}
+    color = dict(zip(batches, colors(len(batches))))
+    for b, name in names.items():
+        stats = stats_by(workers[workers["batch_size"] == b], "num_workers", "images_per_s")
+        errorbar(ax, stats, f"standard DataLoader, {name}", color=color[b])
         base = stats.get(0)
         if base and math.isfinite(base.mean) and base.mean > 0:
             errorbar(
                 rel,
                 {w: Stat(s.mean / base.mean, s.std / base.mean, s.n) for w, s in stats.items()},
                 name,
-                color=color[name],
+                color=color[b],
             )
     for row in throughput[throughput["series"] == "resident"].itertuples():  # needs no workers: a reference
         b = row.batch_size
         ax.axhline(
             row.images_per_s,
-            color=next((color[n] for n in names if batch_of[n] == b), "0.4"),
+            color=color.get(int(b), "0.4"),
             linestyle="--",
             linewidth=1.2,
             label=f"resident tensors, batch {b:g} (no workers)",
