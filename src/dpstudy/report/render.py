@@ -113,11 +113,11 @@ def _datasets_table(datasets: list[dict]) -> str:
 
 
 def _studies(verdicts: list[Verdict]) -> list[dict]:
-    """Each study's title and its claims, in order; a figure is shown under the first of the study's
-    claims that it belongs to (``show_figure``)."""
+    """Each study's title and its claims, in order; a figure is shown once, under the first claim
+    that names it (``show_figure``), even where a claim of a later study names it too."""
     out = []
+    shown: set[str] = set()
     for study, title in STUDY_TITLES.items():
-        shown: set[str] = set()
         claims = []
         for v in (v for v in verdicts if v.claim.startswith(study)):
             claims.append({"verdict": v, "show_figure": bool(v.figure) and v.figure not in shown})
