@@ -75,8 +75,9 @@ repro: env
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	@echo "Report: results/REPORT.md. For dvc commands (README): source $(BIN)/activate"
 
+# pytest-xdist: one worker per core, while the session's pipeline run goes on beside them (conftest).
 test: env plots-assets lint
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto
 
 # ruff's lint and format check (rules in pyproject.toml); `ruff format` fixes the layout.
 lint: env

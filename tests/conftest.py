@@ -1,14 +1,18 @@
-"""Shared fixtures: the repository's own params.yaml as the base of every test config, and small
-real data (scikit-learn's digits) prepared once per session."""
+"""Shared fixtures: the repository's own params.yaml as the base of every test config, small real
+data (scikit-learn's digits) prepared once per session, and the session's pipeline run (`quick_run`,
+started in the background when collection ends, its tests run last)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +42,14 @@ def write_params(path: Path, overrides: dict | None = None, base: dict | None = 
         set_key(params, dotted, value)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+def load(section: str, path: Path):
+    """`config.load_section` as each stage calls it: plot's model is the claims' (`PLOT_SECTION`)."""
+    from dpstudy.claims import PLOT_SECTION
+    from dpstudy.config import load_section
+
+    return load_section(section, path, model=PLOT_SECTION if section == "plot" else None)
 
 
 def single_config_train_dp(**extra) -> dict:
@@ -101,15 +113,115 @@ def dvc(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProc
     )
 
 
+# The quick preset cut to a smoke test of the whole pipeline for `quick_run`: every stage, claim,
+# table and figure, two seeds (the least an interval needs), the smallest and largest batch of each
+# grid, and the fewest epochs that still time an epoch after the first and grow a batch three
+# times. The full quick preset's runtime and learning are what `make repro` and CI's image test run.
+SMOKE = {
+    "profile_dataloader.batch_sizes": [16, 256],
+    "profile_dataloader.num_workers": [0, 2],
+    "profile_dataloader.measure_batches": 3,
+    "profile_dataloader.probe.steps": 6,
+    "train_dp.seeds": [0, 1],
+    "train_dp.lenet_utilization.batch_sizes": [16, 256],
+    "train_dp.lenet_lr_scaling.batch_sizes": [16, 64],
+    "train_dp.lenet_lr_scaling.recipe.epochs": 4,
+    "train_dp.vgg.batch_sizes": [128],
+    "train_ddp.seeds": [0, 1],
+    "train_ddp.vgg.recipe.epochs": 2,
+    "train_adaptive.seeds": [0, 1],
+    "train_adaptive.classification.recipe.epochs": 4,
+    "train_adaptive.classification.recipe.milestones": [3],
+    "train_adaptive.restoration.recipe.epochs": 3,
+    "train_adaptive.restoration.recipe.milestones": [2],
+}
+
+
+def smoke_params(path: Path, overrides: dict = SMOKE) -> None:
+    """Set each dotted key of ``overrides`` in the params file at ``path``: in the quick column of a
+    per-preset value (so `dvc exp run -S key.quick=...` still applies), else the value itself.
+    Round-trip YAML (ruamel, DVC's own), so the file keeps its comments and layout."""
+    from ruamel.yaml import YAML
+
+    rt = YAML()
+    data = rt.load(path.read_text())
+    for dotted, value in overrides.items():
+        *parents, last = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node[key]
+        if isinstance(node[last], dict) and "quick" in node[last]:
+            node, last = node[last], "quick"
+        node[last] = value
+    with open(path, "w") as fh:
+        rt.dump(data, fh)
+
+
+def _quick_folder(config) -> Path:
+    """The session's pipeline run: one folder for the whole test run, shared by xdist's workers."""
+    base = config._tmp_path_factory.getbasetemp()
+    return (base.parent if hasattr(config, "workerinput") else base) / "quick_run"
+
+
+def _start_quick_run(config) -> None:
+    """Start the session's pipeline run in the background, once (the first worker to create its
+    folder starts it): a real `dvc repro` of the whole pipeline on the quick preset cut to `SMOKE`
+    sizes, in a fresh copy of the repository with those values committed. It runs detached while
+    the other tests run; ``rc`` appears in the folder when it ends."""
+    folder = _quick_folder(config)
+    try:
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        return
+    repo = tracked_copy(folder / "repo")
+    smoke_params(repo / "params.yaml")
+    git = ["git", "-c", "user.email=ci@dpstudy", "-c", "user.name=ci"]
+    subprocess.run([*git, "commit", "-qam", "smoke sizes"], cwd=repo, check=True)
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    script = f'"{bin_dir}/dvc" repro > repro.log 2> ../repro.err; echo $? > ../rc.tmp && mv ../rc.tmp ../rc'
+    proc = subprocess.Popen(["bash", "-c", script], cwd=repo, env=env, start_new_session=True)
+    (folder / "pid").write_text(str(proc.pid))
+
+
+def uses_quick_run(item) -> bool:
+    return "quick_run" in getattr(item, "fixturenames", ()) or item.get_closest_marker("quick_run") is not None
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """When any collected test needs the session's pipeline run, start it now, in the background,
+    and run those tests last: the other tests run meanwhile (under pytest-xdist, on every core)."""
+    if any(uses_quick_run(item) for item in items) and not config.option.collectonly:
+        _start_quick_run(config)
+    items.sort(key=uses_quick_run)  # stable: every other test keeps its order
+
+
+def pytest_sessionfinish(session) -> None:
+    """The run that started the pipeline (xdist's controller, or pytest itself) stops it if a test
+    run ends before it does (a failure with -x, Ctrl-C)."""
+    if hasattr(session.config, "workerinput"):
+        return
+    pid = _quick_folder(session.config) / "pid"
+    if pid.exists():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(int(pid.read_text()), signal.SIGTERM)
+
+
 @pytest.fixture(scope="session")
-def quick_run(tmp_path_factory) -> Path:
-    """A real `dvc repro` of the whole quick pipeline in a fresh copy of the repository, once per
-    session; returns the copy (results/, mlflow.db, mlartifacts/, dvc.lock). Treat it as read-only:
-    a test that changes it works on its own copy."""
-    repo = tracked_copy(tmp_path_factory.mktemp("quick") / "repo")
-    first = dvc("repro", cwd=repo)
-    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
-    (repo / "repro.log").write_text(first.stdout)
+def quick_run(request) -> Path:
+    """The session's pipeline run (`_start_quick_run`), once it has ended: the copy of the
+    repository with results/, mlflow.db, mlartifacts/, dvc.lock and dvc's output in repro.log.
+    Treat it as read-only: a test that changes it works on its own copy."""
+    folder = _quick_folder(request.config)
+    _start_quick_run(request.config)  # a no-op where it has started
+    deadline = time.monotonic() + 1800
+    while not (folder / "rc").exists():
+        assert time.monotonic() < deadline, "the session's pipeline run did not end within 30 minutes"
+        time.sleep(0.5)
+    repo = folder / "repo"
+    log = (repo / "repro.log").read_text()
+    assert (folder / "rc").read_text().strip() == "0", log[-4000:] + (folder / "repro.err").read_text()[-4000:]
     return repo
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, load, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -22,17 +22,25 @@ pytestmark = pytest.mark.slow
             ["--images", "2000", "--batches", "3", "--warmup", "1", "--workers", "0", "--repeats", "1"],
             r"loader_speedup: \d+\.\dx",
         ),
-        ("overhead.py", ["--epochs", "1", "--repeats", "1"], r"telemetry_overhead: -?\d+\.\d%"),
+        ("overhead.py", ["--model", "lenet", "--epochs", "1", "--repeats", "1"], r"telemetry_overhead: -?\d+\.\d%"),
         (
             "ddp_cpu.py",
             ["--steps", "2", "--warmup", "1", "--repeats", "1", "--images", "512"],
             r"ddp_cpu_scaling: \d+\.\d\d",
         ),
-        ("adaptive.py", ["--epochs", "4"], r"adaptive_speedup: (\d+\.\d\d|nan)x \((step_growth|noise_scale).*\)"),
+        (
+            "adaptive.py",
+            ["--epochs", "2", "--params", "ONE_SEED"],
+            r"adaptive_speedup: (\d+\.\d\d|nan)x \((step_growth|noise_scale).*\)",
+        ),
         ("cli_startup.py", ["--repeats", "1"], r"cli_startup: \d+\.\d\ds \(\d+\.\dx python's \d+\.\d\ds floor\)"),
     ],
 )
 def test_benchmark_runs_and_prints_its_figure(tmp_path, script, args, figure):
+    if "ONE_SEED" in args:  # one seed of the repository's params: the benchmark's code path, not its figure
+        growth = "train_adaptive.classification.schedules.step_growth.at_epochs"
+        one_seed = write_params(tmp_path / "params.yaml", {"train_adaptive.seeds": [0], growth: [1]})
+        args = [str(one_seed) if a == "ONE_SEED" else a for a in args]
     res = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / script), *args],
         cwd=tmp_path,
@@ -64,7 +72,7 @@ def test_gpu_benchmarks_say_there_is_no_gpu_and_exit_0(tmp_path):
 
 def test_gpu_check_params_are_the_gpu_preset_on_mirrored_mnist(tmp_path):
     """gpu_check.sh's params: valid for every stage, preset gpu, MNIST from the mirror only, graph steps kept."""
-    from dpstudy.config import SECTIONS, load_section
+    from dpstudy.config import SECTIONS
 
     mirror = tmp_path / "mnist"
     mirror.mkdir()
@@ -85,7 +93,7 @@ def test_gpu_check_params_are_the_gpu_preset_on_mirrored_mnist(tmp_path):
     assert res.returncode == 0, res.stderr
     path = tmp_path / "check.yaml"
     path.write_text(res.stdout)
-    configs = {name: load_section(name, path) for name in SECTIONS}
+    configs = {name: load(name, path) for name in SECTIONS}
     assert {preset for preset, _ in configs.values()} == {"gpu"}
     download = configs["download"][1]
     assert download.datasets == ["mnist"] and download.mirror == str(mirror) and download.upstream_split == "test_only"

@@ -76,7 +76,12 @@ def test_a_refused_params_file_imports_nothing_heavy(tmp_path):
     sections = ["download", "profile_dataloader", "train_dp", "train_ddp", "train_adaptive", "evaluate", "plot"]
     assert sorted(sections) == sorted(STAGES)
     write_params(tmp_path / "params.yaml", {f"{section}.no_such_key": 1 for section in sections})
-    commands = [[stage] for stage in STAGES] + [["launch", "train_ddp"], ["launch", "--dry-run", "train_adaptive"]]
+    # one process runs them in turn (imports add up): plot, which may import pandas, comes last
+    commands = [[stage] for stage in STAGES if stage != "plot"]
+    commands += [["launch", "train_ddp"], ["launch", "--dry-run", "train_adaptive"], ["plot"]]
     for argv, rc, heavy in probe(commands, tmp_path):
         assert rc == 2, argv
-        assert heavy == [], f"dpstudy {' '.join(argv)} (params refused) imported {heavy}"
+        # plot's rules are the thresholds the claims declare: reading them imports the claims'
+        # declarations, whose queries are pandas (0.3 s); never torch, MLflow or matplotlib
+        allowed = {"numpy", "pandas"} if argv == ["plot"] else set()
+        assert set(heavy) <= allowed, f"dpstudy {' '.join(argv)} (params refused) imported {heavy}"

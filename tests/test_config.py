@@ -5,16 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPO, write_params
+from conftest import REPO, load, write_params
 
-from dpstudy.claims import PLOT_SECTION
-from dpstudy.config import SECTIONS, load_section, read_params
+from dpstudy.config import SECTIONS, read_params
 from dpstudy.errors import UserError
-
-
-def load(section: str, path: Path):
-    """`load_section` as its stage calls it: plot's model is built from the claims' thresholds."""
-    return load_section(section, path, model=PLOT_SECTION if section == "plot" else None)
 
 
 def test_repository_params_load_for_every_preset_and_section(tmp_path):

@@ -262,9 +262,9 @@ def _small_train_dp(path: Path) -> Path:
         }
     overrides |= {
         "train_dp.vgg.modes": ["single"],
-        "train_dp.vgg.batch_sizes": [32],
+        "train_dp.vgg.batch_sizes": [64],
         "train_dp.vgg.num_workers": 1,
-        "train_dp.vgg.recipe.epochs": 4,
+        "train_dp.vgg.recipe.epochs": 3,
     }
     return write_params(path, overrides)
 
@@ -284,7 +284,7 @@ def _stage(params: Path, data: Path, out: Path, cwd: Path) -> subprocess.Popen:
 @pytest.mark.slow
 def test_a_killed_stage_resumes_and_ends_with_the_uninterrupted_metrics(digits_dir, tmp_path):
     params = _small_train_dp(tmp_path / "params.yaml")
-    vgg = "vgg-single-standard1w-b32-linear-s0.pt"
+    vgg = "vgg-single-standard1w-b64-linear-s0.pt"
 
     whole = _stage(params, digits_dir, tmp_path / "whole", tmp_path)
     assert whole.wait(timeout=300) == 0, whole.stdout.read()

@@ -64,7 +64,7 @@ def test_throughput_counts_images_after_warmup():
 @pytest.mark.parametrize(
     "data_delay, compute_delay, low, high",
     [
-        (0.08, 0.0, 0.8, 1.0),  # data-bound: the step waits for the loader
+        (0.2, 0.0, 0.8, 1.0),  # data-bound: the step waits for the loader (a loaded CPU's step: ~20 ms)
         (0.0, 0.08, 0.0, 0.2),  # compute-bound
         (0.05, 0.05, 0.35, 0.65),  # delays well above a loaded CPU's own step time (~10 ms)
     ],

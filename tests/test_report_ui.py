@@ -30,7 +30,7 @@ from dpstudy.report.figures import FIGURES, INPUTS
 from dpstudy.report.html import figure_anchor
 from dpstudy.report.render import MLFLOW_NOTE
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.quick_run]  # on the session's pipeline run (conftest)
 
 EXPERIMENT, RUN = "dpstudy-claims-report", "plot"
 
