@@ -16,11 +16,12 @@ deps: $(VENV)/.deps
 env: $(VENV)/.installed
 
 # uv (itself pinned in the lock) installs the lock's exact pins, downloading in parallel: ~35 s
-# where pip takes ~3 min (benchmarks/RESULTS.md). A PIP_INDEX_URL mirror is passed on to it.
+# where pip takes ~3 min (benchmarks/RESULTS.md). A PIP_INDEX_URL mirror is passed on to it; it
+# trusts the system's certificates as pip does (a TLS-inspecting proxy's CA, as in the image test).
 $(VENV)/.deps: requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install "$$(grep -m1 '^uv==' requirements.lock)"
-	$(BIN)/uv pip install -q --python $(BIN)/python $${PIP_INDEX_URL:+--index-url "$$PIP_INDEX_URL"} -r requirements.lock
+	$(BIN)/uv pip install -q --system-certs --python $(BIN)/python $${PIP_INDEX_URL:+--index-url "$$PIP_INDEX_URL"} -r requirements.lock
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.deps pyproject.toml $(VENV)/.location
@@ -75,9 +76,13 @@ repro: env
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	@echo "Report: results/REPORT.md. For dvc commands (README): source $(BIN)/activate"
 
-# pytest-xdist: one worker per core, while the session's pipeline run goes on beside them (conftest).
+# The session's pipeline run goes on in the background beside the tests (tests/conftest.py). With 4
+# cores or more, pytest-xdist adds a worker per 2 cores; on 2 cores (CI) the one pytest process
+# beside that run is the faster choice (-n 2 measured 27 min there: benchmarks/RESULTS.md).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -ge 4 ] && echo $$((n / 2)) || echo 0)
+
 test: env plots-assets lint
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # ruff's lint and format check (rules in pyproject.toml); `ruff format` fixes the layout.
 lint: env
