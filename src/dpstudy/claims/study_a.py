@@ -133,10 +133,10 @@ def _cells(rows: pd.DataFrame) -> dict[int, dict[int, dict]]:
     """images/s per (batch, num_workers) cell, per repeated measurement (its `repeat`, else its order)."""
     out: dict[int, dict[int, dict]] = {}
     for b, batch_rows in sorted(by(rows, "batch_size").items()):
-        out[int(b)] = {}
+        cell = out[int(b)] = {}
         for w, g in sorted(by(batch_rows, "num_workers").items()):
             keys = g["repeat"] if "repeat" in g else range(len(g))
-            out[int(b)][int(w)] = dict(zip(keys, column(g, "images_per_s")))
+            cell[int(w)] = dict(zip(keys, column(g, "images_per_s")))
     return out
 
 
